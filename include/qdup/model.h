@@ -1,0 +1,135 @@
+/*
+ * model.h - the Siamese encoder: model files and the forward pass.
+ *
+ * A question becomes a unit vector in four steps, the same for every question (one set
+ * of weights, hence "Siamese"):
+ *   embedding: each token is the mean of its embedding rows (tok.h)      (T, E)
+ *   LSTM:      one layer, hidden size H, gates in PyTorch's order i f g o (T, H)
+ *   pooling:   mean of the hidden states over the real (non-pad) tokens   (H)
+ *   normalize: divided by its L2 norm, so cosine similarity is a dot product.
+ *
+ * A loaded qd_model is read-only: any number of threads may encode with it at once,
+ * each with its own qd_enc_ws workspace.
+ *
+ * Model files (.qdm) are little-endian:
+ *   header    QD_MODEL_HEADER_SIZE bytes: magic "QDUPMODL", format version, header size,
+ *             an endianness sentinel (0x0A0B0C0D), a float sentinel (-1.75f), then the
+ *             dimensions and tokenizer settings of struct qd_model_hdr, the byte size of
+ *             the vocabulary section and the number of weights
+ *   vocabulary the words of ids 2 .. V-1, each a length byte and its bytes
+ *   weights   n_params float32 in the order of struct qd_params
+ *   trailer   CRC-32 of everything before it
+ * The loader checks every size against the file length before it allocates, and names
+ * what is wrong with a file it refuses. A model's fingerprint (64-bit FNV-1a of the
+ * whole file, as 16 hex digits) identifies it to the index and the daemon.
+ */
+#ifndef QDUP_MODEL_H
+#define QDUP_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qdup/tok.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QD_MODEL_MAGIC "QDUPMODL"
+#define QD_MODEL_VERSION 1
+#define QD_MODEL_HEADER_SIZE 128
+#define QD_MODEL_ENDIAN 0x0A0B0C0DU
+#define QD_MODEL_FLOATCHECK (-1.75f)
+
+/* Upper bounds the loader enforces before trusting any size in a file. */
+#define QD_MODEL_MAX_DIM 4096        /* E and H */
+#define QD_MODEL_MAX_VOCAB 10000000  /* V */
+#define QD_MODEL_MAX_BUCKETS 16777216
+
+/* How hidden states become one vector. */
+enum qd_pool {
+    QD_POOL_MEAN = 0, /* mean over real tokens: the course's model */
+};
+
+/* Shape of a model, as stored in the file header. */
+typedef struct qd_model_hdr {
+    uint32_t emb_dim;    /* E: embedding width */
+    uint32_t hidden;     /* H: LSTM hidden size */
+    uint32_t vocab;      /* V: vocabulary ids, the 2 reserved ones included */
+    uint32_t dirs;       /* LSTM directions: 1 (2 is reserved for a bidirectional LSTM) */
+    uint32_t pool;       /* enum qd_pool */
+    qd_tok_cfg tok;      /* tokenizer settings */
+} qd_model_hdr;
+
+/* Named views into one contiguous float buffer (the layout of the file's weights).
+ * R = V + tok.ngram_buckets embedding rows. */
+typedef struct qd_params {
+    float *emb;  /* (R, E) embedding rows; row QD_TOK_PAD is never read */
+    float *wx;   /* (4H, E) input-to-hidden weights, gates i f g o */
+    float *wh;   /* (4H, H) hidden-to-hidden weights */
+    float *b;    /* (4H) bias (PyTorch's b_ih + b_hh) */
+} qd_params;
+
+typedef struct qd_model qd_model;
+
+/* Number of floats the weights of hdr take (0 if hdr is out of bounds). */
+size_t qd_model_nparams(const qd_model_hdr *hdr);
+/* Checks a header's fields against the bounds above; err says which field. */
+int qd_model_hdr_check(const qd_model_hdr *hdr, char *err, size_t errlen);
+/* Carves params out of buf (qd_model_nparams(hdr) floats). */
+void qd_params_point(const qd_model_hdr *hdr, float *buf, qd_params *p);
+
+/* Loads a model file. On failure err names the file and what is wrong with it. */
+int qd_model_load(const char *path, qd_model **out, char *err, size_t errlen);
+/* Same, from bytes in memory (copied; `name` is used in messages). */
+int qd_model_load_mem(const void *data, size_t len, const char *name, qd_model **out,
+                      char *err, size_t errlen);
+/* A new model owning `vocab` (taken over, even on failure) with zeroed weights. */
+int qd_model_new(const qd_model_hdr *hdr, qd_vocab *vocab, qd_model **out, char *err,
+                 size_t errlen);
+void qd_model_free(qd_model *m);
+
+/* Serializes m into a fresh buffer (the bytes of a .qdm file). */
+int qd_model_serialize(const qd_model *m, uint8_t **data, size_t *len);
+/* Writes m crash-safely to path (temp file, fsync, rename). */
+int qd_model_save(const qd_model *m, const char *path, char *err, size_t errlen);
+
+const qd_model_hdr *qd_model_header(const qd_model *m);
+const qd_vocab *qd_model_vocab(const qd_model *m);
+/* The weights. Mutable only for the trainer, before the model is shared. */
+qd_params *qd_model_params(qd_model *m);
+const qd_params *qd_model_cparams(const qd_model *m);
+float *qd_model_param_data(qd_model *m, size_t *n);
+/* Width of the vectors the model makes. */
+int qd_model_dim(const qd_model *m);
+/* 16 lower-case hex digits; set by load and by save. "" for a model never saved. */
+const char *qd_model_fingerprint(const qd_model *m);
+
+/* --- inference ------------------------------------------------------------------- */
+
+/* Per-thread scratch for encoding; grows to the largest batch seen. */
+typedef struct qd_enc_ws qd_enc_ws;
+
+qd_enc_ws *qd_enc_ws_new(void);
+void qd_enc_ws_free(qd_enc_ws *ws);
+
+/* Embeds n questions of a token batch into out (n, qd_model_dim(m)), row-major. A
+ * question with no tokens gets the zero vector. */
+int qd_enc_forward(const qd_model *m, qd_enc_ws *ws, const qd_tokseqs *seqs, float *out);
+
+/* Tokenizes and embeds n texts (texts[i] of lens[i] bytes) into out. */
+int qd_enc_texts(const qd_model *m, qd_enc_ws *ws, const char *const *texts,
+                 const size_t *lens, size_t n, float *out);
+
+/* Embeds n texts on nthreads threads (0: all cores) in length-sorted batches of up to
+ * batch questions; calls progress(done, arg) now and then from the calling thread if
+ * progress is not NULL. out is (n, dim). */
+int qd_enc_texts_parallel(const qd_model *m, const char *const *texts, const size_t *lens,
+                          size_t n, int nthreads, size_t batch,
+                          void (*progress)(size_t done, void *arg), void *arg, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,90 @@
+/*
+ * test_common.c - error text, allocation fault injection, files and checksums.
+ */
+#include <string.h>
+
+#include "qdup/common.h"
+#include "qdup/fileio.h"
+#include "testutil.h"
+
+static void test_strerror_names_every_code(void **state)
+{
+    (void)state;
+    for (int rc = QD_ERR_FORBIDDEN; rc <= 0; rc++)
+        assert_string_not_equal(qd_strerror(rc), "unknown error");
+    assert_string_equal(qd_strerror(-999), "unknown error");
+}
+
+static void test_alloc_injection(void **state)
+{
+    (void)state;
+    qd_alloc_fail_after(2, 0);
+    void *a = qd_malloc(8), *b = qd_malloc(8), *c = qd_malloc(8), *d = qd_malloc(8);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_null(c);
+    assert_non_null(d); /* not sticky: only one failure */
+    qd_free(a);
+    qd_free(b);
+    qd_free(d);
+    assert_null(qd_mallocarray(SIZE_MAX / 2, 4)); /* overflow is a failure, not a wrap */
+}
+
+static void test_crc32_known_values(void **state)
+{
+    (void)state;
+    /* The standard check value of CRC-32/ISO-HDLC. */
+    assert_int_equal(qd_crc32(0, "123456789", 9), 0xCBF43926U);
+    assert_int_equal(qd_crc32(0, "", 0), 0);
+    /* Continuation over any split gives the same result as one call. */
+    const char *s = "The quick brown fox jumps over the lazy dog";
+    uint32_t whole = qd_crc32(0, s, strlen(s));
+    assert_int_equal(whole, 0x414FA339U);
+    for (size_t cut = 0; cut <= strlen(s); cut++)
+        assert_int_equal(qd_crc32(qd_crc32(0, s, cut), s + cut, strlen(s) - cut), whole);
+}
+
+static void test_hash64_known_values(void **state)
+{
+    (void)state;
+    assert_true(qd_hash64(QD_HASH64_INIT, "", 0) == 0xcbf29ce484222325ULL);
+    assert_true(qd_hash64(QD_HASH64_INIT, "a", 1) == 0xaf63dc4c8601ec8cULL);
+}
+
+static void test_atomic_write_and_read(void **state)
+{
+    (void)state;
+    char err[QD_ERRMSG_MAX];
+    const char *path = qt_path(qt_tmp_dir(), "atomic.bin");
+    assert_int_equal(qd_file_write_atomic(path, "hello", 5, err, sizeof err), 0);
+    assert_int_equal(qd_file_write_atomic(path, "bye", 3, err, sizeof err), 0);
+    char *data;
+    size_t len;
+    assert_int_equal(qd_file_read(path, 100, &data, &len, err, sizeof err), 0);
+    assert_int_equal(len, 3);
+    assert_memory_equal(data, "bye", 3);
+    qd_free(data);
+    /* Limits and missing files are reported with the path. */
+    assert_int_equal(qd_file_read(path, 2, &data, &len, err, sizeof err), QD_ERR_RANGE);
+    assert_non_null(strstr(err, "atomic.bin"));
+    assert_int_equal(qd_file_read(qt_path(qt_tmp_dir(), "nope"), 100, &data, &len, err,
+                                  sizeof err),
+                     QD_ERR_NOTFOUND);
+    assert_non_null(strstr(err, "nope"));
+    /* A directory that does not exist: an error, not a crash. */
+    assert_int_equal(qd_file_write_atomic(qt_path(qt_tmp_dir(), "no/such/dir"), "x", 1, err,
+                                          sizeof err),
+                     QD_ERR_IO);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_strerror_names_every_code),
+        cmocka_unit_test(test_alloc_injection),
+        cmocka_unit_test(test_crc32_known_values),
+        cmocka_unit_test(test_hash64_known_values),
+        cmocka_unit_test(test_atomic_write_and_read),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
