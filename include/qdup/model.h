@@ -92,7 +92,7 @@ void qd_model_free(qd_model *m);
 /* Serializes m into a fresh buffer (the bytes of a .qdm file). */
 int qd_model_serialize(const qd_model *m, uint8_t **data, size_t *len);
 /* Writes m crash-safely to path (temp file, fsync, rename). */
-int qd_model_save(const qd_model *m, const char *path, char *err, size_t errlen);
+int qd_model_save(qd_model *m, const char *path, char *err, size_t errlen);
 
 const qd_model_hdr *qd_model_header(const qd_model *m);
 const qd_vocab *qd_model_vocab(const qd_model *m);

@@ -1,0 +1,217 @@
+/*
+ * enc.c - encoding questions with a loaded model: per-thread workspaces, and a
+ * parallel driver for large dumps.
+ *
+ * qd_enc_texts_parallel() gives each worker thread chunks of the input in turn (an
+ * atomic cursor), tokenizes a chunk, sorts it by length and encodes it in batches of
+ * similar lengths, writing each vector to its question's row of the output. OpenBLAS
+ * is kept single-threaded: parallelism comes from the workers, which keeps every
+ * product on one core with its cache and makes results independent of BLAS threading.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lstm_impl.h"
+#include "model_impl.h"
+#include "qdup/common.h"
+#include "qdup/model.h"
+
+struct qd_enc_ws {
+    qd_tokbuf tb;      /* tokenizer scratch */
+    qd_tokseqs seqs;   /* the batch as embedding rows */
+    qd_fwd fwd;        /* forward activations */
+};
+
+qd_enc_ws *qd_enc_ws_new(void)
+{
+    qd_enc_ws *ws = qd_calloc(1, sizeof *ws);
+    if (!ws)
+        return NULL;
+    qd_tokbuf_init(&ws->tb);
+    qd_tokseqs_init(&ws->seqs);
+    qd_fwd_init(&ws->fwd);
+    return ws;
+}
+
+void qd_enc_ws_free(qd_enc_ws *ws)
+{
+    if (!ws)
+        return;
+    qd_tokbuf_free(&ws->tb);
+    qd_tokseqs_free(&ws->seqs);
+    qd_fwd_free(&ws->fwd);
+    qd_free(ws);
+}
+
+int qd_enc_forward(const qd_model *m, qd_enc_ws *ws, const qd_tokseqs *seqs, float *out)
+{
+    int rc = qd_lstm_forward(&m->hdr, &m->p, seqs, NULL, 0, &ws->fwd);
+    if (rc)
+        return rc;
+    memcpy(out, ws->fwd.out, seqs->n * m->hdr.hidden * sizeof *out);
+    return 0;
+}
+
+int qd_enc_texts(const qd_model *m, qd_enc_ws *ws, const char *const *texts,
+                 const size_t *lens, size_t n, float *out)
+{
+    qd_tokseqs_clear(&ws->seqs);
+    for (size_t i = 0; i < n; i++) {
+        int rc = qd_tok_encode(m->vocab, &m->hdr.tok, &ws->tb, texts[i], lens[i], &ws->seqs);
+        if (rc)
+            return rc;
+    }
+    return qd_enc_forward(m, ws, &ws->seqs, out);
+}
+
+/* --- the parallel driver ----------------------------------------------------------------- */
+
+/* Questions per chunk a worker takes at a time, in batches. A chunk is sorted by length
+ * before it is cut into batches, so the questions of a batch end at about the same step
+ * and the late steps of the recurrence still multiply many rows at once. */
+#define CHUNK_BATCHES 8
+
+typedef struct par_job {
+    const qd_model *m;          /* shared, read-only */
+    const char *const *texts;   /* (n) the questions */
+    const size_t *lens;         /* (n) their byte lengths */
+    size_t n;                   /* questions */
+    size_t batch;               /* questions per forward pass */
+    float *out;                 /* (n, dim) results */
+    atomic_size_t next;         /* first question of the next chunk to take */
+    atomic_size_t done;         /* questions encoded so far */
+    atomic_int rc;              /* first error, 0 if none */
+    pthread_mutex_t mu;         /* guards finished, with cv */
+    pthread_cond_t cv;          /* signalled when a worker ends */
+    int finished;               /* workers that have returned */
+} par_job;
+
+/* Orders question indices of the qd_tokseqs `ctx` longest first, ties by index. */
+static int cmp_longer(const void *a, const void *b, void *ctx)
+{
+    const qd_tokseqs *s = ctx;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    uint32_t lx = qd_tokseqs_len(s, x), ly = qd_tokseqs_len(s, y);
+    if (lx != ly)
+        return lx > ly ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+/* Encodes one chunk [lo, hi) of the input: tokenized once, sorted by length, encoded
+ * in batches of neighbours in that order. */
+static int encode_chunk(par_job *j, qd_enc_ws *ws, uint32_t *sel, size_t lo, size_t hi)
+{
+    const qd_model *m = j->m;
+    size_t count = hi - lo, H = m->hdr.hidden;
+    qd_tokseqs_clear(&ws->seqs);
+    for (size_t i = 0; i < count; i++) {
+        int rc = qd_tok_encode(m->vocab, &m->hdr.tok, &ws->tb, j->texts[lo + i],
+                               j->lens[lo + i], &ws->seqs);
+        if (rc)
+            return rc;
+        sel[i] = (uint32_t)i;
+    }
+    qsort_r(sel, count, sizeof *sel, cmp_longer, &ws->seqs);
+    for (size_t b = 0; b < count; b += j->batch) {
+        size_t nb = b + j->batch < count ? j->batch : count - b;
+        int rc = qd_lstm_forward(&m->hdr, &m->p, &ws->seqs, sel + b, nb, &ws->fwd);
+        if (rc)
+            return rc;
+        for (size_t i = 0; i < nb; i++)
+            memcpy(j->out + (lo + sel[b + i]) * H, ws->fwd.out + i * H, H * sizeof(float));
+        atomic_fetch_add(&j->done, nb);
+    }
+    return 0;
+}
+
+static void *par_worker(void *arg)
+{
+    par_job *j = arg;
+    size_t chunk = j->batch * CHUNK_BATCHES;
+    qd_enc_ws *ws = qd_enc_ws_new();
+    uint32_t *sel = qd_mallocarray(chunk, sizeof *sel);
+    int rc = (ws && sel) ? 0 : QD_ERR_NOMEM;
+    while (rc == 0 && atomic_load(&j->rc) == 0) {
+        size_t lo = atomic_fetch_add(&j->next, chunk);
+        if (lo >= j->n)
+            break;
+        size_t hi = lo + chunk < j->n ? lo + chunk : j->n;
+        rc = encode_chunk(j, ws, sel, lo, hi);
+    }
+    if (rc) {
+        int zero = 0;
+        atomic_compare_exchange_strong(&j->rc, &zero, rc);
+    }
+    qd_free(sel);
+    qd_enc_ws_free(ws);
+    pthread_mutex_lock(&j->mu);
+    j->finished++;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+int qd_enc_texts_parallel(const qd_model *m, const char *const *texts, const size_t *lens,
+                          size_t n, int nthreads, size_t batch,
+                          void (*progress)(size_t done, void *arg), void *arg, float *out)
+{
+    if (n == 0)
+        return 0;
+    if (n > UINT32_MAX)
+        return QD_ERR_RANGE;
+    if (nthreads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        nthreads = c > 0 ? (int)c : 1;
+    }
+    if (batch == 0)
+        batch = 256;
+    qd_blas_single_thread();
+
+    par_job j = {.m = m, .texts = texts, .lens = lens, .n = n, .batch = batch, .out = out};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.done, 0);
+    atomic_init(&j.rc, 0);
+    pthread_mutex_init(&j.mu, NULL);
+    pthread_cond_init(&j.cv, NULL);
+
+    pthread_t *tids = qd_calloc((size_t)nthreads, sizeof *tids);
+    if (!tids)
+        return QD_ERR_NOMEM;
+    int started = 0;
+    for (; started < nthreads; started++)
+        if (pthread_create(&tids[started], NULL, par_worker, &j) != 0)
+            break;
+    if (started == 0) {
+        qd_free(tids);
+        return QD_ERR_NOMEM;
+    }
+    /* Report progress from this thread while the workers run. */
+    pthread_mutex_lock(&j.mu);
+    while (j.finished < started) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&j.cv, &j.mu, &ts);
+        if (progress && j.finished < started) {
+            pthread_mutex_unlock(&j.mu);
+            progress(atomic_load(&j.done), arg);
+            pthread_mutex_lock(&j.mu);
+        }
+    }
+    pthread_mutex_unlock(&j.mu);
+    for (int i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    qd_free(tids);
+    pthread_mutex_destroy(&j.mu);
+    pthread_cond_destroy(&j.cv);
+    if (progress && atomic_load(&j.rc) == 0)
+        progress(n, arg);
+    return atomic_load(&j.rc);
+}

@@ -1,0 +1,353 @@
+/*
+ * lstm.c - the forward pass: embedding mean -> LSTM -> masked mean -> L2 normalize.
+ *
+ * Matrix work is two kinds of GEMM: the input projection of every token of the batch
+ * at once, X (ntok, E) times Wx^T (E, 4H), and at each step the recurrent product of
+ * the running questions' hidden states, H_{t-1} (n_t, H) times Wh^T (H, 4H), added into
+ * the gate pre-activations of step t. The rest is element-wise work over 4H gates per
+ * token, done by vectorized exp-based kernels that are cloned for AVX-512 and AVX2 and
+ * chosen at load time, so the build needs no -march flag.
+ *
+ * Questions are sorted longest first (see lstm_impl.h), so the hidden states of the
+ * n_t questions running at step t are the first n_t rows of step t-1.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lstm_impl.h"
+#include "model_impl.h"
+#include "qdup/common.h"
+
+/* --- matrix products ------------------------------------------------------------------- */
+
+static atomic_int gemm_reference;
+
+void qd_gemm_use_reference(int on)
+{
+    atomic_store(&gemm_reference, on);
+}
+
+extern void openblas_set_num_threads(int n);
+
+void qd_blas_single_thread(void)
+{
+    openblas_set_num_threads(1);
+}
+
+static void gemm_loops(int ta, int tb, size_t M, size_t N, size_t K, float alpha,
+                       const float *A, size_t lda, const float *B, size_t ldb, float beta,
+                       float *C, size_t ldc)
+{
+    for (size_t i = 0; i < M; i++)
+        for (size_t j = 0; j < N; j++) {
+            double s = 0;
+            for (size_t k = 0; k < K; k++) {
+                float a = ta ? A[k * lda + i] : A[i * lda + k];
+                float b = tb ? B[j * ldb + k] : B[k * ldb + j];
+                s += (double)a * b;
+            }
+            float prev = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+            C[i * ldc + j] = prev + alpha * (float)s;
+        }
+}
+
+void qd_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A,
+             size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    if (M == 0 || N == 0)
+        return;
+    if (atomic_load_explicit(&gemm_reference, memory_order_relaxed)) {
+        gemm_loops(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                (blasint)M, (blasint)N, (blasint)K, alpha, A, (blasint)lda, B, (blasint)ldb,
+                beta, C, (blasint)ldc);
+}
+
+/* --- activations ------------------------------------------------------------------------ */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define QD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define QD_CLONES
+#endif
+
+/* exp(x) to about 1 ulp for x in [-87, 88], written so that loops over it vectorize:
+ * x = n ln2 + r with |r| <= ln2/2 (n rounded by the 1.5 * 2^23 trick, ln2 split in two
+ * parts so n ln2 is exact), exp(r) by its Taylor polynomial of degree 7, 2^n by
+ * building the float's exponent bits. */
+static inline float fast_exp(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187045e-06f;
+    float p = 1.9841270e-4f;
+    p = p * r + 1.3888889e-3f;
+    p = p * r + 8.3333333e-3f;
+    p = p * r + 4.1666667e-2f;
+    p = p * r + 1.6666667e-1f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float fast_sigmoid(float x)
+{
+    return 1.0f / (1.0f + fast_exp(-x));
+}
+
+/* tanh(x) = 1 - 2 / (1 + e^{2x}); absolute error a few 1e-8 near 0. */
+static inline float fast_tanh(float x)
+{
+    return 1.0f - 2.0f / (1.0f + fast_exp(2.0f * x));
+}
+
+QD_CLONES void qd_vsigmoid(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = fast_sigmoid(x[i]);
+}
+
+QD_CLONES void qd_vtanh(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = fast_tanh(x[i]);
+}
+
+/* One LSTM step for `rows` questions: g holds (rows, 4H) pre-activations without bias
+ * and receives the activated gates; cprev (rows, H) with row stride cstride (0 for
+ * the zero state) is the previous cell state; c and h (rows, H) receive the new state. */
+QD_CLONES static void lstm_cell(float *restrict g, const float *restrict bias,
+                                const float *restrict cprev, size_t cstride,
+                                float *restrict c, float *restrict h, size_t rows, size_t H)
+{
+    for (size_t r = 0; r < rows; r++) {
+        float *gi = g + r * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;
+        const float *cp = cprev + r * cstride;
+        float *cr = c + r * H, *hr = h + r * H;
+        for (size_t k = 0; k < H; k++) {
+            float i = fast_sigmoid(gi[k] + bias[k]);
+            float f = fast_sigmoid(gf[k] + bias[H + k]);
+            float u = fast_tanh(gg[k] + bias[2 * H + k]);
+            float o = fast_sigmoid(go[k] + bias[3 * H + k]);
+            float cn = f * cp[k] + i * u;
+            gi[k] = i;
+            gf[k] = f;
+            gg[k] = u;
+            go[k] = o;
+            cr[k] = cn;
+            hr[k] = o * fast_tanh(cn);
+        }
+    }
+}
+
+/* --- the forward pass ------------------------------------------------------------------ */
+
+void qd_fwd_init(qd_fwd *f)
+{
+    memset(f, 0, sizeof *f);
+}
+
+void qd_fwd_free(qd_fwd *f)
+{
+    if (!f)
+        return;
+    qd_free(f->order);
+    qd_free(f->len);
+    qd_free(f->nact);
+    qd_free(f->toff);
+    qd_free(f->x);
+    qd_free(f->gates);
+    qd_free(f->c);
+    qd_free(f->h);
+    qd_free(f->pooled);
+    qd_free(f->norm);
+    qd_free(f->out);
+    qd_free(f->zeros);
+    qd_fwd_init(f);
+}
+
+static size_t max_size(size_t a, size_t b)
+{
+    return a > b ? a : b;
+}
+
+/* Makes room for a batch of n questions, T steps and ntok tokens. Everything is
+ * reallocated together when anything is too small; capacities grow by half again so
+ * a run of growing batches does not reallocate each time. */
+static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t H)
+{
+    if (n <= f->cap_n && T + 1 <= f->cap_t && ntok <= f->cap_tok && E == f->dim_e &&
+        H == f->dim_h)
+        return 0;
+    size_t cn = max_size(f->cap_n, n + n / 2 + 1), ct = max_size(f->cap_t, T + 1 + T / 2);
+    size_t ctok = max_size(f->cap_tok, ntok + ntok / 2 + 1);
+    qd_fwd_free(f);
+    f->order = qd_mallocarray(cn, sizeof *f->order);
+    f->len = qd_mallocarray(cn, sizeof *f->len);
+    f->norm = qd_mallocarray(cn, sizeof *f->norm);
+    f->pooled = qd_mallocarray(cn, H * sizeof *f->pooled);
+    f->out = qd_mallocarray(cn, H * sizeof *f->out);
+    f->nact = qd_mallocarray(ct, sizeof *f->nact);
+    f->toff = qd_mallocarray(ct, sizeof *f->toff);
+    f->x = qd_mallocarray(ctok, E * sizeof *f->x);
+    f->gates = qd_mallocarray(ctok, 4 * H * sizeof *f->gates);
+    f->c = qd_mallocarray(ctok, H * sizeof *f->c);
+    f->h = qd_mallocarray(ctok, H * sizeof *f->h);
+    f->zeros = qd_calloc(H, sizeof *f->zeros);
+    if (!f->order || !f->len || !f->norm || !f->pooled || !f->out || !f->nact || !f->toff ||
+        !f->x || !f->gates || !f->c || !f->h || !f->zeros) {
+        qd_fwd_free(f);
+        return QD_ERR_NOMEM;
+    }
+    f->cap_n = cn;
+    f->cap_t = ct;
+    f->cap_tok = ctok;
+    f->dim_e = E;
+    f->dim_h = H;
+    return 0;
+}
+
+/* Question of seqs behind batch index i. */
+static inline size_t seq_of(const qd_fwd *f, size_t i)
+{
+    return f->sel ? f->sel[i] : i;
+}
+
+/* Sorts batch positions by length, longest first, ties by index (a counting sort:
+ * lengths are bounded by max_tokens). */
+static void sort_by_length(const qd_tokseqs *s, qd_fwd *f, size_t T)
+{
+    size_t n = f->n;
+    /* cnt[l] first counts the questions of length l, then becomes the position of the
+     * first of them in longest-first order. toff is free scratch until filled below. */
+    uint32_t *cnt = f->toff;
+    memset(cnt, 0, (T + 1) * sizeof *cnt);
+    for (size_t i = 0; i < n; i++)
+        cnt[qd_tokseqs_len(s, seq_of(f, i))]++;
+    uint32_t pos = 0;
+    for (size_t l = T + 1; l-- > 0;) {
+        uint32_t c = cnt[l];
+        cnt[l] = pos;
+        pos += c;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t l = qd_tokseqs_len(s, seq_of(f, i));
+        uint32_t at = cnt[l]++;
+        f->order[at] = (uint32_t)i;
+        f->len[at] = l;
+    }
+}
+
+int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *s,
+                    const uint32_t *sel, size_t n, qd_fwd *f)
+{
+    size_t E = hdr->emb_dim, H = hdr->hidden, T = 0, ntok = 0;
+    if (!sel)
+        n = s->n;
+    for (size_t i = 0; i < n; i++) {
+        size_t l = qd_tokseqs_len(s, sel ? sel[i] : i);
+        ntok += l;
+        if (l > T)
+            T = l;
+    }
+    if (reserve(f, n, T, ntok, E, H))
+        return QD_ERR_NOMEM;
+    f->n = n;
+    f->sel = sel;
+    f->T = T;
+    f->ntok = ntok;
+    sort_by_length(s, f, T);
+
+    /* Steps: questions running at t, and where step t's rows start. */
+    size_t running = n;
+    f->toff[0] = 0;
+    for (size_t t = 0; t < T; t++) {
+        while (running > 0 && f->len[running - 1] <= t)
+            running--;
+        f->nact[t] = (uint32_t)running;
+        f->toff[t + 1] = f->toff[t] + (uint32_t)running;
+    }
+    QD_ASSERT(T == 0 || f->toff[T] == ntok);
+
+    /* Embedding: each token is the mean of its rows. */
+    for (size_t t = 0; t < T; t++) {
+        for (size_t j = 0; j < f->nact[t]; j++) {
+            size_t tok = s->qoff[seq_of(f, f->order[j])] + t;
+            float *x = f->x + (f->toff[t] + j) * E;
+            uint32_t r0 = s->toff[tok], r1 = s->toff[tok + 1];
+            if (r1 == r0) {
+                memset(x, 0, E * sizeof *x);
+                continue;
+            }
+            memcpy(x, p->emb + (size_t)s->rows[r0] * E, E * sizeof *x);
+            for (uint32_t r = r0 + 1; r < r1; r++) {
+                const float *e = p->emb + (size_t)s->rows[r] * E;
+                for (size_t k = 0; k < E; k++)
+                    x[k] += e[k];
+            }
+            if (r1 - r0 > 1) {
+                float inv = 1.0f / (float)(r1 - r0);
+                for (size_t k = 0; k < E; k++)
+                    x[k] *= inv;
+            }
+        }
+    }
+
+    /* Input projection for every token at once. */
+    qd_gemm(0, 1, ntok, 4 * H, E, 1.0f, f->x, E, p->wx, E, 0.0f, f->gates, 4 * H);
+
+    /* Recurrence. */
+    for (size_t t = 0; t < T; t++) {
+        size_t nt = f->nact[t], row = f->toff[t];
+        float *g = f->gates + row * 4 * H;
+        const float *cprev = f->zeros;
+        size_t cstride = 0;
+        if (t > 0) {
+            size_t prev = f->toff[t - 1];
+            qd_gemm(0, 1, nt, 4 * H, H, 1.0f, f->h + prev * H, H, p->wh, H, 1.0f, g, 4 * H);
+            cprev = f->c + prev * H;
+            cstride = H;
+        }
+        lstm_cell(g, p->b, cprev, cstride, f->c + row * H, f->h + row * H, nt, H);
+    }
+
+    /* Masked mean and L2 normalization, back in batch order. */
+    for (size_t j = 0; j < n; j++) {
+        float *pool = f->pooled + (size_t)f->order[j] * H;
+        memset(pool, 0, H * sizeof *pool);
+        for (size_t t = 0; t < f->len[j]; t++) {
+            const float *h = f->h + (f->toff[t] + j) * H;
+            for (size_t k = 0; k < H; k++)
+                pool[k] += h[k];
+        }
+    }
+    for (size_t q = 0; q < n; q++) {
+        float *pool = f->pooled + q * H, *out = f->out + q * H;
+        uint32_t l = qd_tokseqs_len(s, seq_of(f, q));
+        double ss = 0;
+        if (l > 0) {
+            float inv = 1.0f / (float)l;
+            for (size_t k = 0; k < H; k++) {
+                pool[k] *= inv;
+                ss += (double)pool[k] * pool[k];
+            }
+        }
+        float norm = (float)sqrt(ss);
+        f->norm[q] = norm;
+        float inv = norm > 0 ? 1.0f / norm : 0.0f;
+        for (size_t k = 0; k < H; k++)
+            out[k] = pool[k] * inv;
+    }
+    return 0;
+}

@@ -1,0 +1,66 @@
+/*
+ * lstm_impl.h - the encoder's layers, shared by inference (enc.c) and training
+ * (train.c): one forward pass for both, so there is never a second encoder.
+ *
+ * A batch is processed time-major and packed: questions are sorted by length, longest
+ * first, so at step t the questions still running are a prefix of that order (n_t of
+ * them) and the rows of step t are contiguous. Padding is never computed: a batch of
+ * mixed lengths costs what its real tokens cost. Buffers of shape (ntok, ...) hold one
+ * row per real token, step 0's rows first.
+ */
+#ifndef QDUP_LSTM_IMPL_H
+#define QDUP_LSTM_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qdup/model.h"
+#include "qdup/tok.h"
+
+/* C = alpha * op(A) * op(B) + beta * C, row-major; op transposes when the flag is set.
+ * op(A) is (M, K), op(B) is (K, N), C is (M, N). Goes to cblas_sgemm, or to a plain
+ * triple loop when the reference is selected (the oracle in tests). */
+void qd_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
+             const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
+             size_t ldc);
+/* Tests only: route qd_gemm through the plain loops (1) or BLAS (0). */
+void qd_gemm_use_reference(int on);
+/* Makes OpenBLAS run each call on the calling thread: qdup parallelizes above BLAS. */
+void qd_blas_single_thread(void);
+
+/* Forward activations of one batch, kept for the backward pass. Grows as needed. */
+typedef struct qd_fwd {
+    size_t n;          /* questions in the batch */
+    size_t T;          /* tokens in the longest question */
+    size_t ntok;       /* real tokens in the batch */
+    uint32_t *order;   /* (n) batch index (0..n-1) of each position in length order */
+    const uint32_t *sel; /* (n) question of seqs for each batch index, or NULL: identity */
+    uint32_t *len;     /* (n) tokens of the question at each position */
+    uint32_t *nact;    /* (T) questions still running at step t */
+    uint32_t *toff;    /* (T + 1) first row of step t in the time-major buffers */
+    float *x;          /* (ntok, E) token embeddings */
+    float *gates;      /* (ntok, 4H) gate activations i f g o (after sigmoid / tanh) */
+    float *c;          /* (ntok, H) cell states */
+    float *h;          /* (ntok, H) hidden states */
+    float *pooled;     /* (n, H) mean of the hidden states over real tokens, batch order */
+    float *norm;       /* (n) L2 norm of pooled (0 for an empty question) */
+    float *out;        /* (n, H) pooled / norm: the unit vectors */
+    float *zeros;      /* (H) the state before step 0 */
+    size_t cap_n, cap_t, cap_tok; /* questions, steps + 1 and tokens allocated for */
+    size_t dim_e, dim_h;          /* E and H the buffers were allocated for */
+} qd_fwd;
+
+void qd_fwd_init(qd_fwd *f);
+void qd_fwd_free(qd_fwd *f);
+
+/* Runs the encoder over questions sel[0..n) of seqs (all of them, in order, when sel is
+ * NULL, with n = seqs->n) with weights p (shape hdr), filling f; row i of f->out is the
+ * vector of question sel[i]. Returns 0 or QD_ERR_NOMEM. */
+int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *seqs,
+                    const uint32_t *sel, size_t n, qd_fwd *f);
+
+/* Activation kernels, vectorized; exposed for the tests of their accuracy. */
+void qd_vsigmoid(float *y, const float *x, size_t n);
+void qd_vtanh(float *y, const float *x, size_t n);
+
+#endif

@@ -1,0 +1,25 @@
+/*
+ * model_impl.h - the inside of a qd_model, shared by model.c (files), enc.c (forward
+ * pass) and the trainer. Not part of the public API.
+ */
+#ifndef QDUP_MODEL_IMPL_H
+#define QDUP_MODEL_IMPL_H
+
+#include "qdup/model.h"
+
+struct qd_model {
+    qd_model_hdr hdr;     /* dimensions and tokenizer settings */
+    qd_vocab *vocab;      /* ids 0 .. V-1 */
+    float *param_data;    /* (nparams) every weight, in file order */
+    size_t nparams;       /* floats in param_data */
+    qd_params p;          /* named views into param_data */
+    char fingerprint[17]; /* hex FNV-1a of the file bytes; "" until saved or loaded */
+};
+
+/* Embedding rows: vocabulary ids followed by n-gram buckets. */
+static inline size_t qd_model_rows(const qd_model_hdr *h)
+{
+    return (size_t)h->vocab + h->tok.ngram_buckets;
+}
+
+#endif

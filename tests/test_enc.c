@@ -1,0 +1,320 @@
+/*
+ * test_enc.c - the forward pass against PyTorch, and against itself.
+ *
+ * tests/fixtures/fwd_*.{qdm,txt} were written by tools/torch_ref.py: small random
+ * models, questions given as embedding rows, and the unit vectors PyTorch computes.
+ * The C forward pass must agree to 1e-5 (max abs difference), through BLAS and through
+ * the plain-loop reference product. Then: a question's vector does not depend on the
+ * batch it is encoded in, an empty question gives the zero vector, the activation
+ * kernels are accurate, and the parallel driver agrees with the serial one.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../encoder/lstm_impl.h"
+#include "qdup/common.h"
+#include "qdup/model.h"
+#include "testutil.h"
+
+static char err[QD_ERRMSG_MAX];
+
+/* A fixture: a model, its questions as a qd_tokseqs, and the expected vectors. */
+typedef struct fixture {
+    qd_model *m;
+    qd_tokseqs seqs;   /* built by hand: does not depend on the tokenizer */
+    float *expect;     /* (n, H) PyTorch's vectors */
+} fixture;
+
+static void load_fixture(const char *name, fixture *fx)
+{
+    char file[256];
+    snprintf(file, sizeof file, "%s.qdm", name);
+    if (qd_model_load(qt_path(qt_fixtures_dir(), file), &fx->m, err, sizeof err) != 0)
+        fail_msg("%s", err);
+    size_t H = (size_t)qd_model_dim(fx->m);
+    snprintf(file, sizeof file, "%s.txt", name);
+    char *text = qt_read_file(qt_path(qt_fixtures_dir(), file), NULL);
+    /* Sizes: generous upper bounds from the file size. */
+    size_t cap = strlen(text);
+    qd_tokseqs *s = &fx->seqs;
+    memset(s, 0, sizeof *s);
+    s->qoff = calloc(cap, sizeof *s->qoff);
+    s->toff = calloc(cap, sizeof *s->toff);
+    s->rows = calloc(cap, sizeof *s->rows);
+    fx->expect = calloc(cap, sizeof *fx->expect);
+    size_t nv = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char *p = line + 2;
+        if (line[0] == 'q') {
+            s->qoff[s->n++] = (uint32_t)s->ntok;
+        } else if (line[0] == 't') {
+            s->toff[s->ntok++] = (uint32_t)s->nrows;
+            char *end;
+            for (long r = strtol(p, &end, 10); end != p; r = strtol(p, &end, 10)) {
+                s->rows[s->nrows++] = (int32_t)r;
+                p = end;
+            }
+        } else if (line[0] == 'v') {
+            for (size_t k = 0; k < H; k++) {
+                char *end;
+                fx->expect[nv * H + k] = strtof(p, &end);
+                assert_true(end != p);
+                p = end;
+            }
+            nv++;
+        }
+    }
+    s->qoff[s->n] = (uint32_t)s->ntok;
+    s->toff[s->ntok] = (uint32_t)s->nrows;
+    assert_int_equal(nv, s->n);
+    assert_true(s->n >= 10);
+    free(text);
+}
+
+static void free_fixture(fixture *fx)
+{
+    qd_model_free(fx->m);
+    free(fx->seqs.qoff);
+    free(fx->seqs.toff);
+    free(fx->seqs.rows);
+    free(fx->expect);
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > worst || isnan(d))
+            worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+static void check_against_pytorch(const char *name, int reference_gemm)
+{
+    fixture fx;
+    load_fixture(name, &fx);
+    size_t H = (size_t)qd_model_dim(fx.m), n = fx.seqs.n;
+    float *out = calloc(n * H, sizeof *out);
+    qd_enc_ws *ws = qd_enc_ws_new();
+    qd_gemm_use_reference(reference_gemm);
+    assert_int_equal(qd_enc_forward(fx.m, ws, &fx.seqs, out), 0);
+    qd_gemm_use_reference(0);
+    double d = max_abs_diff(out, fx.expect, n * H);
+    printf("# %s (%s): max abs difference from PyTorch %.3g\n", name,
+           reference_gemm ? "plain loops" : "BLAS", d);
+    if (!(d < 1e-5))
+        fail_msg("%s: max abs difference from PyTorch is %.3g", name, d);
+    /* Unit vectors. */
+    for (size_t q = 0; q < n; q++) {
+        double ss = 0;
+        for (size_t k = 0; k < H; k++)
+            ss += (double)out[q * H + k] * out[q * H + k];
+        qt_assert_near(ss, 1.0, 1e-5);
+    }
+    qd_enc_ws_free(ws);
+    free(out);
+    free_fixture(&fx);
+}
+
+static void test_plain_model_matches_pytorch(void **state)
+{
+    (void)state;
+    check_against_pytorch("fwd_plain", 0);
+}
+
+static void test_plain_model_reference_gemm_matches_pytorch(void **state)
+{
+    (void)state;
+    check_against_pytorch("fwd_plain", 1);
+}
+
+static void test_ngram_model_matches_pytorch(void **state)
+{
+    (void)state;
+    check_against_pytorch("fwd_ngram", 0);
+    check_against_pytorch("fwd_ngram", 1);
+}
+
+/* The BLAS product and the plain loops agree on random shapes, all transpositions. */
+static void test_gemm_blas_vs_loops(void **state)
+{
+    (void)state;
+    uint64_t rng = 42;
+    for (int trial = 0; trial < 40; trial++) {
+        size_t M = 1 + qt_rand(&rng) % 37, N = 1 + qt_rand(&rng) % 41, K = 1 + qt_rand(&rng) % 29;
+        int ta = (int)(qt_rand(&rng) & 1), tb = (int)(qt_rand(&rng) & 1);
+        float beta = (trial % 3) * 0.5f;
+        float *A = malloc(M * K * sizeof *A), *B = malloc(K * N * sizeof *B);
+        float *C1 = malloc(M * N * sizeof *C1), *C2 = malloc(M * N * sizeof *C2);
+        for (size_t i = 0; i < M * K; i++)
+            A[i] = (float)qt_uniform(&rng, -1, 1);
+        for (size_t i = 0; i < K * N; i++)
+            B[i] = (float)qt_uniform(&rng, -1, 1);
+        for (size_t i = 0; i < M * N; i++)
+            C1[i] = C2[i] = (float)qt_uniform(&rng, -1, 1);
+        size_t lda = ta ? M : K, ldb = tb ? K : N;
+        qd_gemm_use_reference(1);
+        qd_gemm(ta, tb, M, N, K, 0.7f, A, lda, B, ldb, beta, C1, N);
+        qd_gemm_use_reference(0);
+        qd_gemm(ta, tb, M, N, K, 0.7f, A, lda, B, ldb, beta, C2, N);
+        assert_true(max_abs_diff(C1, C2, M * N) < 1e-5);
+        free(A);
+        free(B);
+        free(C1);
+        free(C2);
+    }
+}
+
+static void test_activations_accurate(void **state)
+{
+    (void)state;
+    enum { N = 20001 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+    for (int i = 0; i < N; i++)
+        x[i] = -100.0f + 200.0f * (float)i / (N - 1);
+    qd_vsigmoid(y, x, N);
+    for (int i = 0; i < N; i++)
+        qt_assert_near(y[i], 1.0 / (1.0 + exp(-(double)x[i])), 2e-7);
+    qd_vtanh(y, x, N);
+    for (int i = 0; i < N; i++)
+        qt_assert_near(y[i], tanh((double)x[i]), 3e-7);
+    free(x);
+    free(y);
+}
+
+/* Encoding questions one at a time, in the fixture's batch, or in a batch with the
+ * order reversed gives the same vectors: lengths are masked, not padded. */
+static void test_batch_composition_does_not_matter(void **state)
+{
+    (void)state;
+    fixture fx;
+    load_fixture("fwd_ngram", &fx);
+    size_t H = (size_t)qd_model_dim(fx.m), n = fx.seqs.n;
+    float *all = calloc(n * H, sizeof *all);
+    qd_enc_ws *ws = qd_enc_ws_new();
+    assert_int_equal(qd_enc_forward(fx.m, ws, &fx.seqs, all), 0);
+    qd_fwd f;
+    qd_fwd_init(&f);
+    const qd_model_hdr *hdr = qd_model_header(fx.m);
+    const qd_params *p = qd_model_cparams(fx.m);
+    for (uint32_t q = 0; q < n; q++) {
+        assert_int_equal(qd_lstm_forward(hdr, p, &fx.seqs, &q, 1, &f), 0);
+        assert_true(max_abs_diff(f.out, all + q * H, H) < 1e-6);
+    }
+    uint32_t *rev = malloc(n * sizeof *rev);
+    for (uint32_t i = 0; i < n; i++)
+        rev[i] = (uint32_t)(n - 1 - i);
+    assert_int_equal(qd_lstm_forward(hdr, p, &fx.seqs, rev, n, &f), 0);
+    for (size_t i = 0; i < n; i++)
+        assert_true(max_abs_diff(f.out + i * H, all + rev[i] * H, H) < 1e-6);
+    free(rev);
+    qd_fwd_free(&f);
+    qd_enc_ws_free(ws);
+    free(all);
+    free_fixture(&fx);
+}
+
+static void test_empty_question_is_zero_vector(void **state)
+{
+    (void)state;
+    fixture fx;
+    load_fixture("fwd_plain", &fx);
+    size_t H = (size_t)qd_model_dim(fx.m);
+    /* Questions: empty, the fixture's first, empty. */
+    uint32_t qoff[4] = {0, 0, fx.seqs.qoff[1], fx.seqs.qoff[1]};
+    qd_tokseqs s = fx.seqs;
+    s.n = 3;
+    s.qoff = qoff;
+    s.ntok = fx.seqs.qoff[1];
+    float *out = calloc(3 * H, sizeof *out);
+    qd_enc_ws *ws = qd_enc_ws_new();
+    assert_int_equal(qd_enc_forward(fx.m, ws, &s, out), 0);
+    for (size_t k = 0; k < H; k++) {
+        assert_true(out[k] == 0.0f);
+        assert_true(out[2 * H + k] == 0.0f);
+    }
+    assert_true(max_abs_diff(out + H, fx.expect, H) < 1e-5);
+    /* A batch of nothing but empty questions. */
+    uint32_t qoff0[3] = {0, 0, 0};
+    s.n = 2;
+    s.qoff = qoff0;
+    s.ntok = 0;
+    assert_int_equal(qd_enc_forward(fx.m, ws, &s, out), 0);
+    for (size_t k = 0; k < 2 * H; k++)
+        assert_true(out[k] == 0.0f);
+    qd_enc_ws_free(ws);
+    free(out);
+    free_fixture(&fx);
+}
+
+/* Texts through the tokenizer: the parallel driver on several threads gives exactly
+ * the serial result, whatever the thread count and batch size. */
+static void test_parallel_matches_serial(void **state)
+{
+    (void)state;
+    qd_model *m;
+    assert_int_equal(qd_model_load(qt_path(qt_fixtures_dir(), "fwd_plain.qdm"), &m, err,
+                                   sizeof err),
+                     0);
+    size_t H = (size_t)qd_model_dim(m);
+    enum { N = 1500 };
+    char **texts = malloc(N * sizeof *texts);
+    size_t *lens = malloc(N * sizeof *lens);
+    uint64_t rng = 9;
+    for (size_t i = 0; i < N; i++) {
+        char buf[512];
+        size_t len = 0, words = qt_rand(&rng) % 25;
+        for (size_t w = 0; w < words; w++)
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "w%d%s ",
+                                    (int)(qt_rand(&rng) % 45), (w % 5 == 4) ? " ?" : "");
+        texts[i] = strdup(buf);
+        lens[i] = len;
+    }
+    float *serial = calloc(N * H, sizeof *serial);
+    qd_enc_ws *ws = qd_enc_ws_new();
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(qd_enc_texts(m, ws, (const char *const *)&texts[i], &lens[i], 1,
+                                      serial + i * H),
+                         0);
+    float *par = calloc(N * H, sizeof *par);
+    int threads[] = {1, 2, 4};
+    size_t batches[] = {1, 7, 256};
+    for (int t = 0; t < 3; t++) {
+        memset(par, 0xFF, N * H * sizeof *par);
+        assert_int_equal(qd_enc_texts_parallel(m, (const char *const *)texts, lens, N,
+                                               threads[t], batches[t], NULL, NULL, par),
+                         0);
+        double d = max_abs_diff(par, serial, N * H);
+        if (!(d < 1e-6))
+            fail_msg("threads %d batch %zu: differs from serial by %.3g", threads[t],
+                     batches[t], d);
+    }
+    for (size_t i = 0; i < N; i++)
+        free(texts[i]);
+    free(texts);
+    free(lens);
+    free(serial);
+    free(par);
+    qd_enc_ws_free(ws);
+    qd_model_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plain_model_matches_pytorch),
+        cmocka_unit_test(test_plain_model_reference_gemm_matches_pytorch),
+        cmocka_unit_test(test_ngram_model_matches_pytorch),
+        cmocka_unit_test(test_gemm_blas_vs_loops),
+        cmocka_unit_test(test_activations_accurate),
+        cmocka_unit_test(test_batch_composition_does_not_matter),
+        cmocka_unit_test(test_empty_question_is_zero_vector),
+        cmocka_unit_test(test_parallel_matches_serial),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

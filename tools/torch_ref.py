@@ -1,0 +1,165 @@
+#!/usr/bin/python3
+"""PyTorch reference of qdup's encoder: the course's Siamese LSTM.
+
+The model is what the course built: nn.Embedding -> nn.LSTM -> mean over the real
+tokens -> L2 normalize. A token may stand for several embedding rows (hashed
+character n-grams), averaged, which nn.EmbeddingBag(mode="mean") does.
+
+This module is imported by the other reference scripts in tools/ and can write and read
+qdup model files (.qdm, see include/qdup/model.h), so that PyTorch and the C code can be
+compared on the same weights.
+
+    /usr/bin/python3 tools/torch_ref.py fixtures OUTDIR   # forward-pass fixtures
+
+Needs Debian's python3-torch; neither the tests nor CI run it: its outputs are committed.
+"""
+import struct
+import sys
+import zlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MAGIC = b"QDUPMODL"
+VERSION = 1
+HEADER_SIZE = 128
+ENDIAN = 0x0A0B0C0D
+FLOATCHECK = -1.75
+PAD, UNK = 0, 1
+
+
+class Encoder(nn.Module):
+    """Embedding (mean of a token's rows) -> LSTM -> masked mean -> normalize."""
+
+    def __init__(self, rows, emb_dim, hidden):
+        super().__init__()
+        self.emb = nn.EmbeddingBag(rows, emb_dim, mode="mean")
+        self.lstm = nn.LSTM(emb_dim, hidden, batch_first=True)
+
+    def forward(self, questions):
+        """questions: list of questions, each a list of tokens, each a list of rows."""
+        flat = [tok for q in questions for tok in q]
+        rows = torch.tensor([r for tok in flat for r in tok], dtype=torch.long)
+        offsets = torch.tensor([0] + [len(t) for t in flat[:-1]], dtype=torch.long).cumsum(0)
+        x = self.emb(rows, offsets)
+        lens = [len(q) for q in questions]
+        T = max(lens)
+        batch = torch.zeros(len(questions), T, x.shape[1])
+        pos = 0
+        for i, n in enumerate(lens):
+            batch[i, :n] = x[pos:pos + n]
+            pos += n
+        h, _ = self.lstm(batch)
+        mask = torch.zeros(len(questions), T, 1)
+        for i, n in enumerate(lens):
+            mask[i, :n] = 1
+        pooled = (h * mask).sum(1) / torch.tensor(lens, dtype=torch.float32).unsqueeze(1)
+        return F.normalize(pooled, dim=1)
+
+
+def write_qdm(path, enc, words, max_tokens=64, ngram=(0, 0, 0)):
+    """Writes enc with vocabulary `words` (ids 2.. in order) as a .qdm file."""
+    emb = enc.emb.weight.detach().float()
+    wx = enc.lstm.weight_ih_l0.detach().float()
+    wh = enc.lstm.weight_hh_l0.detach().float()
+    b = (enc.lstm.bias_ih_l0 + enc.lstm.bias_hh_l0).detach().float()
+    E, H = emb.shape[1], wh.shape[1]
+    V = len(words) + 2
+    nmin, nmax, buckets = ngram
+    assert emb.shape[0] == V + buckets
+    vocab = b"".join(bytes([len(w.encode())]) + w.encode() for w in words)
+    params = torch.cat([emb.reshape(-1), wx.reshape(-1), wh.reshape(-1), b.reshape(-1)])
+    hdr = MAGIC + struct.pack("<IIIf", VERSION, HEADER_SIZE, ENDIAN, FLOATCHECK)
+    hdr += struct.pack("<10I", E, H, V, 1, 0, max_tokens, nmin, nmax, buckets, 0)
+    hdr += struct.pack("<QQ", len(vocab), params.numel())
+    hdr += b"\0" * (HEADER_SIZE - len(hdr))
+    body = hdr + vocab + params.numpy().astype("<f4").tobytes()
+    with open(path, "wb") as f:
+        f.write(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def read_qdm(path):
+    """Reads a .qdm file into (Encoder, words, header dict)."""
+    data = open(path, "rb").read()
+    assert data[:8] == MAGIC, "not a qdup model"
+    version, hsize, endian, fcheck = struct.unpack_from("<IIIf", data, 8)
+    assert version == VERSION and endian == ENDIAN and fcheck == FLOATCHECK
+    E, H, V, dirs, pool, max_tokens, nmin, nmax, buckets, _ = struct.unpack_from("<10I", data, 24)
+    vbytes, nparams = struct.unpack_from("<QQ", data, 64)
+    assert zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0], "bad checksum"
+    words, p = [], hsize
+    for _ in range(V - 2):
+        n = data[p]
+        words.append(data[p + 1:p + 1 + n].decode("utf-8", "surrogateescape"))
+        p += 1 + n
+    w = torch.frombuffer(bytearray(data[p:p + 4 * nparams]), dtype=torch.float32)
+    rows = V + buckets
+    enc = Encoder(rows, E, H)
+    sizes = [rows * E, 4 * H * E, 4 * H * H, 4 * H]
+    parts = torch.split(w, sizes)
+    with torch.no_grad():
+        enc.emb.weight.copy_(parts[0].view(rows, E))
+        enc.lstm.weight_ih_l0.copy_(parts[1].view(4 * H, E))
+        enc.lstm.weight_hh_l0.copy_(parts[2].view(4 * H, H))
+        enc.lstm.bias_ih_l0.copy_(parts[3])
+        enc.lstm.bias_hh_l0.zero_()
+    hdr = dict(E=E, H=H, V=V, max_tokens=max_tokens, ngram=(nmin, nmax, buckets))
+    return enc, words, hdr
+
+
+def fmt(values):
+    return " ".join("%.9g" % v for v in values)
+
+
+def write_forward_fixture(outdir, name, seed, V, E, H, buckets, questions):
+    """A small random model plus questions and the vectors PyTorch gives them."""
+    torch.manual_seed(seed)
+    enc = Encoder(V + buckets, E, H)
+    with torch.no_grad():  # livelier than the default init, so errors show
+        enc.emb.weight.uniform_(-1, 1)
+        for p in enc.lstm.parameters():
+            p.uniform_(-0.6, 0.6)
+    words = ["w%d" % i for i in range(2, V)]
+    ngram = (3, 4, buckets) if buckets else (0, 0, 0)
+    write_qdm("%s/%s.qdm" % (outdir, name), enc, words, max_tokens=64, ngram=ngram)
+    with torch.no_grad():
+        out = enc(questions)
+    with open("%s/%s.txt" % (outdir, name), "w") as f:
+        f.write("# %s: written by tools/torch_ref.py fixtures (PyTorch %s)\n"
+                % (name, torch.__version__))
+        f.write("# q N: a question of N tokens; t ROWS: one token's embedding rows;\n")
+        f.write("# v ...: the unit vector PyTorch computes for the question\n")
+        for q, v in zip(questions, out):
+            f.write("q %d\n" % len(q))
+            for tok in q:
+                f.write("t %s\n" % " ".join(str(r) for r in tok))
+            f.write("v %s\n" % fmt(v.tolist()))
+
+
+def make_fixtures(outdir):
+    g = torch.Generator().manual_seed(7)
+
+    def rand_question(n, V, buckets):
+        q = []
+        for _ in range(n):
+            tok = [int(torch.randint(1, V, (1,), generator=g))]
+            if buckets:
+                k = int(torch.randint(0, 4, (1,), generator=g))
+                tok += [V + int(torch.randint(0, buckets, (1,), generator=g)) for _ in range(k)]
+            q.append(tok)
+        return q
+
+    # Lengths chosen to mix: equal lengths, a single token, a long one, unsorted order.
+    lengths = [5, 1, 12, 5, 3, 9, 2, 7, 7, 1, 30, 4]
+    plain = [rand_question(n, 40, 0) for n in lengths]
+    write_forward_fixture(outdir, "fwd_plain", 1, 40, 16, 12, 0, plain)
+    ngram = [rand_question(n, 30, 50) for n in lengths]
+    write_forward_fixture(outdir, "fwd_ngram", 2, 30, 8, 10, 50, ngram)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "fixtures":
+        make_fixtures(sys.argv[2])
+    else:
+        sys.exit(__doc__)
