@@ -3,8 +3,8 @@
  *
  * Three steps, each usable alone:
  *   1. qd_tok_split(): normalize and split. The text is decoded as UTF-8 (each invalid
- *      byte becomes U+FFFD, so any byte string is accepted and nothing is read past
- *      `len`), case folded and compatibility decomposed with utf8proc (É, é and
+ *      sequence becomes U+FFFD, so any byte string is accepted and nothing is read
+ *      past `len`), case folded and compatibility decomposed with utf8proc (É, é and
  *      e + U+0301 are one letter), and cut into tokens: a word is a run of letters,
  *      combining marks and digits; every other visible character (punctuation, a
  *      symbol, an emoji, U+FFFD) is a token by itself; white space, control
@@ -62,7 +62,8 @@ extern "C" {
 
 enum { QD_TOK_PAD = 0, QD_TOK_UNK = 1, QD_TOK_NRESERVED = 2 };
 
-/* Longest token kept, in bytes; longer runs are cut into pieces of this size. */
+/* Longest token kept, in bytes; longer words are cut into pieces of at most this size
+ * (at code point boundaries). Also the longest word a vocabulary holds. */
 #define QD_TOK_MAX_BYTES 64
 
 /* Tokenizer settings. They are part of a model file: a model is only meaningful with
@@ -110,7 +111,8 @@ int32_t qd_vocab_find(const qd_vocab *v, const char *s, size_t n);
  * QD_ERR_INVAL unless 1 <= n <= QD_TOK_MAX_BYTES, QD_ERR_NOMEM (v unchanged),
  * QD_ERR_RANGE past INT32_MAX ids. Any bytes are accepted (no UTF-8 check). */
 int32_t qd_vocab_add(qd_vocab *v, const char *s, size_t n);
-/* The word of id (NUL-terminated), or NULL for a reserved or unknown id. */
+/* The word of id (NUL-terminated; its length in *n if n is not NULL), or NULL (and
+ * *n = 0) for a reserved or unknown id. */
 const char *qd_vocab_word(const qd_vocab *v, int32_t id, size_t *n);
 
 /* Counting words to build a vocabulary from training text. */
