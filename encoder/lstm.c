@@ -351,3 +351,235 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
     }
     return 0;
 }
+
+/* --- gradients --------------------------------------------------------------------------- */
+
+int qd_grads_init(qd_grads *g, const qd_model_hdr *hdr)
+{
+    memset(g, 0, sizeof *g);
+    g->nparams = qd_model_nparams(hdr);
+    g->nrows = qd_model_rows(hdr);
+    g->data = qd_calloc(g->nparams, sizeof *g->data);
+    g->touched = qd_calloc(g->nrows, 1);
+    g->rows = qd_mallocarray(g->nrows, sizeof *g->rows);
+    if (!g->data || !g->touched || !g->rows) {
+        qd_grads_free(g);
+        return QD_ERR_NOMEM;
+    }
+    qd_params_point(hdr, g->data, &g->g);
+    return 0;
+}
+
+void qd_grads_free(qd_grads *g)
+{
+    if (!g)
+        return;
+    qd_free(g->data);
+    qd_free(g->touched);
+    qd_free(g->rows);
+    memset(g, 0, sizeof *g);
+}
+
+void qd_grads_zero(qd_grads *g)
+{
+    size_t E = (size_t)(g->g.wx - g->g.emb) / g->nrows;
+    for (size_t i = 0; i < g->nrows_touched; i++) {
+        memset(g->g.emb + (size_t)g->rows[i] * E, 0, E * sizeof(float));
+        g->touched[g->rows[i]] = 0;
+    }
+    g->nrows_touched = 0;
+    memset(g->g.wx, 0, (size_t)(g->data + g->nparams - g->g.wx) * sizeof(float));
+}
+
+static void touch_row(qd_grads *g, int32_t row)
+{
+    if (!g->touched[row]) {
+        g->touched[row] = 1;
+        g->rows[g->nrows_touched++] = row;
+    }
+}
+
+void qd_grads_add(qd_grads *dst, const qd_grads *src)
+{
+    size_t E = (size_t)(src->g.wx - src->g.emb) / src->nrows;
+    for (size_t i = 0; i < src->nrows_touched; i++) {
+        int32_t r = src->rows[i];
+        touch_row(dst, r);
+        float *d = dst->g.emb + (size_t)r * E;
+        const float *s = src->g.emb + (size_t)r * E;
+        for (size_t k = 0; k < E; k++)
+            d[k] += s[k];
+    }
+    size_t dense = (size_t)(src->data + src->nparams - src->g.wx);
+    float *d = dst->g.wx;
+    const float *s = src->g.wx;
+    for (size_t i = 0; i < dense; i++)
+        d[i] += s[i];
+}
+
+/* --- backward ---------------------------------------------------------------------------- */
+
+void qd_bwd_init(qd_bwd *b)
+{
+    memset(b, 0, sizeof *b);
+}
+
+void qd_bwd_free(qd_bwd *b)
+{
+    if (!b)
+        return;
+    qd_free(b->dpool);
+    qd_free(b->dg);
+    qd_free(b->dh_rec);
+    qd_free(b->dc);
+    qd_free(b->hprev);
+    qd_free(b->dx);
+    qd_bwd_init(b);
+}
+
+static int bwd_reserve(qd_bwd *b, size_t n, size_t ntok, size_t E, size_t H)
+{
+    if (n <= b->cap_n && ntok <= b->cap_tok && E == b->dim_e && H == b->dim_h)
+        return 0;
+    size_t cn = max_size(b->cap_n, n + n / 2 + 1);
+    size_t ctok = max_size(b->cap_tok, ntok + ntok / 2 + 1);
+    qd_bwd_free(b);
+    b->dpool = qd_mallocarray(cn, H * sizeof(float));
+    b->dh_rec = qd_mallocarray(cn, H * sizeof(float));
+    b->dc = qd_mallocarray(cn, H * sizeof(float));
+    b->dg = qd_mallocarray(ctok, 4 * H * sizeof(float));
+    b->hprev = qd_mallocarray(ctok, H * sizeof(float));
+    b->dx = qd_mallocarray(ctok, E * sizeof(float));
+    if (!b->dpool || !b->dh_rec || !b->dc || !b->dg || !b->hprev || !b->dx) {
+        qd_bwd_free(b);
+        return QD_ERR_NOMEM;
+    }
+    b->cap_n = cn;
+    b->cap_tok = ctok;
+    b->dim_e = E;
+    b->dim_h = H;
+    return 0;
+}
+
+void qd_l2norm_backward(size_t n, size_t H, const float *out, const float *norm,
+                        const float *dout, float *dpooled)
+{
+    for (size_t q = 0; q < n; q++) {
+        const float *o = out + q * H, *d = dout + q * H;
+        float *dp = dpooled + q * H;
+        if (norm[q] <= 0) {
+            memset(dp, 0, H * sizeof *dp);
+            continue;
+        }
+        double dot = 0;
+        for (size_t k = 0; k < H; k++)
+            dot += (double)o[k] * d[k];
+        float inv = 1.0f / norm[q], fdot = (float)dot;
+        for (size_t k = 0; k < H; k++)
+            dp[k] = (d[k] - o[k] * fdot) * inv;
+    }
+}
+
+/* Backward of one LSTM step for `rows` questions. g holds the step's activated gates,
+ * c its cell states, cprev the previous ones (row stride cstride; 0: the zero state).
+ * The gradient reaching h is dpool (from the mean) plus dh_rec (from step t+1); dc
+ * holds the gradient reaching c from step t+1 and is replaced by the gradient reaching
+ * c_{t-1}. dg receives the gradient w.r.t. the gate pre-activations. */
+QD_CLONES static void lstm_cell_backward(const float *restrict g, const float *restrict c,
+                                         const float *restrict cprev, size_t cstride,
+                                         const float *restrict dpool,
+                                         const float *restrict dh_rec, float *restrict dc,
+                                         float *restrict dg, size_t rows, size_t H)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *gi = g + r * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;
+        const float *cr = c + r * H, *cp = cprev + r * cstride, *dp = dpool + r * H;
+        const float *dr = dh_rec + r * H;
+        float *dcr = dc + r * H, *di = dg + r * 4 * H, *df = di + H, *du = df + H,
+              *dO = du + H;
+        for (size_t k = 0; k < H; k++) {
+            float tc = fast_tanh(cr[k]);
+            float dh = dp[k] + dr[k];
+            float dcell = dcr[k] + dh * go[k] * (1.0f - tc * tc);
+            float i = gi[k], f = gf[k], u = gg[k], o = go[k];
+            di[k] = dcell * u * i * (1.0f - i);
+            df[k] = dcell * cp[k] * f * (1.0f - f);
+            du[k] = dcell * i * (1.0f - u * u);
+            dO[k] = dh * tc * o * (1.0f - o);
+            dcr[k] = dcell * f;
+        }
+    }
+}
+
+int qd_lstm_backward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *s,
+                     const qd_fwd *f, const float *dout, qd_bwd *b, qd_grads *grads)
+{
+    size_t E = hdr->emb_dim, H = hdr->hidden, n = f->n, ntok = f->ntok, T = f->T;
+    if (bwd_reserve(b, n, ntok, E, H))
+        return QD_ERR_NOMEM;
+    if (ntok == 0)
+        return 0;
+
+    /* Normalization, then the mean: dpool by length-order position, divided by length. */
+    qd_l2norm_backward(n, H, f->out, f->norm, dout, b->dh_rec); /* dh_rec as scratch */
+    for (size_t j = 0; j < n; j++) {
+        const float *src = b->dh_rec + (size_t)f->order[j] * H;
+        float *dst = b->dpool + j * H;
+        float inv = f->len[j] ? 1.0f / (float)f->len[j] : 0.0f;
+        for (size_t k = 0; k < H; k++)
+            dst[k] = src[k] * inv;
+    }
+
+    /* Through time, last step first. */
+    for (size_t t = T; t-- > 0;) {
+        size_t nt = f->nact[t], row = f->toff[t];
+        size_t nrec = t + 1 < T ? f->nact[t + 1] : 0;
+        const float *cprev = f->zeros;
+        size_t cstride = 0;
+        if (t > 0) {
+            cprev = f->c + (size_t)f->toff[t - 1] * H;
+            cstride = H;
+        }
+        /* Questions that end at step t get nothing from step t+1. */
+        memset(b->dh_rec + nrec * H, 0, (nt - nrec) * H * sizeof(float));
+        memset(b->dc + nrec * H, 0, (nt - nrec) * H * sizeof(float));
+        lstm_cell_backward(f->gates + row * 4 * H, f->c + row * H, cprev, cstride, b->dpool,
+                           b->dh_rec, b->dc, b->dg + row * 4 * H, nt, H);
+        if (t > 0)
+            qd_gemm(0, 0, nt, H, 4 * H, 1.0f, b->dg + row * 4 * H, 4 * H, p->wh, H, 0.0f,
+                    b->dh_rec, H);
+    }
+
+    /* Weight gradients, each one product over every row of the batch. */
+    size_t n0 = f->nact[0];
+    for (size_t t = 1; t < T; t++)
+        memcpy(b->hprev + (size_t)f->toff[t] * H, f->h + (size_t)f->toff[t - 1] * H,
+               (size_t)f->nact[t] * H * sizeof(float));
+    if (ntok > n0)
+        qd_gemm(1, 0, 4 * H, H, ntok - n0, 1.0f, b->dg + n0 * 4 * H, 4 * H,
+                b->hprev + n0 * H, H, 1.0f, grads->g.wh, H);
+    qd_gemm(1, 0, 4 * H, E, ntok, 1.0f, b->dg, 4 * H, f->x, E, 1.0f, grads->g.wx, E);
+    for (size_t r = 0; r < ntok; r++) {
+        const float *d = b->dg + r * 4 * H;
+        for (size_t k = 0; k < 4 * H; k++)
+            grads->g.b[k] += d[k];
+    }
+
+    /* Embedding rows: each token's gradient shared among the rows it averaged. */
+    qd_gemm(0, 0, ntok, E, 4 * H, 1.0f, b->dg, 4 * H, p->wx, E, 0.0f, b->dx, E);
+    for (size_t t = 0; t < T; t++) {
+        for (size_t j = 0; j < f->nact[t]; j++) {
+            size_t tok = s->qoff[seq_of(f, f->order[j])] + t;
+            const float *dx = b->dx + ((size_t)f->toff[t] + j) * E;
+            uint32_t r0 = s->toff[tok], r1 = s->toff[tok + 1];
+            float share = r1 > r0 ? 1.0f / (float)(r1 - r0) : 0.0f;
+            for (uint32_t r = r0; r < r1; r++) {
+                touch_row(grads, s->rows[r]);
+                float *e = grads->g.emb + (size_t)s->rows[r] * E;
+                for (size_t k = 0; k < E; k++)
+                    e[k] += share * dx[k];
+            }
+        }
+    }
+    return 0;
+}

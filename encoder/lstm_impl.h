@@ -59,6 +59,54 @@ void qd_fwd_free(qd_fwd *f);
 int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *seqs,
                     const uint32_t *sel, size_t n, qd_fwd *f);
 
+/* --- backward ------------------------------------------------------------------------ */
+
+/* Gradients with respect to the weights: one contiguous buffer shaped like the
+ * parameters, plus the list of embedding rows a batch touched, so that zeroing costs
+ * what the batch touched rather than the whole table. */
+typedef struct qd_grads {
+    float *data;       /* (nparams) every gradient, in parameter order */
+    size_t nparams;    /* floats in data */
+    qd_params g;       /* named views into data */
+    size_t nrows;      /* embedding rows in the table (R) */
+    uint8_t *touched;  /* (R) 1 if the row's gradient may be nonzero */
+    int32_t *rows;     /* (nrows_touched) the touched rows, in order of first touch */
+    size_t nrows_touched; /* entries in rows */
+} qd_grads;
+
+int qd_grads_init(qd_grads *g, const qd_model_hdr *hdr);
+void qd_grads_free(qd_grads *g);
+/* Sets every gradient to zero (the embedding rows through the touched list). */
+void qd_grads_zero(qd_grads *g);
+/* dst += src, touched rows included. */
+void qd_grads_add(qd_grads *dst, const qd_grads *src);
+
+/* Scratch of the backward pass, sized like the forward activations. */
+typedef struct qd_bwd {
+    float *dpool;      /* (n, H) gradient w.r.t. the pooled vector, divided by length */
+    float *dg;         /* (ntok, 4H) gradient w.r.t. gate pre-activations */
+    float *dh_rec;     /* (n, H) gradient reaching h_{t-1} through the recurrence */
+    float *dc;         /* (n, H) gradient reaching c_{t-1} */
+    float *hprev;      /* (ntok, H) h_{t-1} next to each row of steps >= 1 */
+    float *dx;         /* (ntok, E) gradient w.r.t. the token embeddings */
+    size_t cap_n, cap_tok; /* questions and tokens allocated for */
+    size_t dim_e, dim_h;   /* E and H the buffers were allocated for */
+} qd_bwd;
+
+void qd_bwd_init(qd_bwd *b);
+void qd_bwd_free(qd_bwd *b);
+
+/* Backward of out = pooled / ||pooled||: dpooled = (dout - out (out . dout)) / norm,
+ * row by row (zero where norm is 0). */
+void qd_l2norm_backward(size_t n, size_t H, const float *out, const float *norm,
+                        const float *dout, float *dpooled);
+
+/* Backpropagation through the whole encoder for the batch of the last forward pass f
+ * over seqs: given dout (n, H), the gradient w.r.t. f->out in batch order, adds the
+ * gradients of every weight into grads. */
+int qd_lstm_backward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *seqs,
+                     const qd_fwd *f, const float *dout, qd_bwd *b, qd_grads *grads);
+
 /* Activation kernels, vectorized; exposed for the tests of their accuracy. */
 void qd_vsigmoid(float *y, const float *x, size_t n);
 void qd_vtanh(float *y, const float *x, size_t n);

@@ -143,8 +143,9 @@ int qd_model_new(const qd_model_hdr *hdr, qd_vocab *vocab, qd_model **out, char 
     m->nparams = qd_model_nparams(hdr);
     m->param_data = qd_calloc(m->nparams, sizeof(float));
     if (!m->param_data) {
+        size_t want = m->nparams;
         qd_model_free(m); /* frees vocab too */
-        return qd_errf(err, errlen, QD_ERR_NOMEM, "out of memory for %zu weights", m->nparams);
+        return qd_errf(err, errlen, QD_ERR_NOMEM, "out of memory for %zu weights", want);
     }
     qd_params_point(hdr, m->param_data, &m->p);
     *out = m;

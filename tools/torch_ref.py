@@ -108,6 +108,71 @@ def read_qdm(path):
     return enc, words, hdr
 
 
+def triplet_loss(v1, v2, margin=0.25):
+    """The course's TripletLoss: v1 anchors, v2 positives, other positives negatives."""
+    scores = v1 @ v2.T
+    B = scores.shape[0]
+    positive = torch.diagonal(scores)
+    eye = torch.eye(B)
+    neg_zero = scores * (1.0 - eye)
+    mean_neg = neg_zero.sum(1) / (B - 1)
+    mask = ((eye == 1) | (neg_zero > positive[:, None])).float()
+    closest = (neg_zero - 2.0 * mask).max(1).values
+    loss1 = F.relu(margin - positive + closest)
+    loss2 = F.relu(margin - positive + mean_neg)
+    return (loss1 + loss2).mean()
+
+
+def flat_params(enc):
+    """The model's weights in .qdm order, the bias as b_ih + b_hh."""
+    l = enc.lstm
+    return torch.cat([enc.emb.weight.reshape(-1), l.weight_ih_l0.reshape(-1),
+                      l.weight_hh_l0.reshape(-1), (l.bias_ih_l0 + l.bias_hh_l0).reshape(-1)])
+
+
+def flat_grads(enc):
+    l = enc.lstm
+    return torch.cat([enc.emb.weight.grad.reshape(-1), l.weight_ih_l0.grad.reshape(-1),
+                      l.weight_hh_l0.grad.reshape(-1), l.bias_ih_l0.grad.reshape(-1)])
+
+
+def write_step_fixture(outdir, name, seed, V, E, H, B):
+    """One training step: the loss of a batch of pairs, its gradient w.r.t. every weight,
+    and the weights after one Adam step (lr 0.01) taken with that gradient."""
+    torch.manual_seed(seed)
+    enc = Encoder(V, E, H)
+    with torch.no_grad():
+        for p in enc.lstm.parameters():
+            p.uniform_(-0.6, 0.6)
+    words = ["w%d" % i for i in range(2, V)]
+    write_qdm("%s/%s.qdm" % (outdir, name), enc, words, max_tokens=64)
+    g = torch.Generator().manual_seed(seed + 100)
+    lens = [int(x) for x in torch.randint(1, 9, (2 * B,), generator=g)]
+    qs = [[[int(torch.randint(1, V, (1,), generator=g))] for _ in range(n)] for n in lens]
+    v = enc(qs)
+    loss = triplet_loss(v[:B], v[B:], 0.25)
+    loss.backward()
+    grads = flat_grads(enc)
+    # Adam on the weights as qdup stores them (one merged bias), with these gradients.
+    w = flat_params(enc).detach().clone().requires_grad_(True)
+    w.grad = grads.detach().clone()
+    opt = torch.optim.Adam([w], lr=0.01)
+    opt.step()
+    with open("%s/%s.txt" % (outdir, name), "w") as f:
+        f.write("# %s: written by tools/torch_ref.py fixtures (PyTorch %s)\n"
+                % (name, torch.__version__))
+        f.write("# q/t: %d anchors then %d positives; loss: the course's triplet loss, "
+                "margin 0.25;\n# grad: dL/dweights in .qdm order; adam: weights after one "
+                "Adam step, lr 0.01\n" % (B, B))
+        for q in qs:
+            f.write("q %d\n" % len(q))
+            for tok in q:
+                f.write("t %s\n" % " ".join(str(r) for r in tok))
+        f.write("loss %.9g\n" % loss.item())
+        f.write("grad %s\n" % fmt(grads.tolist()))
+        f.write("adam %s\n" % fmt(w.detach().tolist()))
+
+
 def fmt(values):
     return " ".join("%.9g" % v for v in values)
 
@@ -156,6 +221,7 @@ def make_fixtures(outdir):
     write_forward_fixture(outdir, "fwd_plain", 1, 40, 16, 12, 0, plain)
     ngram = [rand_question(n, 30, 50) for n in lengths]
     write_forward_fixture(outdir, "fwd_ngram", 2, 30, 8, 10, 50, ngram)
+    write_step_fixture(outdir, "step_tiny", 3, 12, 6, 5, 6)
 
 
 if __name__ == "__main__":

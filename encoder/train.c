@@ -1,0 +1,636 @@
+/*
+ * train.c - the trainer: vocabulary, initialization, the training loop with its worker
+ * threads, validation and early stopping.
+ *
+ * Every training question is tokenized once, up front, into one qd_tokseqs; a batch is
+ * then only a list of question indices (sel), which the forward pass takes as is. A
+ * step runs in three phases on a small pool of threads (the caller is thread 0):
+ *   1. each thread encodes its contiguous slice of the batch (forward, activations kept);
+ *   2. thread 0 computes the loss and its gradient w.r.t. every vector of the batch;
+ *   3. each thread backpropagates its slice into its own gradient buffer;
+ * then thread 0 sums the buffers in thread order, clips, and takes an Adam step. The
+ * slices depend only on the batch size and thread count, so a run is reproducible.
+ */
+#include "qdup/train.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lstm_impl.h"
+#include "model_impl.h"
+#include "qdup/common.h"
+#include "train_impl.h"
+
+int qd_train_recipe(const char *name, qd_train_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    snprintf(o->recipe, sizeof o->recipe, "%s", name);
+    o->emb_dim = 128;
+    o->hidden = 128;
+    o->max_tokens = 64;
+    o->batch = 256;
+    o->lr = 0.01f;
+    o->margin = 0.25f;
+    o->seed = 1;
+    if (strcmp(name, "seed") == 0) {
+        /* The course: every training word, duplicate pairs only, in-batch negatives. */
+        o->min_count = 1;
+        o->epochs = 8;
+        o->patience = 0;
+        return 0;
+    }
+    if (strcmp(name, "default") == 0) {
+        o->min_count = 2;
+        o->epochs = 8;
+        o->patience = 3;
+        return 0;
+    }
+    return QD_ERR_INVAL;
+}
+
+/* --- a pool of worker threads running one function at a time --------------------------- */
+
+typedef struct pool {
+    int n;                    /* threads, the caller included */
+    pthread_t *tids;          /* (n - 1) workers */
+    pthread_mutex_t mu;       /* guards everything below */
+    pthread_cond_t go;        /* a new job, or stop */
+    pthread_cond_t done;      /* a worker finished the job */
+    unsigned gen;             /* job counter */
+    int pending;              /* workers still running the current job */
+    int stop;                 /* workers exit */
+    void (*fn)(void *arg, int tid); /* the job */
+    void *arg;                /* its argument */
+} pool;
+
+typedef struct pool_worker {
+    pool *p;   /* the pool */
+    int tid;   /* 1 .. n-1 */
+} pool_worker;
+
+static pool_worker pool_workers[256];
+
+static void *pool_main(void *arg)
+{
+    pool_worker *w = arg;
+    pool *p = w->p;
+    unsigned seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->stop && p->gen == seen)
+            pthread_cond_wait(&p->go, &p->mu);
+        if (p->stop)
+            break;
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        p->fn(p->arg, w->tid);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0)
+            pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static int pool_start(pool *p, int n)
+{
+    memset(p, 0, sizeof *p);
+    if (n > 256)
+        n = 256;
+    p->n = n;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->tids = qd_calloc((size_t)n, sizeof *p->tids);
+    if (!p->tids)
+        return QD_ERR_NOMEM;
+    for (int i = 1; i < n; i++) {
+        pool_workers[i] = (pool_worker){p, i};
+        if (pthread_create(&p->tids[i], NULL, pool_main, &pool_workers[i]) != 0) {
+            p->n = i; /* run with the threads we have */
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Runs fn(arg, tid) on every thread, the caller as tid 0, and waits for all. */
+static void pool_run(pool *p, void (*fn)(void *, int), void *arg)
+{
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->pending = p->n - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    fn(arg, 0);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void pool_stop(pool *p)
+{
+    if (!p->tids)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++)
+        pthread_join(p->tids[i], NULL);
+    qd_free(p->tids);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+}
+
+/* --- the training state ------------------------------------------------------------------ */
+
+typedef struct worker {
+    qd_fwd fwd;      /* activations of this thread's slice */
+    qd_bwd bwd;      /* backward scratch */
+    qd_grads grads;  /* this thread's gradients */
+    size_t lo, n;    /* its slice of the batch */
+    int rc;          /* error of its last phase */
+} worker;
+
+typedef struct trainer {
+    const qd_train_opts *o;
+    qd_model *m;          /* the model being trained */
+    qd_tokseqs seqs;      /* every training question: pair i is 2i (q1) and 2i+1 (q2) */
+    uint32_t *dups;       /* (ndups) pair indices labelled duplicate */
+    size_t ndups;
+    uint32_t *nondups;    /* (nnondups) pair indices labelled non-duplicate */
+    size_t nnondups;
+    size_t nondup_next;   /* cursor into nondups, which is reshuffled when used up */
+    uint32_t *sel;        /* (2B + 2M) the batch: A's, P's, then X's and Y's */
+    size_t nsel;          /* entries of sel in use */
+    float *out;           /* (nsel, H) the batch's vectors */
+    float *dout;          /* (nsel, H) gradient of the loss w.r.t. out */
+    float *S;             /* (B, B) scores, then their gradient */
+    float *scratch;       /* (B, H) for the symmetric direction */
+    float *pos, *neg, *dpos, *dneg; /* (B), (M): pair cosines and their gradients */
+    qd_adam adam;         /* optimizer state */
+    worker *w;            /* (threads) */
+    pool pool;            /* the threads */
+    qd_rng rng;           /* shuffling */
+} trainer;
+
+/* Phase 1: forward over this thread's slice. */
+static void phase_forward(void *arg, int tid)
+{
+    trainer *t = arg;
+    worker *w = &t->w[tid];
+    size_t H = t->m->hdr.hidden;
+    w->rc = 0;
+    if (w->n == 0)
+        return;
+    w->rc = qd_lstm_forward(&t->m->hdr, &t->m->p, &t->seqs, t->sel + w->lo, w->n, &w->fwd);
+    if (w->rc == 0)
+        memcpy(t->out + w->lo * H, w->fwd.out, w->n * H * sizeof(float));
+}
+
+/* Phase 3: backward over this thread's slice into its own gradients. */
+static void phase_backward(void *arg, int tid)
+{
+    trainer *t = arg;
+    worker *w = &t->w[tid];
+    size_t H = t->m->hdr.hidden;
+    w->rc = 0;
+    qd_grads_zero(&w->grads);
+    if (w->n == 0)
+        return;
+    w->rc = qd_lstm_backward(&t->m->hdr, &t->m->p, &t->seqs, &w->fwd, t->dout + w->lo * H,
+                             &w->bwd, &w->grads);
+}
+
+static int check_workers(trainer *t)
+{
+    for (int i = 0; i < t->pool.n; i++)
+        if (t->w[i].rc)
+            return t->w[i].rc;
+    return 0;
+}
+
+static float dot(const float *a, const float *b, size_t n)
+{
+    float s = 0;
+    for (size_t k = 0; k < n; k++)
+        s += a[k] * b[k];
+    return s;
+}
+
+/* Phase 2: the loss of the batch and its gradient w.r.t. every vector in t->out. */
+static float batch_loss(trainer *t, size_t B, size_t M)
+{
+    const qd_train_opts *o = t->o;
+    size_t H = t->m->hdr.hidden;
+    float *A = t->out, *P = t->out + B * H, *dA = t->dout, *dP = t->dout + B * H;
+    float loss = qd_triplet_loss(A, P, B, B, H, o->margin, t->S, dA, dP);
+    if (o->symmetric) {
+        /* P as anchor against the A's: the same loss with the roles swapped. */
+        float *dP2 = t->scratch;
+        float *dA2 = t->dout + (2 * B + 2 * M) * H; /* spare rows past the batch */
+        loss += qd_triplet_loss(P, A, B, B, H, o->margin, t->S, dP2, dA2);
+        for (size_t i = 0; i < B * H; i++) {
+            dP[i] += dP2[i];
+            dA[i] += dA2[i];
+        }
+    }
+    if (M > 0) {
+        float *X = t->out + 2 * B * H, *Y = X + M * H;
+        float *dX = t->dout + 2 * B * H, *dY = dX + M * H;
+        for (size_t i = 0; i < B; i++)
+            t->pos[i] = dot(A + i * H, P + i * H, H);
+        for (size_t m = 0; m < M; m++)
+            t->neg[m] = dot(X + m * H, Y + m * H, H);
+        loss += qd_rank_loss(t->pos, B, t->neg, M, o->margin, t->dpos, t->dneg);
+        for (size_t i = 0; i < B; i++)
+            for (size_t k = 0; k < H; k++) {
+                dA[i * H + k] += t->dpos[i] * P[i * H + k];
+                dP[i * H + k] += t->dpos[i] * A[i * H + k];
+            }
+        for (size_t m = 0; m < M; m++)
+            for (size_t k = 0; k < H; k++) {
+                dX[m * H + k] = t->dneg[m] * Y[m * H + k];
+                dY[m * H + k] = t->dneg[m] * X[m * H + k];
+            }
+    }
+    return loss;
+}
+
+/* One optimization step over dups[first .. first + B). */
+static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
+{
+    /* The batch: anchors, positives, then M labelled non-duplicate pairs. */
+    for (size_t i = 0; i < B; i++) {
+        t->sel[i] = 2 * t->dups[first + i];
+        t->sel[B + i] = 2 * t->dups[first + i] + 1;
+    }
+    for (size_t m = 0; m < M; m++) {
+        if (t->nondup_next == t->nnondups) {
+            qd_rng_shuffle(&t->rng, t->nondups, t->nnondups);
+            t->nondup_next = 0;
+        }
+        uint32_t pr = t->nondups[t->nondup_next++];
+        t->sel[2 * B + m] = 2 * pr;
+        t->sel[2 * B + M + m] = 2 * pr + 1;
+    }
+    t->nsel = 2 * B + 2 * M;
+    /* Contiguous slices, one per thread. */
+    int n = t->pool.n;
+    for (int i = 0; i < n; i++) {
+        t->w[i].lo = t->nsel * (size_t)i / (size_t)n;
+        t->w[i].n = t->nsel * (size_t)(i + 1) / (size_t)n - t->w[i].lo;
+    }
+    pool_run(&t->pool, phase_forward, t);
+    int rc = check_workers(t);
+    if (rc)
+        return rc;
+    *loss = batch_loss(t, B, M);
+    pool_run(&t->pool, phase_backward, t);
+    rc = check_workers(t);
+    if (rc)
+        return rc;
+    qd_grads *g = &t->w[0].grads;
+    for (int i = 1; i < n; i++)
+        qd_grads_add(g, &t->w[i].grads);
+    if (t->o->clip > 0)
+        qd_clip_grad_norm(g->data, g->nparams, t->o->clip);
+    qd_adam_step(&t->adam, t->m->param_data, g->data);
+    return 0;
+}
+
+/* --- vocabulary and initialization ------------------------------------------------------ */
+
+/* Counts the words of every distinct training question (by qid when the file has
+ * them) and keeps those seen at least min_count times. */
+static int build_vocab(const qd_train_opts *o, const qd_pairs *train, qd_vocab **out)
+{
+    qd_vocab_counter *c = qd_vocab_counter_new();
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    /* Seen qids: an open-addressing set sized for every question. */
+    size_t cap = 16;
+    while (cap < 4 * train->n + 16)
+        cap *= 2;
+    int64_t *seen = qd_mallocarray(cap, sizeof *seen);
+    int rc = (c && seen) ? 0 : QD_ERR_NOMEM;
+    if (seen)
+        for (size_t i = 0; i < cap; i++)
+            seen[i] = -1;
+    for (size_t i = 0; rc == 0 && i < 2 * train->n; i++) {
+        size_t pr = i / 2;
+        int64_t qid = (i & 1) ? train->qid2[pr] : train->qid1[pr];
+        if (qid >= 0) {
+            size_t h = (size_t)((uint64_t)qid * 0x9E3779B97F4A7C15ULL) & (cap - 1);
+            while (seen[h] != -1 && seen[h] != qid)
+                h = (h + 1) & (cap - 1);
+            if (seen[h] == qid)
+                continue;
+            seen[h] = qid;
+        }
+        const char *q = (i & 1) ? train->q2[pr] : train->q1[pr];
+        size_t len = (i & 1) ? train->len2[pr] : train->len1[pr];
+        rc = qd_tok_split(&tb, q, len, o->max_tokens);
+        if (rc == 0)
+            rc = qd_vocab_counter_add(c, &tb);
+    }
+    if (rc == 0)
+        rc = qd_vocab_from_counter(c, o->min_count, 0, out);
+    qd_free(seen);
+    qd_tokbuf_free(&tb);
+    qd_vocab_counter_free(c);
+    return rc;
+}
+
+/* PyTorch's defaults: embedding rows N(0, 1), LSTM weights and both biases
+ * U(-1/sqrt(H), 1/sqrt(H)) (the bias stored here is b_ih + b_hh). */
+static void init_weights(qd_model *m, qd_rng *rng)
+{
+    size_t E = m->hdr.emb_dim, H = m->hdr.hidden, R = qd_model_rows(&m->hdr);
+    qd_params *p = &m->p;
+    for (size_t i = 0; i < R * E; i++)
+        p->emb[i] = (float)qd_rng_normal(rng);
+    memset(p->emb, 0, E * sizeof *p->emb); /* the pad row, never read */
+    double k = 1.0 / sqrt((double)H);
+    for (size_t i = 0; i < 4 * H * E; i++)
+        p->wx[i] = (float)((2 * qd_rng_uniform(rng) - 1) * k);
+    for (size_t i = 0; i < 4 * H * H; i++)
+        p->wh[i] = (float)((2 * qd_rng_uniform(rng) - 1) * k);
+    for (size_t i = 0; i < 4 * H; i++)
+        p->b[i] = (float)((2 * qd_rng_uniform(rng) - 1) * k + (2 * qd_rng_uniform(rng) - 1) * k);
+}
+
+/* --- scoring pairs -------------------------------------------------------------------------- */
+
+int qd_score_pairs(const qd_model *m, const qd_pairs *p, int threads, float *scores)
+{
+    size_t n = p->n, H = m->hdr.hidden;
+    const char **texts = qd_mallocarray(2 * n + 1, sizeof *texts);
+    size_t *lens = qd_mallocarray(2 * n + 1, sizeof *lens);
+    float *v = qd_mallocarray(2 * n + 1, H * sizeof *v);
+    int rc = (texts && lens && v) ? 0 : QD_ERR_NOMEM;
+    if (rc == 0) {
+        for (size_t i = 0; i < n; i++) {
+            texts[2 * i] = p->q1[i];
+            lens[2 * i] = p->len1[i];
+            texts[2 * i + 1] = p->q2[i];
+            lens[2 * i + 1] = p->len2[i];
+        }
+        rc = qd_enc_texts_parallel(m, texts, lens, 2 * n, threads, 256, NULL, NULL, v);
+    }
+    if (rc == 0)
+        for (size_t i = 0; i < n; i++)
+            scores[i] = dot(v + 2 * i * H, v + (2 * i + 1) * H, H);
+    qd_free(texts);
+    qd_free(lens);
+    qd_free(v);
+    return rc;
+}
+
+static int valid_auc(const qd_model *m, const qd_pairs *valid, int threads, double *auc)
+{
+    float *s = qd_mallocarray(valid->n + 1, sizeof *s);
+    if (!s)
+        return QD_ERR_NOMEM;
+    int rc = qd_score_pairs(m, valid, threads, s);
+    if (rc == 0)
+        *auc = qd_auc(s, valid->dup, valid->n);
+    qd_free(s);
+    return rc;
+}
+
+/* --- the loop ------------------------------------------------------------------------------ */
+
+static void trainer_free(trainer *t)
+{
+    if (t->w) {
+        for (int i = 0; i < t->pool.n; i++) {
+            qd_fwd_free(&t->w[i].fwd);
+            qd_bwd_free(&t->w[i].bwd);
+            qd_grads_free(&t->w[i].grads);
+        }
+        qd_free(t->w);
+    }
+    pool_stop(&t->pool);
+    qd_tokseqs_free(&t->seqs);
+    qd_free(t->dups);
+    qd_free(t->nondups);
+    qd_free(t->sel);
+    qd_free(t->out);
+    qd_free(t->dout);
+    qd_free(t->S);
+    qd_free(t->scratch);
+    qd_free(t->pos);
+    qd_free(t->neg);
+    qd_free(t->dpos);
+    qd_free(t->dneg);
+    qd_adam_free(&t->adam);
+}
+
+int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *valid,
+             qd_train_progress_fn progress, void *arg, qd_model **out,
+             qd_train_result *result, char *err, size_t errlen)
+{
+    *out = NULL;
+    memset(result, 0, sizeof *result);
+    double t_start = qd_now();
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.o = o;
+    int rc;
+    if (o->batch < 2 || o->epochs < 1 || o->lr <= 0)
+        return qd_errf(err, errlen, QD_ERR_INVAL,
+                       "batch must be at least 2, epochs at least 1, lr positive");
+
+    qd_rng rng;
+    qd_rng_seed(&rng, o->seed);
+    qd_rng_seed(&t.rng, o->seed ^ 0x5eed5eed5eed5eedULL);
+
+    qd_vocab *vocab = NULL;
+    rc = build_vocab(o, train, &vocab);
+    if (rc)
+        return qd_errf(err, errlen, rc, "building the vocabulary: %s", qd_strerror(rc));
+    qd_model_hdr hdr = {
+        .emb_dim = o->emb_dim,
+        .hidden = o->hidden,
+        .vocab = (uint32_t)qd_vocab_size(vocab),
+        .dirs = 1,
+        .pool = QD_POOL_MEAN,
+        .tok = {.max_tokens = o->max_tokens,
+                .ngram_min = o->ngram_buckets ? o->ngram_min : 0,
+                .ngram_max = o->ngram_buckets ? o->ngram_max : 0,
+                .ngram_buckets = o->ngram_buckets},
+    };
+    rc = qd_model_new(&hdr, vocab, &t.m, err, errlen);
+    if (rc)
+        return rc;
+    init_weights(t.m, &rng);
+    result->vocab = hdr.vocab;
+
+    size_t H = hdr.hidden, B = o->batch, M = o->hard_negatives;
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    qd_tokseqs_init(&t.seqs);
+    for (size_t i = 0; i < train->n && rc == 0; i++) {
+        rc = qd_tok_encode(t.m->vocab, &hdr.tok, &tb, train->q1[i], train->len1[i], &t.seqs);
+        if (rc == 0)
+            rc = qd_tok_encode(t.m->vocab, &hdr.tok, &tb, train->q2[i], train->len2[i],
+                               &t.seqs);
+    }
+    qd_tokbuf_free(&tb);
+    if (rc)
+        goto fail_nomem;
+
+    t.dups = qd_mallocarray(train->n + 1, sizeof *t.dups);
+    t.nondups = qd_mallocarray(train->n + 1, sizeof *t.nondups);
+    if (!t.dups || !t.nondups)
+        goto fail_nomem;
+    for (size_t i = 0; i < train->n; i++) {
+        if (train->dup[i])
+            t.dups[t.ndups++] = (uint32_t)i;
+        else
+            t.nondups[t.nnondups++] = (uint32_t)i;
+    }
+    if (t.ndups < B) {
+        rc = qd_errf(err, errlen, QD_ERR_INVAL,
+                     "%zu duplicate pairs in the training data, fewer than one batch of %zu",
+                     t.ndups, B);
+        goto fail;
+    }
+    if (M > 0 && t.nnondups == 0) {
+        rc = qd_errf(err, errlen, QD_ERR_INVAL,
+                     "hard negatives asked for, but the training data has no non-duplicates");
+        goto fail;
+    }
+    t.nondup_next = t.nnondups; /* shuffled on first use */
+
+    size_t rows = 2 * B + 2 * M + B; /* the batch, plus spare rows for the symmetric loss */
+    t.sel = qd_mallocarray(2 * B + 2 * M, sizeof *t.sel);
+    t.out = qd_mallocarray(rows, H * sizeof *t.out);
+    t.dout = qd_mallocarray(rows, H * sizeof *t.dout);
+    t.S = qd_mallocarray(B * B, sizeof *t.S);
+    t.scratch = qd_mallocarray(B, H * sizeof *t.scratch);
+    t.pos = qd_mallocarray(B, sizeof *t.pos);
+    t.dpos = qd_mallocarray(B, sizeof *t.dpos);
+    t.neg = qd_mallocarray(M + 1, sizeof *t.neg);
+    t.dneg = qd_mallocarray(M + 1, sizeof *t.dneg);
+    if (!t.sel || !t.out || !t.dout || !t.S || !t.scratch || !t.pos || !t.dpos || !t.neg ||
+        !t.dneg)
+        goto fail_nomem;
+    if (qd_adam_init(&t.adam, t.m->nparams, o->lr))
+        goto fail_nomem;
+    t.adam.weight_decay = o->weight_decay;
+
+    int threads = o->threads;
+    if (threads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = c > 0 ? (int)c : 1;
+    }
+    qd_blas_single_thread();
+    if (pool_start(&t.pool, threads))
+        goto fail_nomem;
+    t.w = qd_calloc((size_t)t.pool.n, sizeof *t.w);
+    if (!t.w)
+        goto fail_nomem;
+    for (int i = 0; i < t.pool.n; i++) {
+        qd_fwd_init(&t.w[i].fwd);
+        qd_bwd_init(&t.w[i].bwd);
+        if (qd_grads_init(&t.w[i].grads, &hdr))
+            goto fail_nomem;
+    }
+
+    float *best = qd_mallocarray(t.m->nparams, sizeof *best);
+    if (!best)
+        goto fail_nomem;
+    size_t steps = t.ndups / B;
+    double best_auc = -1, train_seconds = 0;
+    size_t pairs_trained = 0;
+    int since_best = 0;
+    for (int epoch = 1; epoch <= o->epochs; epoch++) {
+        qd_rng_shuffle(&t.rng, t.dups, t.ndups);
+        double t0 = qd_now(), loss_sum = 0;
+        for (size_t s = 0; s < steps; s++) {
+            float loss;
+            rc = train_step(&t, s * B, B, M, &loss);
+            if (rc) {
+                qd_free(best);
+                rc = qd_errf(err, errlen, rc, "training step: %s", qd_strerror(rc));
+                goto fail;
+            }
+            if (!isfinite(loss)) {
+                qd_free(best);
+                rc = qd_errf(err, errlen, QD_ERR_RANGE,
+                             "epoch %d step %zu: the loss is not finite (learning rate too "
+                             "high?)", epoch, s + 1);
+                goto fail;
+            }
+            loss_sum += loss;
+            if (progress) {
+                double dt = qd_now() - t0, rate = (double)((s + 1) * B) / (dt > 0 ? dt : 1e-9);
+                size_t left = steps - s - 1 + (size_t)(o->epochs - epoch) * steps;
+                qd_train_progress pr = {.epoch = epoch, .epochs = o->epochs, .step = s + 1,
+                                        .steps = steps, .loss = loss_sum / (double)(s + 1),
+                                        .pairs_per_s = rate,
+                                        .eta_s = (double)(left * B) / rate};
+                progress(&pr, arg);
+            }
+        }
+        double dt = qd_now() - t0;
+        train_seconds += dt;
+        pairs_trained += steps * B;
+        result->epochs_run = epoch;
+        result->last_loss = loss_sum / (double)steps;
+        double auc = 0;
+        int is_best = 1;
+        if (valid) {
+            rc = valid_auc(t.m, valid, threads, &auc);
+            if (rc) {
+                qd_free(best);
+                rc = qd_errf(err, errlen, rc, "validation: %s", qd_strerror(rc));
+                goto fail;
+            }
+            is_best = auc > best_auc;
+        }
+        if (is_best) {
+            best_auc = auc;
+            result->best_epoch = epoch;
+            memcpy(best, t.m->param_data, t.m->nparams * sizeof *best);
+            since_best = 0;
+        } else {
+            since_best++;
+        }
+        if (progress) {
+            qd_train_progress pr = {.epoch = epoch, .epochs = o->epochs, .step = steps,
+                                    .steps = steps, .loss = result->last_loss,
+                                    .pairs_per_s = (double)(steps * B) / dt,
+                                    .epoch_done = 1, .valid_auc = auc, .best = is_best};
+            progress(&pr, arg);
+        }
+        if (o->patience > 0 && since_best >= o->patience)
+            break;
+    }
+    memcpy(t.m->param_data, best, t.m->nparams * sizeof *best);
+    qd_free(best);
+    result->best_valid_auc = best_auc;
+    result->seconds = qd_now() - t_start;
+    result->pairs_per_s = (double)pairs_trained / (train_seconds > 0 ? train_seconds : 1e-9);
+    *out = t.m;
+    t.m = NULL;
+    trainer_free(&t);
+    return 0;
+
+fail_nomem:
+    rc = qd_errf(err, errlen, QD_ERR_NOMEM, "out of memory");
+fail:
+    qd_model_free(t.m);
+    trainer_free(&t);
+    return rc;
+}

@@ -1,0 +1,300 @@
+/*
+ * train_main.c - qdup-train: trains the encoder on Quora-format pairs and writes a
+ * model file.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qdup/common.h"
+#include "qdup/model.h"
+#include "qdup/pairs.h"
+#include "qdup/train.h"
+
+static const char usage[] =
+    "usage: qdup-train --train FILE --valid FILE --out MODEL [options]\n"
+    "\n"
+    "Trains qdup's Siamese LSTM encoder on labelled question pairs (tab-separated,\n"
+    "header: id qid1 qid2 question1 question2 is_duplicate) and writes a model file\n"
+    "(written to a temporary file and renamed into place when complete).\n"
+    "\n"
+    "The loss is the course's triplet loss on batches of duplicate pairs (A_i, P_i):\n"
+    "each A_i is the anchor, P_i its positive, every other P_j a negative; with\n"
+    "S = A P^T and margin a, loss_i = max(0, a - S_ii + mean_{j!=i} S_ij)\n"
+    "+ max(0, a - S_ii + closest_i), closest_i the largest S_ij below S_ii. Only A is\n"
+    "the anchor unless --symmetric (then P_i is also an anchor against the A's, and the\n"
+    "two losses are summed). With --hard-negatives M, each step also takes M labelled\n"
+    "non-duplicate pairs and adds a ranking loss mean_{i,m} max(0, a - S_ii + s_m),\n"
+    "s_m the cosine of non-duplicate pair m.\n"
+    "After each epoch the validation ROC AUC is measured; the best epoch is kept.\n"
+    "\n"
+    "options:\n"
+    "  --train FILE          training pairs (required)\n"
+    "  --valid FILE          validation pairs, for early stopping (required)\n"
+    "  --out MODEL           model file to write (required)\n"
+    "  --recipe NAME         seed: the course's settings (E = H = 128, batch 256,\n"
+    "                        Adam lr 0.01, margin 0.25, duplicate pairs only, in-batch\n"
+    "                        negatives, 8 epochs); default: the best recipe found on\n"
+    "                        the validation set (the default)\n"
+    "  --epochs N            epochs (recipe's value otherwise)\n"
+    "  --threads N           worker threads (default: all cores); results are\n"
+    "                        reproducible for a given seed and thread count\n"
+    "  --seed N              random seed (default 1)\n"
+    "  --batch N             duplicate pairs per step\n"
+    "  --lr X                Adam learning rate\n"
+    "  --margin X            triplet margin\n"
+    "  --emb N, --hidden N   embedding width E, LSTM hidden size H\n"
+    "  --min-count N         keep words seen at least N times in training\n"
+    "  --max-tokens N        tokens kept per question\n"
+    "  --ngrams MIN:MAX:BUCKETS  hashed character n-grams (0:0:0 for none)\n"
+    "  --hard-negatives M    labelled non-duplicate pairs per step\n"
+    "  --symmetric / --no-symmetric   also use P as anchor\n"
+    "  --weight-decay X      Adam L2 weight decay\n"
+    "  --clip X              clip gradients to global norm X (0: no clipping)\n"
+    "  --patience N          stop after N epochs without a better validation AUC\n"
+    "                        (0: never stop early)\n"
+    "  --quiet               no progress output\n"
+    "  -h, --help            this help\n";
+
+typedef struct progress_state {
+    int tty;    /* stderr is a terminal: redraw one line */
+    int quiet;  /* print nothing */
+} progress_state;
+
+static void fmt_time(double s, char *buf, size_t n)
+{
+    long t = (long)(s + 0.5);
+    snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+static void on_progress(const qd_train_progress *p, void *arg)
+{
+    progress_state *st = arg;
+    if (st->quiet)
+        return;
+    if (p->epoch_done) {
+        fprintf(stderr, "%sepoch %d/%d: loss %.4f, %.0f pairs/s, valid AUC %.4f%s\n",
+                st->tty ? "\r\033[K" : "", p->epoch, p->epochs, p->loss, p->pairs_per_s,
+                p->valid_auc, p->best ? " (best so far)" : "");
+        return;
+    }
+    if (!st->tty)
+        return;
+    char eta[32];
+    fmt_time(p->eta_s, eta, sizeof eta);
+    fprintf(stderr, "\r\033[Kepoch %d/%d batch %zu/%zu loss %.4f %.0f pairs/s ETA %s",
+            p->epoch, p->epochs, p->step, p->steps, p->loss, p->pairs_per_s, eta);
+}
+
+static void on_warning(const char *msg, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "qdup-train: warning: %s (skipped)\n", msg);
+}
+
+static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *s == '\0' || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "qdup-train: %s: expected a whole number from %ld to %ld, got \"%s\"\n",
+                opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *opt, const char *s, double lo, double hi, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *s == '\0' || *end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "qdup-train: %s: expected a number from %g to %g, got \"%s\"\n", opt, lo,
+                hi, s);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+enum {
+    OPT_TRAIN = 256, OPT_VALID, OPT_OUT, OPT_RECIPE, OPT_EPOCHS, OPT_THREADS, OPT_SEED,
+    OPT_BATCH, OPT_LR, OPT_MARGIN, OPT_EMB, OPT_HIDDEN, OPT_MIN_COUNT, OPT_MAX_TOKENS,
+    OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
+};
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"train", required_argument, 0, OPT_TRAIN},
+        {"valid", required_argument, 0, OPT_VALID},
+        {"out", required_argument, 0, OPT_OUT},
+        {"recipe", required_argument, 0, OPT_RECIPE},
+        {"epochs", required_argument, 0, OPT_EPOCHS},
+        {"threads", required_argument, 0, OPT_THREADS},
+        {"seed", required_argument, 0, OPT_SEED},
+        {"batch", required_argument, 0, OPT_BATCH},
+        {"lr", required_argument, 0, OPT_LR},
+        {"margin", required_argument, 0, OPT_MARGIN},
+        {"emb", required_argument, 0, OPT_EMB},
+        {"hidden", required_argument, 0, OPT_HIDDEN},
+        {"min-count", required_argument, 0, OPT_MIN_COUNT},
+        {"max-tokens", required_argument, 0, OPT_MAX_TOKENS},
+        {"ngrams", required_argument, 0, OPT_NGRAMS},
+        {"hard-negatives", required_argument, 0, OPT_HARD},
+        {"symmetric", no_argument, 0, OPT_SYM},
+        {"no-symmetric", no_argument, 0, OPT_NOSYM},
+        {"weight-decay", required_argument, 0, OPT_WD},
+        {"clip", required_argument, 0, OPT_CLIP},
+        {"patience", required_argument, 0, OPT_PATIENCE},
+        {"quiet", no_argument, 0, OPT_QUIET},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    /* Two passes: the recipe first, so that other options override it wherever they
+     * stand on the command line. */
+    const char *recipe = "default";
+    for (int i = 1; i < argc - 1; i++)
+        if (strcmp(argv[i], "--recipe") == 0)
+            recipe = argv[i + 1];
+        else if (strncmp(argv[i], "--recipe=", 9) == 0)
+            recipe = argv[i] + 9;
+    qd_train_opts o;
+    if (qd_train_recipe(recipe, &o) != 0) {
+        fprintf(stderr, "qdup-train: --recipe: unknown recipe \"%s\" (seed, default)\n", recipe);
+        return 2;
+    }
+    const char *train_path = NULL, *valid_path = NULL, *out_path = NULL;
+    progress_state st = {.tty = isatty(2)};
+    long v;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_TRAIN: train_path = optarg; break;
+        case OPT_VALID: valid_path = optarg; break;
+        case OPT_OUT: out_path = optarg; break;
+        case OPT_RECIPE: break;
+        case OPT_EPOCHS:
+            if (parse_long("--epochs", optarg, 1, 100000, &v)) return 2;
+            o.epochs = (int)v;
+            break;
+        case OPT_THREADS:
+            if (parse_long("--threads", optarg, 0, 256, &v)) return 2;
+            o.threads = (int)v;
+            break;
+        case OPT_SEED:
+            if (parse_long("--seed", optarg, 0, 0x7FFFFFFFL, &v)) return 2;
+            o.seed = (uint64_t)v;
+            break;
+        case OPT_BATCH:
+            if (parse_long("--batch", optarg, 2, 65536, &v)) return 2;
+            o.batch = (size_t)v;
+            break;
+        case OPT_LR:
+            if (parse_float("--lr", optarg, 1e-7, 10, &o.lr)) return 2;
+            break;
+        case OPT_MARGIN:
+            if (parse_float("--margin", optarg, 0, 2, &o.margin)) return 2;
+            break;
+        case OPT_EMB:
+            if (parse_long("--emb", optarg, 1, QD_MODEL_MAX_DIM, &v)) return 2;
+            o.emb_dim = (uint32_t)v;
+            break;
+        case OPT_HIDDEN:
+            if (parse_long("--hidden", optarg, 1, QD_MODEL_MAX_DIM, &v)) return 2;
+            o.hidden = (uint32_t)v;
+            break;
+        case OPT_MIN_COUNT:
+            if (parse_long("--min-count", optarg, 1, 1000000, &v)) return 2;
+            o.min_count = (uint32_t)v;
+            break;
+        case OPT_MAX_TOKENS:
+            if (parse_long("--max-tokens", optarg, 1, 65536, &v)) return 2;
+            o.max_tokens = (uint32_t)v;
+            break;
+        case OPT_NGRAMS: {
+            unsigned a, b, n;
+            char tail;
+            if (sscanf(optarg, "%u:%u:%u%c", &a, &b, &n, &tail) != 3 ||
+                (n && (a == 0 || b < a || b > 16)) || n > QD_MODEL_MAX_BUCKETS) {
+                fprintf(stderr, "qdup-train: --ngrams: expected MIN:MAX:BUCKETS with "
+                                "1 <= MIN <= MAX <= 16, got \"%s\"\n", optarg);
+                return 2;
+            }
+            o.ngram_min = a;
+            o.ngram_max = b;
+            o.ngram_buckets = n;
+            break;
+        }
+        case OPT_HARD:
+            if (parse_long("--hard-negatives", optarg, 0, 65536, &v)) return 2;
+            o.hard_negatives = (size_t)v;
+            break;
+        case OPT_SYM: o.symmetric = 1; break;
+        case OPT_NOSYM: o.symmetric = 0; break;
+        case OPT_WD:
+            if (parse_float("--weight-decay", optarg, 0, 1, &o.weight_decay)) return 2;
+            break;
+        case OPT_CLIP:
+            if (parse_float("--clip", optarg, 0, 1e9, &o.clip)) return 2;
+            break;
+        case OPT_PATIENCE:
+            if (parse_long("--patience", optarg, 0, 100000, &v)) return 2;
+            o.patience = (int)v;
+            break;
+        case OPT_QUIET: st.quiet = 1; break;
+        case 'h': fputs(usage, stdout); return 0;
+        default: fputs(usage, stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "qdup-train: unexpected argument \"%s\"\n", argv[optind]);
+        return 2;
+    }
+    if (!train_path || !valid_path || !out_path) {
+        fprintf(stderr, "qdup-train: --train, --valid and --out are required (see --help)\n");
+        return 2;
+    }
+
+    char err[QD_ERRMSG_MAX];
+    qd_pairs *train = NULL, *valid = NULL;
+    if (qd_pairs_load(train_path, on_warning, NULL, &train, err, sizeof err) != 0 ||
+        qd_pairs_load(valid_path, on_warning, NULL, &valid, err, sizeof err) != 0) {
+        fprintf(stderr, "qdup-train: %s\n", err);
+        qd_pairs_free(train);
+        return 1;
+    }
+    if (!st.quiet)
+        fprintf(stderr,
+                "qdup-train: recipe %s: %zu training pairs (%zu skipped), %zu validation "
+                "pairs; E=%u H=%u batch %zu lr %g margin %g epochs %d\n",
+                o.recipe, train->n, train->skipped, valid->n, o.emb_dim, o.hidden, o.batch,
+                (double)o.lr, (double)o.margin, o.epochs);
+    qd_model *m = NULL;
+    qd_train_result r;
+    int rc = qd_train(&o, train, valid, on_progress, &st, &m, &r, err, sizeof err);
+    qd_pairs_free(train);
+    qd_pairs_free(valid);
+    if (rc) {
+        fprintf(stderr, "\nqdup-train: %s\n", err);
+        return 1;
+    }
+    rc = qd_model_save(m, out_path, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "qdup-train: %s\n", err);
+        qd_model_free(m);
+        return 1;
+    }
+    printf("wrote %s: fingerprint %s, vocabulary %zu, best epoch %d of %d (valid AUC %.4f), "
+           "%.1f s, %.0f pairs/s\n",
+           out_path, qd_model_fingerprint(m), r.vocab, r.best_epoch, r.epochs_run,
+           r.best_valid_auc, r.seconds, r.pairs_per_s);
+    qd_model_free(m);
+    return 0;
+}
