@@ -1,0 +1,297 @@
+/*
+ * store.h - the question store: SQLite (the truth) plus a FAISS index (a cache of the
+ * vectors, rebuildable from SQLite), used by qdup-index and qdup-daemon.
+ *
+ * Layout on disk: the database file DB (schema.sql: questions with their text, vector
+ * and times; meta with the model fingerprint, dimension, index spec, schema version)
+ * and the FAISS file DB.faiss beside it, written by qd_ann_save (checksummed).
+ *
+ * Consistency. Every change (add, remove) takes the next change sequence number,
+ * stored with the row in the same SQLite transaction that makes the change; a change
+ * is acknowledged only after that transaction commits. The FAISS index in memory is
+ * updated after the commit. qd_store_checkpoint() writes the FAISS file (crash-safe
+ * rename) and then records in meta the sequence number it reflects and the file's
+ * CRC-32 and size. qd_store_open() loads the FAISS file when meta vouches for it and
+ * replays every change with a later sequence number from the stored vectors; when the
+ * file is missing or meta does not vouch for it (a crash between rename and meta
+ * update, a tampered file), it rebuilds the index from every live row's stored
+ * vector. So a killed process loses nothing that was acknowledged, and the FAISS file
+ * is never trusted beyond what SQLite says.
+ *
+ * Removal. A removed row keeps its text and vector with a removed time (a tombstone)
+ * until qd_store_compact() deletes it. Index kinds FAISS can remove from lose the
+ * vector at once; for the others (HNSW) the vector stays in FAISS and searches filter
+ * it out (over-fetching to still return k results), until compact rebuilds the index.
+ * An external id is unique among live rows; a removed id may be added again (a new
+ * row).
+ *
+ * Threads. qd_store_search, qd_store_get, qd_store_get_row and qd_store_get_info may
+ * run from any number of threads at once; writers (add, remove, checkpoint, compact,
+ * set_param) and verify and export are serialized inside the store. A search sees
+ * each concurrent write entirely or not at all (a reader-writer lock over the index
+ * and the in-memory row table, which searches read without touching SQLite); it waits
+ * only while a committed change is applied to memory, never while a batch is encoded
+ * or written to SQLite. FAISS runs each search on OpenMP threads of its own: a caller
+ * searching from several threads should bound that with qd_ann_set_threads(1).
+ *
+ * Processes. One process at a time may open a store for writing: a writable open
+ * (and qdup-index build) holds an exclusive flock on DB.lock and fails with
+ * QD_ERR_BUSY while another process holds it. Read-only opens take no lock; they see
+ * the database as it was when they opened it (plus nothing later: the index and the
+ * row table are loaded once).
+ *
+ * Errors: functions return 0 or a negative QD_ERR_*; the detail is kept per thread
+ * (qd_store_errmsg), because searches run concurrently on one store.
+ */
+#ifndef QDUP_STORE_H
+#define QDUP_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "qdup/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QD_STORE_SCHEMA_VERSION 1
+
+/* Limits on what a store accepts (qd_store_check_item). */
+#define QD_STORE_MAX_ID 256        /* bytes of an external id */
+#define QD_STORE_MAX_TEXT 65536    /* bytes of a question text */
+#define QD_STORE_MAX_K 10000       /* results per query */
+
+typedef struct qd_store qd_store;
+
+typedef struct qd_store_opts {
+    const char *model_path; /* model to use; NULL: the path remembered in the database */
+    const char *index_spec; /* create only: FAISS factory string; NULL: "Flat" */
+    int threads;            /* encoding threads for batch adds (0: all cores) */
+    int readonly;           /* open only for reading (info, verify, export, search) */
+} qd_store_opts;
+
+/* Creates a new, empty store at db_path (which must not exist: QD_ERR_EXISTS; the
+ * FAISS file is db_path + ".faiss"), applying schema.sql and recording the model's
+ * fingerprint and absolute path, its dimension and the index spec (checked by making
+ * an index: QD_ERR_INVAL for a spec FAISS refuses). o->model_path is required;
+ * o->readonly must be 0. On failure nothing is left on disk. */
+int qd_store_create(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
+                    size_t errlen);
+
+/* Opens an existing store: checks the schema version (QD_ERR_VERSION if newer,
+ * QD_ERR_FORMAT if db_path is not a qdup store, QD_ERR_NOTFOUND if it does not
+ * exist), loads the model (o->model_path or the remembered one) and refuses it with
+ * QD_ERR_MISMATCH if its fingerprint is not the database's; loads or rebuilds the
+ * FAISS index as described above. A writable open that had to replay or rebuild
+ * writes a fresh checkpoint at once, and remembers o->model_path if given.
+ * QD_ERR_BUSY if another process has the store open for writing. */
+int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
+                  size_t errlen);
+
+/* Checkpoints (unless read-only or nothing changed) and frees everything. NULL is a
+ * no-op. A failing checkpoint loses nothing (the next open replays from SQLite); call
+ * qd_store_checkpoint() first to see its errors. */
+void qd_store_close(qd_store *s);
+
+/* Detail of the last failure of a call on s in the calling thread ("" if none). s may
+ * be NULL. */
+const char *qd_store_errmsg(const qd_store *s);
+
+const qd_model *qd_store_model(const qd_store *s);
+
+/* --- writing ------------------------------------------------------------------------ */
+
+/* One question to add. */
+typedef struct qd_store_item {
+    const char *ext_id;  /* the caller's id (UTF-8, 1..256 bytes) */
+    size_t ext_id_len;
+    const char *text;    /* the question */
+    size_t text_len;
+    const float *vec;    /* (dim) its vector if already encoded (a unit vector, as the
+                            model makes), else NULL */
+} qd_store_item;
+
+/* Checks one item against the store's rules: id 1..QD_STORE_MAX_ID bytes of UTF-8
+ * without control characters, text 1..QD_STORE_MAX_TEXT bytes of UTF-8 without NUL.
+ * 0 or QD_ERR_INVAL with the reason in err. qd_store_add refuses a batch holding an
+ * item that fails this, so callers taking items from the network check first. */
+int qd_store_check_item(const qd_store_item *it, char *err, size_t errlen);
+
+/* What happened to each item of a batch add. */
+typedef enum qd_store_status {
+    QD_STORE_ADDED = 0,        /* stored */
+    QD_STORE_REPLACED,         /* stored, an earlier live row with that id removed */
+    QD_STORE_DUP_ID,           /* not stored: the id is live (or twice in the batch) */
+    QD_STORE_DUP_TEXT,         /* not stored: same normalized text as a live row */
+    QD_STORE_EMPTY,            /* not stored: no tokens (empty after normalization) */
+} qd_store_status;
+
+typedef struct qd_store_result {
+    qd_store_status status;  /* the outcome */
+    int64_t row;             /* row id (the FAISS id) when stored, else -1 */
+    int64_t other_row;       /* for DUP_ID / DUP_TEXT: the row it collided with, or -1 */
+} qd_store_result;
+
+/* Adds n questions in one transaction: encodes those without a vector (on
+ * o->threads threads), then inserts them; with `replace`, an item whose id is live
+ * replaces that row instead of being refused. res (n) gets each item's outcome. The
+ * call fails as a whole (nothing stored) on an I/O, database or index error, and with
+ * QD_ERR_INVAL (the message names the item) if an item fails qd_store_check_item().
+ * An index kind that must be trained (IVF) is trained on the first batch added.
+ * Within a batch the first of two items with one id or one normalized text wins. */
+int qd_store_add(qd_store *s, const qd_store_item *items, size_t n, int replace,
+                 qd_store_result *res);
+
+/* What qd_store_add would do with these items, storing nothing and encoding nothing
+ * (row is -1 for every item; other_row names live rows only). For --strict. */
+int qd_store_check(qd_store *s, const qd_store_item *items, size_t n, int replace,
+                   qd_store_result *res);
+
+/* Reports progress of long calls (add: phase "encode" then "index"; open, compact:
+ * "rebuild"): fn(phase, done, total, arg) from the calling thread now and then. fn
+ * must not call into s. NULL turns it off. */
+void qd_store_set_progress(qd_store *s,
+                           void (*fn)(const char *phase, size_t done, size_t total,
+                                      void *arg),
+                           void *arg);
+
+/* Removes the live row with this external id: QD_ERR_NOTFOUND if there is none. */
+int qd_store_remove(qd_store *s, const char *ext_id, size_t ext_id_len);
+
+/* Removes the live rows of n external ids in one transaction (one pass over the
+ * FAISS index). found (n, may be NULL) gets 1 for each id that was live, else 0;
+ * *nremoved (may be NULL) the number removed. Ids that are not live are skipped, not
+ * an error. */
+int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *lens,
+                         size_t n, int *found, size_t *nremoved);
+
+/* Writes the FAISS file and records in meta what it reflects (see above). */
+int qd_store_checkpoint(qd_store *s);
+
+/* Deletes tombstones and rebuilds the FAISS index from the live rows (searches go on
+ * meanwhile against the old index), checkpoints it and VACUUMs the database. */
+int qd_store_compact(qd_store *s);
+
+/* Sets a FAISS search parameter ("nprobe" for IVF, "efSearch" for HNSW) on the index
+ * in memory (not remembered across opens). QD_ERR_INVAL if the kind has none. */
+int qd_store_set_param(qd_store *s, const char *name, double value);
+
+/* --- reading ------------------------------------------------------------------------ */
+
+/* A stored question. Strings are copies owned by the caller's qd_store_hits or row
+ * (freed with qd_store_hits_free / qd_store_row_free). */
+typedef struct qd_store_row {
+    int64_t row;        /* row id (FAISS id) */
+    char *ext_id;       /* external id */
+    char *text;         /* question text */
+    double created;     /* unix time, seconds */
+    double removed;     /* unix time, 0 while live */
+} qd_store_row;
+
+void qd_store_row_free(qd_store_row *r);
+
+/* Looks up a live row by external id: QD_ERR_NOTFOUND if there is none. */
+int qd_store_get(qd_store *s, const char *ext_id, size_t ext_id_len, qd_store_row *row);
+
+/* Looks up a row by row id, live or tombstone (removed != 0): QD_ERR_NOTFOUND if
+ * there is none (never added, or compacted away). */
+int qd_store_get_row(qd_store *s, int64_t row_id, qd_store_row *row);
+
+/* One search result. */
+typedef struct qd_store_hit {
+    qd_store_row row;   /* the stored question */
+    float score;        /* cosine similarity to the query */
+} qd_store_hit;
+
+typedef struct qd_store_hits {
+    size_t n;           /* results, best first */
+    qd_store_hit *hit;  /* (n) */
+} qd_store_hits;
+
+void qd_store_hits_free(qd_store_hits *h);
+
+/* The k best live rows for each of nq query vectors q (nq, dim), with score >=
+ * min_score, excluding rows whose external id equals exclude[i] (for query i; exclude
+ * may be NULL, or hold NULLs; NUL-terminated ids). out (nq) receives one result list
+ * per query (fewer than k when the store holds fewer matching rows); on failure every
+ * out[i] is empty. All nq queries see one state of the store. k is 1..QD_STORE_MAX_K;
+ * queries must be finite (QD_ERR_INVAL). Approximate kinds may miss neighbours. */
+int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_score,
+                    const char *const *exclude, qd_store_hits *out);
+
+/* Counts and sizes for `qdup-index info` and the daemon's stats. */
+typedef struct qd_store_info {
+    uint64_t live;           /* live rows */
+    uint64_t tombstones;     /* removed rows not yet compacted */
+    uint64_t faiss_count;    /* vectors in the FAISS index */
+    uint64_t seq;            /* last change sequence number */
+    uint64_t checkpoint_seq; /* sequence number the FAISS file reflects */
+    int dim;                 /* vector dimension */
+    char index_spec[128];    /* FAISS factory string */
+    char model_fingerprint[17];
+    char model_path[1024];
+    uint64_t db_bytes;       /* database file (with its WAL) */
+    uint64_t faiss_bytes;    /* FAISS file */
+    int can_remove;          /* 1 if the index kind removes vectors (else tombstones) */
+    int readonly;            /* 1 if opened read-only */
+    char faiss_note[256];    /* why the FAISS file was not used as is at open ("" if it
+                                was, or replayed onto): the index was rebuilt */
+} qd_store_info;
+
+int qd_store_get_info(qd_store *s, qd_store_info *info);
+
+/* Checks that every live row is in FAISS with its stored vector, that FAISS holds
+ * nothing else (tombstones of kinds that cannot remove aside), and that the model
+ * matches; also the FAISS file on disk against meta's record, SQLite's own integrity
+ * check, and every stored vector and text key. Kinds that cannot look a vector up by
+ * id (IVF) are checked by searching each stored vector. Prints one line per problem
+ * (at most max_report) to `report` if not NULL; *problems (may be NULL) gets the
+ * count. Returns 0 if all holds, QD_ERR_MISMATCH if not, another error if the check
+ * itself could not run. */
+int qd_store_verify(qd_store *s, FILE *report, size_t max_report, uint64_t *problems);
+
+/* Writes every live row as JSON Lines: {"id": ..., "text": ..., "vector": [...]} (the
+ * form Milvus, Qdrant, Elasticsearch and pgvector bulk loaders take). */
+int qd_store_export(qd_store *s, FILE *out);
+
+/* The normalized-text key used for exact-duplicate detection: a 64-bit hash of the
+ * question's token sequence (qd_tok_split, all tokens, before the vocabulary: so two
+ * texts differing only in case, width, accents' encoding or spacing have one key).
+ * 0 if the text has no tokens (or on allocation failure); never 0 otherwise. */
+uint64_t qd_store_text_key(const qd_store *s, const char *text, size_t len);
+
+/* --- files ----------------------------------------------------------------------- */
+
+/* Takes the writer lock of the store at db_path (flock on db_path + ".lock", created
+ * if missing) into *fd: QD_ERR_BUSY, naming the holder's pid, if another process
+ * holds it. qd_store_unlock(fd) releases it (fd < 0 is a no-op). */
+int qd_store_lock(const char *db_path, int *fd, char *err, size_t errlen);
+void qd_store_unlock(int fd);
+
+/* 0 if db_path is a qdup store (an SQLite database with qdup's application id),
+ * QD_ERR_NOTFOUND if there is no such file, QD_ERR_FORMAT if it is something else;
+ * err says which. Opens nothing for writing. */
+int qd_store_probe(const char *db_path, char *err, size_t errlen);
+
+/* Moves a complete, closed store built at tmp_db (by qd_store_create, filled, closed)
+ * into place at db_path, replacing the store there if any (the caller holds
+ * db_path's lock). The old database's WAL is checkpointed first so that no stale
+ * -wal file can be applied to the new one; then tmp_db is renamed over db_path (the
+ * commit point), then tmp_db.faiss over db_path.faiss, then the directory is
+ * fsynced. A crash before the first rename leaves the old store; between the two,
+ * the new database with the old FAISS file, which its meta does not vouch for, so
+ * the next open rebuilds the index from the new database. QD_ERR_FORMAT if db_path
+ * exists and is not a qdup store (it is not replaced). */
+int qd_store_install(const char *tmp_db, const char *db_path, char *err, size_t errlen);
+
+/* Deletes the files of a store that is not open (db_path and its -wal, -shm, .faiss
+ * and .lock files); for discarding a failed build. Missing files are ignored. */
+void qd_store_discard(const char *db_path);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

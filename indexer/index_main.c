@@ -1,0 +1,1465 @@
+/*
+ * index_main.c - qdup-index: build, grow, shrink, query, inspect, check and export a
+ * question index (a qdup store: the SQLite database DB and the FAISS file DB.faiss).
+ *
+ *   qdup-index build   --model MODEL --db DB [--index SPEC] [--strict] DUMP...
+ *   qdup-index add     --db DB [--replace] [--strict] DUMP...
+ *   qdup-index remove  --db DB ID... | --ids FILE
+ *   qdup-index search  --db DB [-k N] [--json] TEXT...
+ *   qdup-index info | verify | export | compact --db DB
+ *
+ * build and add read every dump completely first (reporting each malformed record as
+ * "file:line: reason", the first --max-report of them verbatim, then a count), drop
+ * repeated ids, and hand the rest to the store as one batch: the store refuses exact
+ * duplicates (same token sequence), encodes on all cores and commits the batch in one
+ * SQLite transaction, so a killed add leaves the index as it was or with the whole
+ * batch. build fills a fresh store under a temporary name beside DB and installs it
+ * (qd_store_install: database first, then FAISS file) only when it is complete; the
+ * previous index stays usable until then, whatever happens to the process.
+ *
+ * Exit status: 0 success, 1 failure (or problems found by verify, or ids not found by
+ * remove), 2 bad usage.
+ *
+ * For tests, QDUP_INDEX_TEST_STOP=<point> makes the program stop itself (SIGSTOP) at
+ * that point, after saying so on stderr, so that a test can kill it exactly there:
+ * "encode" (encoding under way), "built" (the new store is complete under its
+ * temporary name), and the store's own points (store_impl.h).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "qdup/common.h"
+#include "qdup/dump.h"
+#include "qdup/fileio.h"
+#include "qdup/model.h"
+#include "qdup/store.h"
+#include "store_impl.h"
+
+#define EXIT_USAGE 2
+
+/* --- options ------------------------------------------------------------------------ */
+
+enum opt_id {
+    O_HELP = 'h',
+    O_K = 'k',
+    O_DB = 256,
+    O_MODEL,
+    O_INDEX,
+    O_STRICT,
+    O_REPLACE,
+    O_FORMAT,
+    O_ID_COL,
+    O_TEXT_COL,
+    O_MAX_TEXT,
+    O_MAX_REPORT,
+    O_THREADS,
+    O_PROGRESS,
+    O_QUIET,
+    O_JSON,
+    O_MIN_SCORE,
+    O_PARAM,
+    O_EXCLUDE,
+    O_IDS,
+    O_OUT,
+    O_REPAIR,
+};
+
+static const struct option long_opts[] = {
+    {"help", no_argument, NULL, O_HELP},
+    {"db", required_argument, NULL, O_DB},
+    {"model", required_argument, NULL, O_MODEL},
+    {"index", required_argument, NULL, O_INDEX},
+    {"strict", no_argument, NULL, O_STRICT},
+    {"replace", no_argument, NULL, O_REPLACE},
+    {"format", required_argument, NULL, O_FORMAT},
+    {"id-col", required_argument, NULL, O_ID_COL},
+    {"text-col", required_argument, NULL, O_TEXT_COL},
+    {"max-text", required_argument, NULL, O_MAX_TEXT},
+    {"max-report", required_argument, NULL, O_MAX_REPORT},
+    {"threads", required_argument, NULL, O_THREADS},
+    {"progress", no_argument, NULL, O_PROGRESS},
+    {"quiet", no_argument, NULL, O_QUIET},
+    {"json", no_argument, NULL, O_JSON},
+    {"min-score", required_argument, NULL, O_MIN_SCORE},
+    {"param", required_argument, NULL, O_PARAM},
+    {"exclude", required_argument, NULL, O_EXCLUDE},
+    {"ids", required_argument, NULL, O_IDS},
+    {"out", required_argument, NULL, O_OUT},
+    {"repair", no_argument, NULL, O_REPAIR},
+    {NULL, 0, NULL, 0},
+};
+
+#define MAX_PARAMS 8
+
+/* Everything the command line can say. */
+typedef struct opts {
+    const char *db;            /* --db */
+    const char *model;         /* --model, or NULL */
+    const char *index_spec;    /* --index, or NULL (Flat) */
+    const char *format;        /* --format, or NULL (auto) */
+    const char *id_col;        /* --id-col (csv) */
+    const char *text_col;      /* --text-col (csv) */
+    const char *ids_file;      /* --ids (remove) */
+    const char *out;           /* --out (export) */
+    const char *exclude;       /* --exclude (search) */
+    const char *params[MAX_PARAMS]; /* --param name=value (search) */
+    int nparams;               /* entries of params */
+    int strict;                /* --strict */
+    int replace;               /* --replace */
+    int json;                  /* --json */
+    int quiet;                 /* --quiet: no progress, no summary */
+    int progress;              /* --progress: progress lines even without a terminal */
+    int repair;                /* --repair (verify) */
+    int threads;               /* --threads (0: all cores) */
+    size_t k;                  /* -k */
+    double min_score;          /* --min-score */
+    size_t max_text;           /* --max-text (0: the reader's default) */
+    size_t max_report;         /* --max-report */
+} opts;
+
+/* One subcommand. */
+typedef struct command {
+    const char *name;                      /* as typed */
+    int (*run)(opts *o, int argc, char **argv); /* argv: the operands */
+    const int *allowed;                    /* options it takes, 0-terminated */
+    const char *summary;                   /* one line for the overview */
+    const char *usage;                     /* its --help text */
+} command;
+
+static const char *prog = "qdup-index";
+
+static void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void errorf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* Parses an unsigned decimal into *v within [lo, hi]. */
+static int parse_size(const char *s, size_t lo, size_t hi, size_t *v)
+{
+    char *end;
+    errno = 0;
+    if (!s || !*s || *s == '-')
+        return -1;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno || *end || x < lo || x > hi)
+        return -1;
+    *v = (size_t)x;
+    return 0;
+}
+
+/* --- test stops ---------------------------------------------------------------------- */
+
+static const char *test_stop_at;
+
+static void test_stop(const char *point)
+{
+    if (test_stop_at && strcmp(test_stop_at, point) == 0) {
+        fprintf(stderr, "%s: test stop at %s\n", prog, point);
+        fflush(stderr);
+        test_stop_at = NULL; /* once */
+        raise(SIGSTOP);
+    }
+}
+
+/* --- progress ----------------------------------------------------------------------- */
+
+/* The progress line: on a terminal it is rewritten in place; with --progress and no
+ * terminal, one line a second. */
+typedef struct progress {
+    int on;          /* print anything at all */
+    int tty;         /* stderr is a terminal */
+    double t0;       /* start of the current phase */
+    double last;     /* last print */
+    char phase[16];  /* current phase */
+    int dirty;       /* a line without newline is showing */
+} progress;
+
+static progress prog_state;
+
+static void progress_clear(void)
+{
+    if (prog_state.dirty) {
+        fputs("\r\033[K", stderr);
+        prog_state.dirty = 0;
+    }
+}
+
+static void progress_cb(const char *phase, size_t done, size_t total, void *arg)
+{
+    (void)arg;
+    progress *p = &prog_state;
+    double now = qd_now();
+    if (strcmp(p->phase, phase) != 0) {
+        snprintf(p->phase, sizeof p->phase, "%s", phase);
+        p->t0 = now;
+        p->last = 0;
+    }
+    if (strcmp(phase, "encode") == 0 && done > 0)
+        test_stop("encode");
+    if (!p->on)
+        return;
+    /* The first call of a phase has no rate yet: wait for the next. */
+    if ((now - p->last < (p->tty ? 0.2 : 1.0) || now - p->t0 < 0.1) && done < total)
+        return;
+    p->last = now;
+    double el = now - p->t0;
+    double rate = el > 0 ? (double)done / el : 0;
+    double eta = rate > 0 ? (double)(total - done) / rate : 0;
+    const char *what = strcmp(phase, "encode") == 0   ? "encoding"
+                       : strcmp(phase, "index") == 0 ? "indexing"
+                                                     : phase;
+    fprintf(stderr, "%s%s: %zu/%zu rows, %.0f rows/s, ETA %.0f s%s", p->tty ? "\r\033[K" : "",
+            what, done, total, rate, eta, p->tty ? "" : "\n");
+    p->dirty = p->tty;
+    fflush(stderr);
+}
+
+static void progress_setup(const opts *o, qd_store *s)
+{
+    prog_state.tty = isatty(STDERR_FILENO);
+    prog_state.on = !o->quiet && (prog_state.tty || o->progress);
+    qd_store_set_progress(s, progress_cb, NULL);
+}
+
+/* --- reading dumps -------------------------------------------------------------------- */
+
+/* One record read from a dump; its strings live in the arena. */
+typedef struct rec {
+    size_t id_off;    /* offset of the id in the arena */
+    size_t text_off;  /* offset of the text */
+    uint32_t id_len;  /* bytes */
+    uint32_t text_len;
+    uint32_t file;    /* index into the file list */
+    int dropped;      /* 1: not handed to the store (repeated id) */
+    uint64_t line;    /* where it starts */
+} rec;
+
+/* Every record of every dump, in order. */
+typedef struct recs {
+    char *arena;      /* ids and texts, each NUL-terminated */
+    size_t len, cap;  /* bytes used and allocated */
+    rec *r;           /* (n) records */
+    size_t n, rcap;   /* records and allocated entries */
+} recs;
+
+/* What happened to the input, for the summary. */
+typedef struct tally {
+    uint64_t read;       /* records read (malformed ones included) */
+    uint64_t indexed;    /* stored */
+    uint64_t malformed;  /* refused by the dump reader */
+    uint64_t dup_id;     /* id repeated in the input, or live without --replace */
+    uint64_t dup_text;   /* same normalized text as another question */
+    uint64_t empty;      /* no tokens */
+    uint64_t replaced;   /* replaced a live row, or an earlier record of the input */
+    uint64_t shown;      /* skip messages printed */
+    size_t max_report;   /* print at most this many */
+} tally;
+
+static void skipf(tally *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void skipf(tally *t, const char *fmt, ...)
+{
+    if (t->shown++ >= t->max_report)
+        return;
+    progress_clear();
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static int arena_put(recs *R, const char *s, size_t n, size_t *off)
+{
+    if (R->len + n + 1 > R->cap) {
+        size_t c = R->cap ? R->cap : 1 << 20;
+        while (c < R->len + n + 1)
+            c *= 2;
+        char *a = qd_realloc(R->arena, c);
+        if (!a)
+            return QD_ERR_NOMEM;
+        R->arena = a;
+        R->cap = c;
+    }
+    memcpy(R->arena + R->len, s, n);
+    R->arena[R->len + n] = '\0';
+    *off = R->len;
+    R->len += n + 1;
+    return 0;
+}
+
+static int recs_add(recs *R, const qd_dump_rec *d, uint32_t file)
+{
+    if (R->n == R->rcap) {
+        size_t c = R->rcap ? R->rcap * 2 : 4096;
+        rec *r = qd_reallocarray(R->r, c, sizeof *r);
+        if (!r)
+            return QD_ERR_NOMEM;
+        R->r = r;
+        R->rcap = c;
+    }
+    rec *r = &R->r[R->n];
+    memset(r, 0, sizeof *r);
+    if (arena_put(R, d->id, d->id_len, &r->id_off) || arena_put(R, d->text, d->text_len,
+                                                                 &r->text_off))
+        return QD_ERR_NOMEM;
+    r->id_len = (uint32_t)d->id_len;
+    r->text_len = (uint32_t)d->text_len;
+    r->file = file;
+    r->line = d->line;
+    R->n++;
+    return 0;
+}
+
+static void recs_free(recs *R)
+{
+    qd_free(R->arena);
+    qd_free(R->r);
+    memset(R, 0, sizeof *R);
+}
+
+/* The name a dump goes by in messages. */
+static const char *file_name(char **files, uint32_t i)
+{
+    return strcmp(files[i], "-") == 0 ? "<stdin>" : files[i];
+}
+
+/* Reads every dump into R. A malformed record is reported and skipped (fatal with
+ * --strict); a dump that cannot be opened or read is fatal. Returns 0 or 1 (failed,
+ * message printed). */
+static int read_dumps(const opts *o, char **files, int nfiles, recs *R, tally *t)
+{
+    char err[QD_ERRMSG_MAX];
+    qd_dump_opts dopt = qd_dump_opts_default();
+    if (o->format && qd_dump_parse_format(o->format, &dopt.format) != 0) {
+        errorf("--format %s: expected auto, quora, tsv, csv or jsonl", o->format);
+        return 1;
+    }
+    dopt.id_col = o->id_col;
+    dopt.text_col = o->text_col;
+    dopt.max_text_bytes = o->max_text;
+    int stdin_seen = 0;
+    for (int f = 0; f < nfiles; f++) {
+        if (strcmp(files[f], "-") == 0 && stdin_seen++) {
+            errorf("standard input (-) given twice");
+            return 1;
+        }
+        qd_dump *d = NULL;
+        if (qd_dump_open(files[f], &dopt, &d, err, sizeof err) != 0) {
+            progress_clear();
+            errorf("%s", err);
+            return 1;
+        }
+        double last = qd_now();
+        for (;;) {
+            qd_dump_rec dr;
+            int rc = qd_dump_next(d, &dr);
+            if (rc == 0)
+                break;
+            if (rc == QD_ERR_FORMAT) {
+                t->read++;
+                t->malformed++;
+                if (o->strict) {
+                    progress_clear();
+                    errorf("%s", qd_dump_errmsg(d));
+                    errorf("--strict: stopping at the first bad record; the index is unchanged");
+                    qd_dump_close(d);
+                    return 1;
+                }
+                skipf(t, "%s", qd_dump_errmsg(d));
+                continue;
+            }
+            if (rc < 0) {
+                progress_clear();
+                errorf("%s", qd_dump_errmsg(d));
+                qd_dump_close(d);
+                return 1;
+            }
+            t->read++;
+            if (recs_add(R, &dr, (uint32_t)f) != 0) {
+                errorf("out of memory after %zu records", R->n);
+                qd_dump_close(d);
+                return 1;
+            }
+            if (prog_state.on && (R->n & 4095) == 0 && qd_now() - last > 0.2) {
+                last = qd_now();
+                fprintf(stderr, "%sreading %s: %zu records%s", prog_state.tty ? "\r\033[K" : "",
+                        file_name(files, (uint32_t)f), R->n, prog_state.tty ? "" : "\n");
+                prog_state.dirty = prog_state.tty;
+            }
+        }
+        qd_dump_close(d);
+    }
+    progress_clear();
+    return 0;
+}
+
+/* Drops records whose id came earlier in the input: the later one is skipped, or
+ * with --replace the earlier one is dropped. Returns 0 or 1 (--strict, printed). */
+static int drop_repeated_ids(const opts *o, char **files, recs *R, tally *t)
+{
+    size_t cap = 16;
+    while (cap < R->n * 2)
+        cap *= 2;
+    size_t *slot = qd_calloc(cap, sizeof *slot); /* record index + 1; 0 = empty */
+    if (!slot) {
+        errorf("out of memory");
+        return 1;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < R->n && !rc; i++) {
+        rec *r = &R->r[i];
+        const char *id = R->arena + r->id_off;
+        size_t h = (size_t)qd_hash64(QD_HASH64_INIT, id, r->id_len) & (cap - 1);
+        for (;; h = (h + 1) & (cap - 1)) {
+            if (!slot[h]) {
+                slot[h] = i + 1;
+                break;
+            }
+            rec *e = &R->r[slot[h] - 1];
+            if (e->id_len != r->id_len || memcmp(R->arena + e->id_off, id, r->id_len) != 0)
+                continue;
+            if (o->replace) {
+                e->dropped = 1;
+                slot[h] = i + 1;
+                t->replaced++;
+            } else if (o->strict) {
+                errorf("%s:%" PRIu64 ": id \"%s\" repeats the one at %s:%" PRIu64,
+                       file_name(files, r->file), r->line, id, file_name(files, e->file),
+                       e->line);
+                errorf("--strict: stopping at the first bad record; the index is unchanged");
+                rc = 1;
+            } else {
+                r->dropped = 1;
+                t->dup_id++;
+                skipf(t, "%s:%" PRIu64 ": id \"%s\" repeats the one at %s:%" PRIu64
+                      " (use --replace to keep the later)",
+                      file_name(files, r->file), r->line, id, file_name(files, e->file),
+                      e->line);
+            }
+            break;
+        }
+    }
+    qd_free(slot);
+    return rc;
+}
+
+/* The message for an item the store did not take. */
+static void describe_refusal(qd_store *s, const qd_store_result *res, const rec *r,
+                             const recs *R, char **files, char *buf, size_t len)
+{
+    const char *id = R->arena + r->id_off;
+    qd_store_row other = {0};
+    int have = res->other_row >= 0 && qd_store_get_row(s, res->other_row, &other) == 0;
+    switch (res->status) {
+    case QD_STORE_DUP_ID:
+        snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\" is already in the index (row %" PRId64
+                 "); use --replace to replace it",
+                 file_name(files, r->file), r->line, id, res->other_row);
+        break;
+    case QD_STORE_DUP_TEXT:
+        if (have)
+            snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": same text as id \"%s\" (row %" PRId64
+                     ")", file_name(files, r->file), r->line, id, other.ext_id, other.row);
+        else
+            snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": same text as an earlier record",
+                     file_name(files, r->file), r->line, id);
+        break;
+    case QD_STORE_EMPTY:
+        snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": the text has no words or symbols",
+                 file_name(files, r->file), r->line, id);
+        break;
+    default:
+        buf[0] = '\0';
+    }
+    qd_store_row_free(&other);
+}
+
+/* Reads the dumps and adds them to s as one batch. Returns 0 or 1 (printed). */
+static int load_and_add(qd_store *s, const opts *o, char **files, int nfiles, tally *t)
+{
+    recs R = {0};
+    qd_store_item *items = NULL;
+    qd_store_result *res = NULL;
+    size_t *from = NULL;
+    char msg[QD_ERRMSG_MAX + 600];
+    int rc = read_dumps(o, files, nfiles, &R, t);
+    if (!rc)
+        rc = drop_repeated_ids(o, files, &R, t);
+    if (rc)
+        goto out;
+    items = qd_calloc(R.n ? R.n : 1, sizeof *items);
+    res = qd_calloc(R.n ? R.n : 1, sizeof *res);
+    from = qd_calloc(R.n ? R.n : 1, sizeof *from);
+    if (!items || !res || !from) {
+        errorf("out of memory for %zu records", R.n);
+        rc = 1;
+        goto out;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < R.n; i++) {
+        if (R.r[i].dropped)
+            continue;
+        items[n] = (qd_store_item){R.arena + R.r[i].id_off, R.r[i].id_len,
+                                   R.arena + R.r[i].text_off, R.r[i].text_len, NULL};
+        from[n++] = i;
+    }
+    if (o->strict) {
+        if (qd_store_check(s, items, n, o->replace, res) != 0) {
+            errorf("%s", qd_store_errmsg(s));
+            rc = 1;
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (res[i].status != QD_STORE_ADDED && res[i].status != QD_STORE_REPLACED) {
+                describe_refusal(s, &res[i], &R.r[from[i]], &R, files, msg, sizeof msg);
+                errorf("%s", msg);
+                errorf("--strict: stopping at the first bad record; the index is unchanged");
+                rc = 1;
+                goto out;
+            }
+    }
+    if (qd_store_add(s, items, n, o->replace, res) != 0) {
+        progress_clear();
+        errorf("%s", qd_store_errmsg(s));
+        rc = 1;
+        goto out;
+    }
+    progress_clear();
+    for (size_t i = 0; i < n; i++) {
+        switch (res[i].status) {
+        case QD_STORE_ADDED: t->indexed++; continue;
+        case QD_STORE_REPLACED: t->indexed++; t->replaced++; continue;
+        case QD_STORE_DUP_ID: t->dup_id++; break;
+        case QD_STORE_DUP_TEXT: t->dup_text++; break;
+        case QD_STORE_EMPTY: t->empty++; break;
+        }
+        describe_refusal(s, &res[i], &R.r[from[i]], &R, files, msg, sizeof msg);
+        skipf(t, "%s", msg);
+    }
+out:
+    qd_free(items);
+    qd_free(res);
+    qd_free(from);
+    recs_free(&R);
+    return rc;
+}
+
+static void print_summary(const char *cmd, const opts *o, const tally *t, int nfiles,
+                          double seconds)
+{
+    if (t->shown > t->max_report)
+        fprintf(stderr, "%s: ... and %" PRIu64 " more skipped records not shown "
+                "(--max-report)\n", prog, t->shown - t->max_report);
+    if (o->quiet)
+        return;
+    uint64_t skipped = t->malformed + t->dup_id + t->dup_text + t->empty;
+    fprintf(stderr,
+            "%s %s: %" PRIu64 " records read from %d file%s, %" PRIu64 " indexed, %" PRIu64
+            " skipped (%" PRIu64 " malformed, %" PRIu64 " duplicate id, %" PRIu64
+            " duplicate text, %" PRIu64 " empty), %" PRIu64 " replaced; %.2f s, %.0f "
+            "records/s\n",
+            prog, cmd, t->read, nfiles, nfiles == 1 ? "" : "s", t->indexed, skipped,
+            t->malformed, t->dup_id, t->dup_text, t->empty, t->replaced, seconds,
+            seconds > 0 ? (double)t->read / seconds : 0.0);
+}
+
+/* --- build ---------------------------------------------------------------------------- */
+
+/* Skips "<digits>.<digits>" (a qd_tmp_path suffix: pid and counter) at *p. */
+static int skip_tmp_suffix(const char **p)
+{
+    const char *q = *p;
+    for (int part = 0; part < 2; part++) {
+        if (part && *q++ != '.')
+            return 0;
+        if (*q < '0' || *q > '9')
+            return 0;
+        while (*q >= '0' && *q <= '9')
+            q++;
+    }
+    *p = q;
+    return 1;
+}
+
+/* 1 if name is a file a killed build or checkpoint of the store `base` left behind:
+ * "<base>.tmp.P.N" with "", "-wal", "-shm", "-journal", ".faiss", ".lock" or
+ * ".faiss.tmp.P.N" after it, or "<base>.faiss.tmp.P.N". */
+static int is_leftover(const char *name, const char *base)
+{
+    size_t bl = strlen(base);
+    if (strncmp(name, base, bl) != 0)
+        return 0;
+    const char *p = name + bl;
+    if (strncmp(p, ".faiss.tmp.", 11) == 0) {
+        p += 11;
+        return skip_tmp_suffix(&p) && *p == '\0';
+    }
+    if (strncmp(p, ".tmp.", 5) != 0)
+        return 0;
+    p += 5;
+    if (!skip_tmp_suffix(&p))
+        return 0;
+    static const char *const rest[] = {"", "-wal", "-shm", "-journal", ".faiss", ".lock"};
+    for (size_t i = 0; i < sizeof rest / sizeof *rest; i++)
+        if (strcmp(p, rest[i]) == 0)
+            return 1;
+    if (strncmp(p, ".faiss.tmp.", 11) == 0) {
+        p += 11;
+        return skip_tmp_suffix(&p) && *p == '\0';
+    }
+    return 0;
+}
+
+/* Deletes what killed builds and checkpoints left beside db_path (is_leftover). Only
+ * called while holding DB's writer lock, so no live process is still using them. */
+static void sweep_leftovers(const char *db_path)
+{
+    char copy[PATH_MAX], copy2[PATH_MAX], path[PATH_MAX * 2];
+    snprintf(copy, sizeof copy, "%s", db_path);
+    snprintf(copy2, sizeof copy2, "%s", db_path);
+    const char *dir = dirname(copy);
+    const char *base = basename(copy2);
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!is_leftover(e->d_name, base))
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) == 0)
+            fprintf(stderr, "%s: removed %s, left by an interrupted build\n", prog, path);
+    }
+    closedir(d);
+}
+
+static int cmd_build(opts *o, int argc, char **argv)
+{
+    char err[QD_ERRMSG_MAX], tmp[PATH_MAX];
+    if (!o->model) {
+        errorf("build: --model is required");
+        return EXIT_USAGE;
+    }
+    if (argc < 1) {
+        errorf("build: no dump to read (see --help)");
+        return EXIT_USAGE;
+    }
+    double t0 = qd_now();
+    /* Refuse at once, not after the work, to replace a file that is not an index
+     * (qd_store_install checks again, under the lock). */
+    int prc = qd_store_probe(o->db, err, sizeof err);
+    if (prc != 0 && prc != QD_ERR_NOTFOUND) {
+        errorf("%s; not replacing it", err);
+        return 1;
+    }
+    int lock = -1;
+    if (qd_store_lock(o->db, &lock, err, sizeof err) != 0) {
+        errorf("%s", err);
+        return 1;
+    }
+    sweep_leftovers(o->db);
+    if (qd_tmp_path(o->db, tmp, sizeof tmp) != 0) {
+        errorf("%s: path too long", o->db);
+        qd_store_unlock(lock);
+        return 1;
+    }
+    qd_store_opts so = {.model_path = o->model, .index_spec = o->index_spec,
+                        .threads = o->threads};
+    qd_store *s = NULL;
+    if (qd_store_create(tmp, &so, &s, err, sizeof err) != 0) {
+        errorf("%s", err);
+        qd_store_unlock(lock);
+        return 1;
+    }
+    progress_setup(o, s);
+    tally t = {.max_report = o->max_report};
+    int rc = load_and_add(s, o, argv, argc, &t);
+    if (!rc && qd_store_checkpoint(s) != 0) {
+        errorf("%s", qd_store_errmsg(s));
+        rc = 1;
+    }
+    qd_store_info info;
+    qd_store_get_info(s, &info);
+    qd_store_close(s);
+    if (!rc) {
+        test_stop("built");
+        if (qd_store_install(tmp, o->db, err, sizeof err) != 0) {
+            errorf("%s", err);
+            rc = 1;
+        }
+    }
+    if (rc) {
+        qd_store_discard(tmp);
+        errorf("build failed; %s is unchanged", o->db);
+    }
+    qd_store_unlock(lock);
+    if (!rc) {
+        print_summary("build", o, &t, argc, qd_now() - t0);
+        if (!o->quiet)
+            fprintf(stderr, "%s: wrote %s (%" PRIu64 " questions, index %s, model %s)\n", prog,
+                    o->db, info.live, info.index_spec, info.model_fingerprint);
+    }
+    return rc;
+}
+
+/* --- add, remove ------------------------------------------------------------------------ */
+
+/* Opens the store named by --db. Returns NULL after printing the error. */
+static qd_store *open_store(const opts *o, int readonly)
+{
+    char err[QD_ERRMSG_MAX];
+    qd_store_opts so = {.model_path = o->model, .threads = o->threads, .readonly = readonly};
+    qd_store *s = NULL;
+    if (qd_store_open(o->db, &so, &s, err, sizeof err) != 0) {
+        errorf("%s", err);
+        return NULL;
+    }
+    return s;
+}
+
+static int cmd_add(opts *o, int argc, char **argv)
+{
+    if (argc < 1) {
+        errorf("add: no dump to read (see --help)");
+        return EXIT_USAGE;
+    }
+    double t0 = qd_now();
+    qd_store *s = open_store(o, 0);
+    if (!s)
+        return 1;
+    progress_setup(o, s);
+    tally t = {.max_report = o->max_report};
+    int rc = load_and_add(s, o, argv, argc, &t);
+    if (rc)
+        errorf("add failed; %s is unchanged", o->db);
+    else if (qd_store_checkpoint(s) != 0)
+        /* The rows are committed; only the FAISS file lags, and the next open replays. */
+        errorf("warning: %s", qd_store_errmsg(s));
+    qd_store_close(s);
+    if (!rc)
+        print_summary("add", o, &t, argc, qd_now() - t0);
+    return rc;
+}
+
+/* Reads ids, one per line, from path ("-": standard input) into a list. */
+static int read_ids(const char *path, char ***ids, size_t *n)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    if (!f) {
+        errorf("%s: %s", path, strerror(errno));
+        return 1;
+    }
+    char *line = NULL;
+    size_t cap = 0, m = 0, lcap = 0;
+    ssize_t len;
+    char **v = NULL;
+    uint64_t lineno = 0;
+    int rc = 0;
+    while ((len = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
+        if (len == 0)
+            continue;
+        if (m == cap) {
+            size_t c = cap ? cap * 2 : 64;
+            char **nv = qd_reallocarray(v, c, sizeof *nv);
+            if (!nv) {
+                rc = 1;
+                break;
+            }
+            v = nv;
+            cap = c;
+        }
+        if (!(v[m] = qd_strndup(line, (size_t)len))) {
+            rc = 1;
+            break;
+        }
+        m++;
+    }
+    if (ferror(f)) {
+        errorf("%s: line %" PRIu64 ": %s", path, lineno + 1, strerror(errno));
+        rc = 1;
+    } else if (rc) {
+        errorf("out of memory reading %s", path);
+    }
+    free(line);
+    if (f != stdin)
+        fclose(f);
+    *ids = v;
+    *n = m;
+    return rc;
+}
+
+static int cmd_remove(opts *o, int argc, char **argv)
+{
+    char **ids = NULL;
+    size_t n = 0, owned = 0;
+    if (o->ids_file) {
+        if (argc > 0) {
+            errorf("remove: give ids either as arguments or with --ids, not both");
+            return EXIT_USAGE;
+        }
+        if (read_ids(o->ids_file, &ids, &n) != 0)
+            return 1;
+        owned = n;
+    } else {
+        if (argc < 1) {
+            errorf("remove: no id given (see --help)");
+            return EXIT_USAGE;
+        }
+        ids = argv;
+        n = (size_t)argc;
+    }
+    int rc = 1;
+    size_t *lens = qd_calloc(n ? n : 1, sizeof *lens);
+    int *found = qd_calloc(n ? n : 1, sizeof *found);
+    qd_store *s = NULL;
+    if (!lens || !found) {
+        errorf("out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        lens[i] = strlen(ids[i]);
+    if (!(s = open_store(o, 0)))
+        goto out;
+    size_t removed = 0;
+    if (qd_store_remove_many(s, (const char *const *)ids, lens, n, found, &removed) != 0) {
+        errorf("%s", qd_store_errmsg(s));
+        goto out;
+    }
+    size_t missing = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!found[i] && missing++ < o->max_report)
+            errorf("no live question with id \"%s\"", ids[i]);
+    if (missing > o->max_report)
+        errorf("... and %zu more ids not found", missing - o->max_report);
+    if (qd_store_checkpoint(s) != 0)
+        errorf("warning: %s", qd_store_errmsg(s));
+    if (!o->quiet)
+        fprintf(stderr, "%s remove: %zu removed, %zu not found\n", prog, removed, missing);
+    rc = missing ? 1 : 0;
+out:
+    qd_store_close(s);
+    for (size_t i = 0; i < owned; i++)
+        qd_free(ids[i]);
+    if (owned)
+        qd_free(ids);
+    qd_free(lens);
+    qd_free(found);
+    return rc;
+}
+
+/* --- search ---------------------------------------------------------------------------- */
+
+/* Prints text on one line: control characters (newlines in multi-line questions)
+ * become spaces. */
+static void put_flat(const char *s)
+{
+    for (; *s; s++)
+        putchar((unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s);
+}
+
+static int print_hits_json(const char *query, const qd_store_hits *h)
+{
+    json_t *o = json_object(), *arr = json_array();
+    if (!o || !arr) {
+        json_decref(o);
+        json_decref(arr);
+        return 1;
+    }
+    json_object_set_new(o, "query", json_string(query));
+    for (size_t i = 0; i < h->n; i++) {
+        json_t *r = json_object();
+        json_object_set_new(r, "id", json_string(h->hit[i].row.ext_id));
+        json_object_set_new(r, "text", json_string(h->hit[i].row.text));
+        json_object_set_new(r, "score", json_real(round((double)h->hit[i].score * 1e6) / 1e6));
+        json_object_set_new(r, "row", json_integer(h->hit[i].row.row));
+        json_array_append_new(arr, r);
+    }
+    json_object_set_new(o, "results", arr);
+    int rc = json_dumpf(o, stdout, JSON_COMPACT) != 0;
+    putchar('\n');
+    json_decref(o);
+    return rc;
+}
+
+/* Searches a batch of queries and prints the results. */
+static int search_batch(qd_store *s, qd_enc_ws *ws, const opts *o, char **texts, size_t n)
+{
+    const qd_model *m = qd_store_model(s);
+    size_t dim = (size_t)qd_model_dim(m);
+    size_t *lens = qd_calloc(n, sizeof *lens);
+    float *q = qd_mallocarray(n * dim, sizeof *q);
+    qd_store_hits *hits = qd_calloc(n, sizeof *hits);
+    const char **excl = qd_calloc(n, sizeof *excl);
+    int rc = 1;
+    if (!lens || !q || !hits || !excl) {
+        errorf("out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        lens[i] = strlen(texts[i]);
+        excl[i] = o->exclude;
+    }
+    int erc = qd_enc_texts(m, ws, (const char *const *)texts, lens, n, q);
+    if (erc) {
+        errorf("encoding the query: %s", qd_strerror(erc));
+        goto out;
+    }
+    if (qd_store_search(s, q, n, o->k, (float)o->min_score, o->exclude ? excl : NULL, hits) !=
+        0) {
+        errorf("%s", qd_store_errmsg(s));
+        goto out;
+    }
+    rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (o->json) {
+            rc |= print_hits_json(texts[i], &hits[i]);
+            continue;
+        }
+        if (n > 1 || strcmp(texts[i], "") == 0) {
+            fputs("# ", stdout);
+            put_flat(texts[i]);
+            putchar('\n');
+        }
+        for (size_t j = 0; j < hits[i].n; j++) {
+            printf("%.4f\t", (double)hits[i].hit[j].score);
+            put_flat(hits[i].hit[j].row.ext_id);
+            putchar('\t');
+            put_flat(hits[i].hit[j].row.text);
+            putchar('\n');
+        }
+    }
+out:
+    for (size_t i = 0; hits && i < n; i++)
+        qd_store_hits_free(&hits[i]);
+    qd_free(lens);
+    qd_free(q);
+    qd_free(hits);
+    qd_free(excl);
+    return rc;
+}
+
+static int cmd_search(opts *o, int argc, char **argv)
+{
+    if (argc < 1) {
+        errorf("search: no query text (see --help)");
+        return EXIT_USAGE;
+    }
+    qd_store *s = open_store(o, 1);
+    if (!s)
+        return 1;
+    int rc = 0;
+    for (int i = 0; i < o->nparams && !rc; i++) {
+        const char *eq = strchr(o->params[i], '=');
+        char name[64];
+        char *end;
+        double v = eq ? strtod(eq + 1, &end) : 0;
+        if (!eq || eq == o->params[i] || (size_t)(eq - o->params[i]) >= sizeof name ||
+            *end || eq[1] == '\0') {
+            errorf("--param %s: expected NAME=VALUE, e.g. nprobe=16", o->params[i]);
+            rc = EXIT_USAGE;
+            break;
+        }
+        snprintf(name, sizeof name, "%.*s", (int)(eq - o->params[i]), o->params[i]);
+        if (qd_store_set_param(s, name, v) != 0) {
+            errorf("--param %s: %s", o->params[i], qd_store_errmsg(s));
+            rc = 1;
+        }
+    }
+    qd_enc_ws *ws = qd_enc_ws_new();
+    if (!rc && !ws) {
+        errorf("out of memory");
+        rc = 1;
+    }
+    if (!rc && argc == 1 && strcmp(argv[0], "-") == 0) {
+        /* One query per line of standard input, searched 64 at a time. */
+        char *batch[64];
+        size_t nb = 0, cap = 0;
+        char *line = NULL;
+        ssize_t len;
+        while (!rc && (len = getline(&line, &cap, stdin)) >= 0) {
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                line[--len] = '\0';
+            if (!(batch[nb] = qd_strndup(line, (size_t)len))) {
+                errorf("out of memory");
+                rc = 1;
+                break;
+            }
+            if (++nb == 64) {
+                rc = search_batch(s, ws, o, batch, nb);
+                for (size_t i = 0; i < nb; i++)
+                    qd_free(batch[i]);
+                nb = 0;
+            }
+        }
+        if (!rc && nb)
+            rc = search_batch(s, ws, o, batch, nb);
+        for (size_t i = 0; i < nb; i++)
+            qd_free(batch[i]);
+        free(line);
+    } else if (!rc) {
+        /* The operands are one query: `qdup-index search --db x how do I learn c` works. */
+        size_t total = 1;
+        for (int i = 0; i < argc; i++)
+            total += strlen(argv[i]) + 1;
+        char *text = qd_malloc(total);
+        if (!text) {
+            errorf("out of memory");
+            rc = 1;
+        } else {
+            text[0] = '\0';
+            for (int i = 0; i < argc; i++) {
+                if (i)
+                    strcat(text, " ");
+                strcat(text, argv[i]);
+            }
+            rc = search_batch(s, ws, o, &text, 1);
+            qd_free(text);
+        }
+    }
+    qd_enc_ws_free(ws);
+    qd_store_close(s);
+    if (fflush(stdout) != 0) {
+        errorf("writing the results: %s", strerror(errno));
+        rc = 1;
+    }
+    return rc;
+}
+
+/* --- info, verify, export, compact ----------------------------------------------------- */
+
+static void human_bytes(uint64_t b, char *buf, size_t len)
+{
+    if (b >= 10ull << 20)
+        snprintf(buf, len, "%.1f MB", (double)b / 1e6);
+    else if (b >= 10ull << 10)
+        snprintf(buf, len, "%.1f kB", (double)b / 1e3);
+    else
+        snprintf(buf, len, "%" PRIu64 " bytes", b);
+}
+
+static void print_info(const char *db, const qd_store_info *in, int json)
+{
+    if (json) {
+        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:i, s:s, s:s, s:s, s:I, s:I, "
+                              "s:b, s:s}",
+                              "db", db, "live", (json_int_t)in->live, "tombstones",
+                              (json_int_t)in->tombstones, "faiss_count",
+                              (json_int_t)in->faiss_count, "seq", (json_int_t)in->seq,
+                              "checkpoint_seq", (json_int_t)in->checkpoint_seq, "dim", in->dim,
+                              "index_spec", in->index_spec, "model_fingerprint",
+                              in->model_fingerprint, "model_path", in->model_path, "db_bytes",
+                              (json_int_t)in->db_bytes, "faiss_bytes",
+                              (json_int_t)in->faiss_bytes, "can_remove", in->can_remove,
+                              "note", in->faiss_note);
+        if (o) {
+            json_dumpf(o, stdout, JSON_COMPACT);
+            putchar('\n');
+            json_decref(o);
+        }
+        return;
+    }
+    char b1[32], b2[32];
+    human_bytes(in->db_bytes, b1, sizeof b1);
+    human_bytes(in->faiss_bytes, b2, sizeof b2);
+    printf("database:    %s (%s)\n", db, b1);
+    printf("faiss file:  %s.faiss (%s)\n", db, b2);
+    printf("questions:   %" PRIu64 " live, %" PRIu64 " removed not yet compacted\n", in->live,
+           in->tombstones);
+    printf("index:       %s, %" PRIu64 " vectors of dimension %d (%s)\n", in->index_spec,
+           in->faiss_count, in->dim,
+           in->can_remove ? "removes vectors" : "removed vectors stay as tombstones until compact");
+    printf("model:       %s (fingerprint %s)\n", in->model_path, in->model_fingerprint);
+    printf("changes:     %" PRIu64 ", FAISS file checkpointed at %" PRIu64 "\n", in->seq,
+           in->checkpoint_seq);
+    if (in->live)
+        printf("on disk:     %.0f bytes per question\n",
+               (double)(in->db_bytes + in->faiss_bytes) / (double)in->live);
+    if (in->faiss_note[0])
+        printf("note:        %s\n", in->faiss_note);
+}
+
+static int cmd_info(opts *o, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 0) {
+        errorf("info: unexpected argument %s", argv[0]);
+        return EXIT_USAGE;
+    }
+    qd_store *s = open_store(o, 1);
+    if (!s)
+        return 1;
+    qd_store_info in;
+    qd_store_get_info(s, &in);
+    print_info(o->db, &in, o->json);
+    qd_store_close(s);
+    return 0;
+}
+
+static int cmd_verify(opts *o, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 0) {
+        errorf("verify: unexpected argument %s", argv[0]);
+        return EXIT_USAGE;
+    }
+    /* --repair: a writable open rebuilds a FAISS file the database does not vouch for
+     * and checkpoints it; then the check runs as usual. */
+    qd_store *s = open_store(o, !o->repair);
+    if (!s) {
+        fprintf(stdout, "verify: FAILED: the index cannot be opened\n");
+        return 1;
+    }
+    uint64_t problems = 0;
+    double t0 = qd_now();
+    int rc = qd_store_verify(s, stdout, o->max_report, &problems);
+    if (rc && rc != QD_ERR_MISMATCH)
+        errorf("verify could not run: %s", qd_store_errmsg(s));
+    qd_store_info in;
+    qd_store_get_info(s, &in);
+    qd_store_close(s);
+    if (rc && rc != QD_ERR_MISMATCH)
+        return 1;
+    if (problems > o->max_report)
+        printf("... and %" PRIu64 " more problems not shown\n", problems - o->max_report);
+    if (problems) {
+        printf("verify: FAILED: %" PRIu64 " problem(s) in %s\n", problems, o->db);
+        return 1;
+    }
+    printf("verify: OK: %" PRIu64 " live questions, %" PRIu64 " vectors in %s, model %s "
+           "(%.2f s)\n", in.live, in.faiss_count, in.index_spec, in.model_fingerprint,
+           qd_now() - t0);
+    return 0;
+}
+
+static int cmd_export(opts *o, int argc, char **argv)
+{
+    char tmp[PATH_MAX];
+    if (argc > 0) {
+        errorf("export: unexpected argument %s", argv[0]);
+        return EXIT_USAGE;
+    }
+    qd_store *s = open_store(o, 1);
+    if (!s)
+        return 1;
+    FILE *f = stdout;
+    int rc = 0;
+    if (o->out && strcmp(o->out, "-") != 0) {
+        /* Written beside the target and renamed, so a failed export leaves no half file. */
+        if (qd_tmp_path(o->out, tmp, sizeof tmp) != 0 || !(f = fopen(tmp, "w"))) {
+            errorf("%s: %s", o->out, strerror(errno));
+            qd_store_close(s);
+            return 1;
+        }
+    }
+    if (qd_store_export(s, f) != 0) {
+        errorf("%s", qd_store_errmsg(s));
+        rc = 1;
+    }
+    if (f != stdout) {
+        if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+            errorf("%s: %s", tmp, strerror(errno));
+            rc = 1;
+        }
+        if (fclose(f) != 0 && !rc) {
+            errorf("%s: %s", tmp, strerror(errno));
+            rc = 1;
+        }
+        if (!rc && rename(tmp, o->out) != 0) {
+            errorf("%s: %s", o->out, strerror(errno));
+            rc = 1;
+        }
+        if (rc)
+            unlink(tmp);
+    }
+    qd_store_close(s);
+    return rc;
+}
+
+static int cmd_compact(opts *o, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 0) {
+        errorf("compact: unexpected argument %s", argv[0]);
+        return EXIT_USAGE;
+    }
+    double t0 = qd_now();
+    qd_store *s = open_store(o, 0);
+    if (!s)
+        return 1;
+    progress_setup(o, s);
+    qd_store_info before, after;
+    qd_store_get_info(s, &before);
+    int rc = 0;
+    if (qd_store_compact(s) != 0) {
+        progress_clear();
+        errorf("%s", qd_store_errmsg(s));
+        rc = 1;
+    }
+    progress_clear();
+    qd_store_get_info(s, &after);
+    qd_store_close(s);
+    if (!rc && !o->quiet)
+        fprintf(stderr, "%s compact: %" PRIu64 " removed questions deleted, %" PRIu64
+                " live; FAISS %" PRIu64 " -> %" PRIu64 " vectors; %.2f s\n", prog,
+                before.tombstones, after.live, before.faiss_count, after.faiss_count,
+                qd_now() - t0);
+    return rc;
+}
+
+/* --- the command table ----------------------------------------------------------------- */
+
+static const int build_opts[] = {O_DB, O_MODEL, O_INDEX, O_STRICT, O_REPLACE, O_FORMAT,
+                                 O_ID_COL, O_TEXT_COL, O_MAX_TEXT, O_MAX_REPORT, O_THREADS,
+                                 O_PROGRESS, O_QUIET, 0};
+static const int add_opts[] = {O_DB, O_MODEL, O_STRICT, O_REPLACE, O_FORMAT, O_ID_COL,
+                               O_TEXT_COL, O_MAX_TEXT, O_MAX_REPORT, O_THREADS, O_PROGRESS,
+                               O_QUIET, 0};
+static const int remove_opts[] = {O_DB, O_MODEL, O_IDS, O_MAX_REPORT, O_QUIET, 0};
+static const int search_opts[] = {O_DB, O_MODEL, O_K, O_JSON, O_MIN_SCORE, O_PARAM,
+                                  O_EXCLUDE, 0};
+static const int info_opts[] = {O_DB, O_MODEL, O_JSON, 0};
+static const int verify_opts[] = {O_DB, O_MODEL, O_MAX_REPORT, O_REPAIR, 0};
+static const int export_opts[] = {O_DB, O_MODEL, O_OUT, 0};
+static const int compact_opts[] = {O_DB, O_MODEL, O_PROGRESS, O_QUIET, 0};
+
+#define DUMP_HELP                                                                           \
+    "Dumps (\"-\" is standard input) are read in the format --format names, or by\n"        \
+    "extension and first line: the Quora pair files (both questions of each row,\n"         \
+    "keyed by qid), two-column TSV (qid, question), CSV with a header (--id-col,\n"         \
+    "--text-col; default id, text), JSON Lines ({\"id\": ..., \"text\": ...}).\n"           \
+    "A malformed record, an id seen before in the input, a text with the same words\n"      \
+    "as another question (after case folding and Unicode normalization) and a text\n"       \
+    "without words are reported as file:line: reason and skipped.\n\n"                     \
+    "  --format F        auto (default), quora, tsv, csv, jsonl\n"                         \
+    "  --id-col NAME     CSV id column (default id)\n"                                     \
+    "  --text-col NAME   CSV text column (default text)\n"                                 \
+    "  --max-text N      longest question in bytes (default 16384)\n"                      \
+    "  --strict          the first bad record is fatal (nothing is changed)\n"             \
+    "  --replace         a repeated id replaces the earlier question instead of being\n"   \
+    "                    skipped (within the input: the last one wins)\n"                  \
+    "  --max-report N    print at most N skipped records (default 20), then a count\n"     \
+    "  --threads N       encoding threads (default: all cores)\n"                          \
+    "  --progress        progress lines even when stderr is not a terminal\n"              \
+    "  --quiet           no progress and no summary\n"
+
+static const command commands[] = {
+    {"build", cmd_build, build_opts, "make a new index from question dumps",
+     "usage: qdup-index build --model MODEL --db DB [--index SPEC] [options] DUMP...\n\n"
+     "Makes a new index DB (and DB.faiss) from the dumps. The index is written under a\n"
+     "temporary name and put in place only when complete: an existing DB stays usable\n"
+     "until then, also if the build fails or is killed.\n\n"
+     "  --model MODEL     the encoder (.qdm); its absolute path is remembered in DB\n"
+     "  --db DB           the index database to create or replace\n"
+     "  --index SPEC      FAISS index_factory string: Flat (exact, default), HNSW32,\n"
+     "                    IVF1024,Flat, SQ8, ... (HNSW cannot remove: removed\n"
+     "                    questions stay as tombstones until compact)\n" DUMP_HELP},
+    {"add", cmd_add, add_opts, "add question dumps to an index",
+     "usage: qdup-index add --db DB [--model MODEL] [options] DUMP...\n\n"
+     "Adds the dumps' questions to DB in one transaction: a failed or killed add leaves\n"
+     "DB as it was. An id already in DB is skipped unless --replace.\n\n"
+     "  --db DB           the index\n"
+     "  --model MODEL     use this model instead of the remembered one (same fingerprint)\n"
+     DUMP_HELP},
+    {"remove", cmd_remove, remove_opts, "remove questions by id",
+     "usage: qdup-index remove --db DB ID... | --ids FILE\n\n"
+     "Removes the questions with these ids (one transaction). Exit status 1 if an id\n"
+     "is not in the index (the others are removed).\n\n"
+     "  --db DB           the index\n"
+     "  --ids FILE        read the ids from FILE, one per line (\"-\": standard input)\n"
+     "  --max-report N    print at most N ids not found (default 20)\n"
+     "  --quiet           no summary\n"},
+    {"search", cmd_search, search_opts, "find the questions nearest to a text",
+     "usage: qdup-index search --db DB [-k N] [--json] TEXT...\n\n"
+     "Encodes TEXT (the operands joined by spaces) and prints the k nearest questions,\n"
+     "best first: score (cosine similarity), id and text, tab separated. With TEXT\n"
+     "\"-\", each line of standard input is a query.\n\n"
+     "  --db DB           the index\n"
+     "  -k N              results per query (default 10)\n"
+     "  --json            one JSON object per query: {\"query\", \"results\": [{\"id\",\n"
+     "                    \"text\", \"score\", \"row\"}]}\n"
+     "  --min-score X     only results scoring at least X\n"
+     "  --exclude ID      leave out the question with this id\n"
+     "  --param NAME=V    FAISS search parameter, e.g. nprobe=16 (IVF), efSearch=64\n"
+     "  --model MODEL     use this model instead of the remembered one\n"},
+    {"info", cmd_info, info_opts, "show counts, model, index type and sizes",
+     "usage: qdup-index info --db DB [--json]\n"},
+    {"verify", cmd_verify, verify_opts, "check the index against its database",
+     "usage: qdup-index verify --db DB [--max-report N] [--repair]\n\n"
+     "Checks that every live question is in the FAISS index with its stored vector,\n"
+     "that the index holds nothing else, that the FAISS file is the checkpoint the\n"
+     "database records, that the model matches, and SQLite's integrity. Prints one\n"
+     "line per problem; exit status 0 if all holds, 1 if not.\n\n"
+     "  --max-report N    print at most N problems (default 20)\n"
+     "  --repair          open for writing first, which rebuilds and rewrites a FAISS\n"
+     "                    file the database does not vouch for\n"},
+    {"export", cmd_export, export_opts, "write ids, texts and vectors as JSON Lines",
+     "usage: qdup-index export --db DB [--out FILE]\n\n"
+     "Writes every live question as {\"id\": ..., \"text\": ..., \"vector\": [...]}, one per\n"
+     "line (what Milvus, Qdrant, Elasticsearch and pgvector bulk loaders take), to\n"
+     "standard output or FILE.\n"},
+    {"compact", cmd_compact, compact_opts, "delete removed questions and rebuild the index",
+     "usage: qdup-index compact --db DB\n\n"
+     "Deletes removed questions from the database, rebuilds the FAISS index from the\n"
+     "live ones (dropping tombstones of index kinds that cannot remove), rewrites the\n"
+     "FAISS file and vacuums the database.\n"},
+};
+
+#define NCOMMANDS (sizeof commands / sizeof *commands)
+
+static void overview(FILE *f)
+{
+    fprintf(f, "usage: qdup-index COMMAND --db DB [options] ...\n\n"
+               "Indexes question dumps for near-duplicate search (SQLite + FAISS).\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n'qdup-index COMMAND --help' describes a command.\n");
+}
+
+static int allowed(const command *c, int id)
+{
+    for (const int *p = c->allowed; *p; p++)
+        if (*p == id)
+            return 1;
+    return id == O_HELP;
+}
+
+int main(int argc, char **argv)
+{
+    test_stop_at = getenv("QDUP_INDEX_TEST_STOP");
+    if (test_stop_at)
+        qd_store_set_test_hook(test_stop);
+    if (argc < 2) {
+        overview(stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        overview(stdout);
+        return 0;
+    }
+    const command *c = NULL;
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            c = &commands[i];
+    if (!c) {
+        errorf("unknown command \"%s\"", argv[1]);
+        overview(stderr);
+        return EXIT_USAGE;
+    }
+    opts o = {.k = 10, .min_score = -INFINITY, .max_report = 20};
+    int sub_argc = argc - 1;
+    char **sub_argv = argv + 1;
+    opterr = 0;
+    optind = 1;
+    int ch;
+    while ((ch = getopt_long(sub_argc, sub_argv, ":hk:", long_opts, NULL)) != -1) {
+        if (ch == '?') {
+            if (optopt)
+                errorf("%s: unknown option -%c (see --help)", c->name, optopt);
+            else
+                errorf("%s: unknown option %s (see --help)", c->name, sub_argv[optind - 1]);
+            return EXIT_USAGE;
+        }
+        if (ch == ':') {
+            errorf("%s: option %s needs a value", c->name, sub_argv[optind - 1]);
+            return EXIT_USAGE;
+        }
+        if (!allowed(c, ch)) {
+            errorf("%s: option %s does not apply to this command (see --help)", c->name,
+                   sub_argv[optind - 1]);
+            return EXIT_USAGE;
+        }
+        size_t v;
+        switch (ch) {
+        case O_HELP: fputs(c->usage, stdout); return 0;
+        case O_DB: o.db = optarg; break;
+        case O_MODEL: o.model = optarg; break;
+        case O_INDEX: o.index_spec = optarg; break;
+        case O_STRICT: o.strict = 1; break;
+        case O_REPLACE: o.replace = 1; break;
+        case O_FORMAT: o.format = optarg; break;
+        case O_ID_COL: o.id_col = optarg; break;
+        case O_TEXT_COL: o.text_col = optarg; break;
+        case O_IDS: o.ids_file = optarg; break;
+        case O_OUT: o.out = optarg; break;
+        case O_EXCLUDE: o.exclude = optarg; break;
+        case O_JSON: o.json = 1; break;
+        case O_QUIET: o.quiet = 1; break;
+        case O_PROGRESS: o.progress = 1; break;
+        case O_REPAIR: o.repair = 1; break;
+        case O_PARAM:
+            if (o.nparams == MAX_PARAMS) {
+                errorf("%s: at most %d --param options", c->name, MAX_PARAMS);
+                return EXIT_USAGE;
+            }
+            o.params[o.nparams++] = optarg;
+            break;
+        case O_K:
+            if (parse_size(optarg, 1, QD_STORE_MAX_K, &o.k)) {
+                errorf("%s: -k %s: expected a number from 1 to %d", c->name, optarg,
+                       QD_STORE_MAX_K);
+                return EXIT_USAGE;
+            }
+            break;
+        case O_THREADS:
+            if (parse_size(optarg, 0, 1024, &v)) {
+                errorf("%s: --threads %s: expected a number from 0 to 1024", c->name, optarg);
+                return EXIT_USAGE;
+            }
+            o.threads = (int)v;
+            break;
+        case O_MAX_TEXT:
+            if (parse_size(optarg, 1, QD_STORE_MAX_TEXT, &o.max_text)) {
+                errorf("%s: --max-text %s: expected a number from 1 to %d", c->name, optarg,
+                       QD_STORE_MAX_TEXT);
+                return EXIT_USAGE;
+            }
+            break;
+        case O_MAX_REPORT:
+            if (parse_size(optarg, 0, SIZE_MAX, &o.max_report)) {
+                errorf("%s: --max-report %s: expected a number", c->name, optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case O_MIN_SCORE: {
+            char *end;
+            o.min_score = strtod(optarg, &end);
+            if (*end || end == optarg || isnan(o.min_score)) {
+                errorf("%s: --min-score %s: expected a number", c->name, optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        }
+        default: return EXIT_USAGE;
+        }
+    }
+    if (!o.db) {
+        errorf("%s: --db is required (see --help)", c->name);
+        return EXIT_USAGE;
+    }
+    return c->run(&o, sub_argc - optind, sub_argv + optind);
+}
