@@ -51,7 +51,7 @@ int qd_enc_forward(const qd_model *m, qd_enc_ws *ws, const qd_tokseqs *seqs, flo
     int rc = qd_lstm_forward(&m->hdr, &m->p, seqs, NULL, 0, &ws->fwd);
     if (rc)
         return rc;
-    memcpy(out, ws->fwd.out, seqs->n * m->hdr.hidden * sizeof *out);
+    memcpy(out, ws->fwd.out, seqs->n * ws->fwd.D * sizeof *out);
     return 0;
 }
 
@@ -105,7 +105,7 @@ static int cmp_longer(const void *a, const void *b, void *ctx)
 static int encode_chunk(par_job *j, qd_enc_ws *ws, uint32_t *sel, size_t lo, size_t hi)
 {
     const qd_model *m = j->m;
-    size_t count = hi - lo, H = m->hdr.hidden;
+    size_t count = hi - lo, H = qd_model_out_dim(&m->hdr);
     qd_tokseqs_clear(&ws->seqs);
     for (size_t i = 0; i < count; i++) {
         int rc = qd_tok_encode(m->vocab, &m->hdr.tok, &ws->tb, j->texts[lo + i],

@@ -8,6 +8,7 @@
  * to that term. Its gradient goes to the one entry that attains the maximum (the first
  * on ties), as autograd's max does.
  */
+#include <math.h>
 #include <string.h>
 
 #include "lstm_impl.h"
@@ -75,4 +76,31 @@ float qd_rank_loss(const float *pos, size_t B, const float *neg, size_t M, float
             }
         }
     return (float)(total * w);
+}
+
+float qd_infonce_loss(const float *A, const float *C, size_t B, size_t K, size_t H,
+                      float temperature, float *S, float *dA, float *dC)
+{
+    qd_gemm(0, 1, B, K, H, 1.0f, A, H, C, H, 0.0f, S, K);
+    double total = 0;
+    float inv_t = 1.0f / temperature, inv_b = 1.0f / (float)B;
+    for (size_t i = 0; i < B; i++) {
+        float *row = S + i * K;
+        float mx = row[0];
+        for (size_t j = 1; j < K; j++)
+            mx = row[j] > mx ? row[j] : mx;
+        double z = 0;
+        for (size_t j = 0; j < K; j++)
+            z += exp((double)(row[j] - mx) * inv_t);
+        total += log(z) - (double)(row[i] - mx) * inv_t;
+        /* dL/dS_ij = (softmax_ij - [i == j]) / (temperature B) */
+        for (size_t j = 0; j < K; j++)
+            row[j] = (float)(exp((double)(row[j] - mx) * inv_t) / z) * inv_t * inv_b;
+        row[i] -= inv_t * inv_b;
+    }
+    if (dA)
+        qd_gemm(0, 0, B, H, K, 1.0f, S, K, C, H, 0.0f, dA, H);
+    if (dC)
+        qd_gemm(1, 0, K, H, B, 1.0f, S, K, A, H, 0.0f, dC, H);
+    return (float)(total * inv_b);
 }

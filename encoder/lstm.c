@@ -171,6 +171,7 @@ void qd_fwd_free(qd_fwd *f)
     qd_free(f->c);
     qd_free(f->h);
     qd_free(f->pooled);
+    qd_free(f->argmax);
     qd_free(f->norm);
     qd_free(f->out);
     qd_free(f->zeros);
@@ -185,10 +186,11 @@ static size_t max_size(size_t a, size_t b)
 /* Makes room for a batch of n questions, T steps and ntok tokens. Everything is
  * reallocated together when anything is too small; capacities grow by half again so
  * a run of growing batches does not reallocate each time. */
-static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t H)
+static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t H,
+                   size_t D)
 {
     if (n <= f->cap_n && T + 1 <= f->cap_t && ntok <= f->cap_tok && E == f->dim_e &&
-        H == f->dim_h)
+        H == f->dim_h && D == f->dim_d)
         return 0;
     size_t cn = max_size(f->cap_n, n + n / 2 + 1), ct = max_size(f->cap_t, T + 1 + T / 2);
     size_t ctok = max_size(f->cap_tok, ntok + ntok / 2 + 1);
@@ -196,8 +198,9 @@ static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t 
     f->order = qd_mallocarray(cn, sizeof *f->order);
     f->len = qd_mallocarray(cn, sizeof *f->len);
     f->norm = qd_mallocarray(cn, sizeof *f->norm);
-    f->pooled = qd_mallocarray(cn, H * sizeof *f->pooled);
-    f->out = qd_mallocarray(cn, H * sizeof *f->out);
+    f->pooled = qd_mallocarray(cn, D * sizeof *f->pooled);
+    f->argmax = qd_mallocarray(cn, H * sizeof *f->argmax);
+    f->out = qd_mallocarray(cn, D * sizeof *f->out);
     f->nact = qd_mallocarray(ct, sizeof *f->nact);
     f->toff = qd_mallocarray(ct, sizeof *f->toff);
     f->x = qd_mallocarray(ctok, E * sizeof *f->x);
@@ -205,8 +208,8 @@ static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t 
     f->c = qd_mallocarray(ctok, H * sizeof *f->c);
     f->h = qd_mallocarray(ctok, H * sizeof *f->h);
     f->zeros = qd_calloc(H, sizeof *f->zeros);
-    if (!f->order || !f->len || !f->norm || !f->pooled || !f->out || !f->nact || !f->toff ||
-        !f->x || !f->gates || !f->c || !f->h || !f->zeros) {
+    if (!f->order || !f->len || !f->norm || !f->pooled || !f->argmax || !f->out ||
+        !f->nact || !f->toff || !f->x || !f->gates || !f->c || !f->h || !f->zeros) {
         qd_fwd_free(f);
         return QD_ERR_NOMEM;
     }
@@ -215,6 +218,7 @@ static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t 
     f->cap_tok = ctok;
     f->dim_e = E;
     f->dim_h = H;
+    f->dim_d = D;
     return 0;
 }
 
@@ -252,7 +256,7 @@ static void sort_by_length(const qd_tokseqs *s, qd_fwd *f, size_t T)
 int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *s,
                     const uint32_t *sel, size_t n, qd_fwd *f)
 {
-    size_t E = hdr->emb_dim, H = hdr->hidden, T = 0, ntok = 0;
+    size_t E = hdr->emb_dim, H = hdr->hidden, D = qd_model_out_dim(hdr), T = 0, ntok = 0;
     if (!sel)
         n = s->n;
     for (size_t i = 0; i < n; i++) {
@@ -261,9 +265,10 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
         if (l > T)
             T = l;
     }
-    if (reserve(f, n, T, ntok, E, H))
+    if (reserve(f, n, T, ntok, E, H, D))
         return QD_ERR_NOMEM;
     f->n = n;
+    f->D = D;
     f->sel = sel;
     f->T = T;
     f->ntok = ntok;
@@ -322,31 +327,49 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
         lstm_cell(g, p->b, cprev, cstride, f->c + row * H, f->h + row * H, nt, H);
     }
 
-    /* Masked mean and L2 normalization, back in batch order. */
+    /* Pooling over the real tokens, back in batch order: the mean of h, then (as the
+     * model asks) the max of h and the mean of x. */
+    int with_max = (hdr->pool & QD_POOL_MAX) != 0, with_emb = (hdr->pool & QD_POOL_EMB) != 0;
     for (size_t j = 0; j < n; j++) {
-        float *pool = f->pooled + (size_t)f->order[j] * H;
-        memset(pool, 0, H * sizeof *pool);
-        for (size_t t = 0; t < f->len[j]; t++) {
-            const float *h = f->h + (f->toff[t] + j) * H;
+        size_t q = f->order[j], l = f->len[j];
+        float *mean = f->pooled + q * D, *mx = mean + H, *xe = mean + (with_max ? 2 * H : H);
+        uint32_t *arg = f->argmax + q * H;
+        memset(mean, 0, D * sizeof *mean);
+        if (l == 0)
+            continue;
+        for (size_t t = 0; t < l; t++) {
+            size_t row = f->toff[t] + j;
+            const float *h = f->h + row * H;
             for (size_t k = 0; k < H; k++)
-                pool[k] += h[k];
-        }
-    }
-    for (size_t q = 0; q < n; q++) {
-        float *pool = f->pooled + q * H, *out = f->out + q * H;
-        uint32_t l = qd_tokseqs_len(s, seq_of(f, q));
-        double ss = 0;
-        if (l > 0) {
-            float inv = 1.0f / (float)l;
-            for (size_t k = 0; k < H; k++) {
-                pool[k] *= inv;
-                ss += (double)pool[k] * pool[k];
+                mean[k] += h[k];
+            if (with_max)
+                for (size_t k = 0; k < H; k++)
+                    if (t == 0 || h[k] > mx[k]) {
+                        mx[k] = h[k];
+                        arg[k] = (uint32_t)row;
+                    }
+            if (with_emb) {
+                const float *x = f->x + row * E;
+                for (size_t k = 0; k < E; k++)
+                    xe[k] += x[k];
             }
         }
+        float inv = 1.0f / (float)l;
+        for (size_t k = 0; k < H; k++)
+            mean[k] *= inv;
+        if (with_emb)
+            for (size_t k = 0; k < E; k++)
+                xe[k] *= inv;
+    }
+    for (size_t q = 0; q < n; q++) {
+        float *pool = f->pooled + q * D, *out = f->out + q * D;
+        double ss = 0;
+        for (size_t k = 0; k < D; k++)
+            ss += (double)pool[k] * pool[k];
         float norm = (float)sqrt(ss);
         f->norm[q] = norm;
         float inv = norm > 0 ? 1.0f / norm : 0.0f;
-        for (size_t k = 0; k < H; k++)
+        for (size_t k = 0; k < D; k++)
             out[k] = pool[k] * inv;
     }
     return 0;
@@ -428,7 +451,9 @@ void qd_bwd_free(qd_bwd *b)
 {
     if (!b)
         return;
+    qd_free(b->dpooled);
     qd_free(b->dpool);
+    qd_free(b->dh_max);
     qd_free(b->dg);
     qd_free(b->dh_rec);
     qd_free(b->dc);
@@ -437,20 +462,24 @@ void qd_bwd_free(qd_bwd *b)
     qd_bwd_init(b);
 }
 
-static int bwd_reserve(qd_bwd *b, size_t n, size_t ntok, size_t E, size_t H)
+static int bwd_reserve(qd_bwd *b, size_t n, size_t ntok, size_t E, size_t H, size_t D)
 {
-    if (n <= b->cap_n && ntok <= b->cap_tok && E == b->dim_e && H == b->dim_h)
+    if (n <= b->cap_n && ntok <= b->cap_tok && E == b->dim_e && H == b->dim_h &&
+        D == b->dim_d)
         return 0;
     size_t cn = max_size(b->cap_n, n + n / 2 + 1);
     size_t ctok = max_size(b->cap_tok, ntok + ntok / 2 + 1);
     qd_bwd_free(b);
+    b->dpooled = qd_mallocarray(cn, D * sizeof(float));
     b->dpool = qd_mallocarray(cn, H * sizeof(float));
+    b->dh_max = qd_mallocarray(ctok, H * sizeof(float));
     b->dh_rec = qd_mallocarray(cn, H * sizeof(float));
     b->dc = qd_mallocarray(cn, H * sizeof(float));
     b->dg = qd_mallocarray(ctok, 4 * H * sizeof(float));
     b->hprev = qd_mallocarray(ctok, H * sizeof(float));
     b->dx = qd_mallocarray(ctok, E * sizeof(float));
-    if (!b->dpool || !b->dh_rec || !b->dc || !b->dg || !b->hprev || !b->dx) {
+    if (!b->dpooled || !b->dpool || !b->dh_max || !b->dh_rec || !b->dc || !b->dg ||
+        !b->hprev || !b->dx) {
         qd_bwd_free(b);
         return QD_ERR_NOMEM;
     }
@@ -458,48 +487,51 @@ static int bwd_reserve(qd_bwd *b, size_t n, size_t ntok, size_t E, size_t H)
     b->cap_tok = ctok;
     b->dim_e = E;
     b->dim_h = H;
+    b->dim_d = D;
     return 0;
 }
 
-void qd_l2norm_backward(size_t n, size_t H, const float *out, const float *norm,
+void qd_l2norm_backward(size_t n, size_t D, const float *out, const float *norm,
                         const float *dout, float *dpooled)
 {
     for (size_t q = 0; q < n; q++) {
-        const float *o = out + q * H, *d = dout + q * H;
-        float *dp = dpooled + q * H;
+        const float *o = out + q * D, *d = dout + q * D;
+        float *dp = dpooled + q * D;
         if (norm[q] <= 0) {
-            memset(dp, 0, H * sizeof *dp);
+            memset(dp, 0, D * sizeof *dp);
             continue;
         }
         double dot = 0;
-        for (size_t k = 0; k < H; k++)
+        for (size_t k = 0; k < D; k++)
             dot += (double)o[k] * d[k];
         float inv = 1.0f / norm[q], fdot = (float)dot;
-        for (size_t k = 0; k < H; k++)
+        for (size_t k = 0; k < D; k++)
             dp[k] = (d[k] - o[k] * fdot) * inv;
     }
 }
 
 /* Backward of one LSTM step for `rows` questions. g holds the step's activated gates,
  * c its cell states, cprev the previous ones (row stride cstride; 0: the zero state).
- * The gradient reaching h is dpool (from the mean) plus dh_rec (from step t+1); dc
- * holds the gradient reaching c from step t+1 and is replaced by the gradient reaching
- * c_{t-1}. dg receives the gradient w.r.t. the gate pre-activations. */
+ * The gradient reaching h is dpool (from the mean) plus dh_rec (from step t+1) plus
+ * dmax (from max pooling; row stride mstride, 0 for a row of zeros); dc holds the
+ * gradient reaching c from step t+1 and is replaced by the gradient reaching c_{t-1}.
+ * dg receives the gradient w.r.t. the gate pre-activations. */
 QD_CLONES static void lstm_cell_backward(const float *restrict g, const float *restrict c,
                                          const float *restrict cprev, size_t cstride,
                                          const float *restrict dpool,
+                                         const float *restrict dmax, size_t mstride,
                                          const float *restrict dh_rec, float *restrict dc,
                                          float *restrict dg, size_t rows, size_t H)
 {
     for (size_t r = 0; r < rows; r++) {
         const float *gi = g + r * 4 * H, *gf = gi + H, *gg = gf + H, *go = gg + H;
         const float *cr = c + r * H, *cp = cprev + r * cstride, *dp = dpool + r * H;
-        const float *dr = dh_rec + r * H;
+        const float *dr = dh_rec + r * H, *dm = dmax + r * mstride;
         float *dcr = dc + r * H, *di = dg + r * 4 * H, *df = di + H, *du = df + H,
               *dO = du + H;
         for (size_t k = 0; k < H; k++) {
             float tc = fast_tanh(cr[k]);
-            float dh = dp[k] + dr[k];
+            float dh = dp[k] + dr[k] + dm[k];
             float dcell = dcr[k] + dh * go[k] * (1.0f - tc * tc);
             float i = gi[k], f = gf[k], u = gg[k], o = go[k];
             di[k] = dcell * u * i * (1.0f - i);
@@ -514,20 +546,34 @@ QD_CLONES static void lstm_cell_backward(const float *restrict g, const float *r
 int qd_lstm_backward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *s,
                      const qd_fwd *f, const float *dout, qd_bwd *b, qd_grads *grads)
 {
-    size_t E = hdr->emb_dim, H = hdr->hidden, n = f->n, ntok = f->ntok, T = f->T;
-    if (bwd_reserve(b, n, ntok, E, H))
+    size_t E = hdr->emb_dim, H = hdr->hidden, D = f->D, n = f->n, ntok = f->ntok, T = f->T;
+    int with_max = (hdr->pool & QD_POOL_MAX) != 0, with_emb = (hdr->pool & QD_POOL_EMB) != 0;
+    size_t emb_at = with_max ? 2 * H : H; /* where the embedding mean sits in pooled */
+    if (bwd_reserve(b, n, ntok, E, H, D))
         return QD_ERR_NOMEM;
     if (ntok == 0)
         return 0;
 
-    /* Normalization, then the mean: dpool by length-order position, divided by length. */
-    qd_l2norm_backward(n, H, f->out, f->norm, dout, b->dh_rec); /* dh_rec as scratch */
+    /* Normalization, then the mean: dpool by length-order position, divided by length;
+     * max pooling routes each unit's gradient to the row that held the max. */
+    qd_l2norm_backward(n, D, f->out, f->norm, dout, b->dpooled);
     for (size_t j = 0; j < n; j++) {
-        const float *src = b->dh_rec + (size_t)f->order[j] * H;
+        const float *src = b->dpooled + (size_t)f->order[j] * D;
         float *dst = b->dpool + j * H;
         float inv = f->len[j] ? 1.0f / (float)f->len[j] : 0.0f;
         for (size_t k = 0; k < H; k++)
             dst[k] = src[k] * inv;
+    }
+    if (with_max) {
+        memset(b->dh_max, 0, ntok * H * sizeof(float));
+        for (size_t q = 0; q < n; q++) {
+            if (f->norm[q] <= 0)
+                continue;
+            const float *src = b->dpooled + q * D + H;
+            const uint32_t *arg = f->argmax + q * H;
+            for (size_t k = 0; k < H; k++)
+                b->dh_max[(size_t)arg[k] * H + k] += src[k];
+        }
     }
 
     /* Through time, last step first. */
@@ -544,6 +590,7 @@ int qd_lstm_backward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokse
         memset(b->dh_rec + nrec * H, 0, (nt - nrec) * H * sizeof(float));
         memset(b->dc + nrec * H, 0, (nt - nrec) * H * sizeof(float));
         lstm_cell_backward(f->gates + row * 4 * H, f->c + row * H, cprev, cstride, b->dpool,
+                           with_max ? b->dh_max + row * H : f->zeros, with_max ? H : 0,
                            b->dh_rec, b->dc, b->dg + row * 4 * H, nt, H);
         if (t > 0)
             qd_gemm(0, 0, nt, H, 4 * H, 1.0f, b->dg + row * 4 * H, 4 * H, p->wh, H, 0.0f,
@@ -565,8 +612,19 @@ int qd_lstm_backward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokse
             grads->g.b[k] += d[k];
     }
 
-    /* Embedding rows: each token's gradient shared among the rows it averaged. */
+    /* Embedding rows: each token's gradient (through the LSTM, and through the
+     * embedding mean when pooled) shared among the rows it averaged. */
     qd_gemm(0, 0, ntok, E, 4 * H, 1.0f, b->dg, 4 * H, p->wx, E, 0.0f, b->dx, E);
+    if (with_emb)
+        for (size_t j = 0; j < n; j++) {
+            const float *src = b->dpooled + (size_t)f->order[j] * D + emb_at;
+            float inv = 1.0f / (float)(f->len[j] ? f->len[j] : 1);
+            for (size_t t = 0; t < f->len[j]; t++) {
+                float *dx = b->dx + ((size_t)f->toff[t] + j) * E;
+                for (size_t k = 0; k < E; k++)
+                    dx[k] += src[k] * inv;
+            }
+        }
     for (size_t t = 0; t < T; t++) {
         for (size_t j = 0; j < f->nact[t]; j++) {
             size_t tok = s->qoff[seq_of(f, f->order[j])] + t;

@@ -42,12 +42,15 @@ typedef struct qd_fwd {
     float *gates;      /* (ntok, 4H) gate activations i f g o (after sigmoid / tanh) */
     float *c;          /* (ntok, H) cell states */
     float *h;          /* (ntok, H) hidden states */
-    float *pooled;     /* (n, H) mean of the hidden states over real tokens, batch order */
+    size_t D;          /* width of pooled and out (qd_model_out_dim) */
+    float *pooled;     /* (n, D) [mean of h | max of h | mean of x] over real tokens, in
+                          batch order; the parts the model's pool bits select */
+    uint32_t *argmax;  /* (n, H) row of the max of each hidden unit (max pooling only) */
     float *norm;       /* (n) L2 norm of pooled (0 for an empty question) */
-    float *out;        /* (n, H) pooled / norm: the unit vectors */
+    float *out;        /* (n, D) pooled / norm: the unit vectors */
     float *zeros;      /* (H) the state before step 0 */
     size_t cap_n, cap_t, cap_tok; /* questions, steps + 1 and tokens allocated for */
-    size_t dim_e, dim_h;          /* E and H the buffers were allocated for */
+    size_t dim_e, dim_h, dim_d;   /* E, H and D the buffers were allocated for */
 } qd_fwd;
 
 void qd_fwd_init(qd_fwd *f);
@@ -83,26 +86,28 @@ void qd_grads_add(qd_grads *dst, const qd_grads *src);
 
 /* Scratch of the backward pass, sized like the forward activations. */
 typedef struct qd_bwd {
-    float *dpool;      /* (n, H) gradient w.r.t. the pooled vector, divided by length */
+    float *dpooled;    /* (n, D) gradient w.r.t. the pooled vector */
+    float *dpool;      /* (n, H) gradient w.r.t. the mean of h, divided by length */
+    float *dh_max;     /* (ntok, H) gradient reaching h through max pooling (or NULL) */
     float *dg;         /* (ntok, 4H) gradient w.r.t. gate pre-activations */
     float *dh_rec;     /* (n, H) gradient reaching h_{t-1} through the recurrence */
     float *dc;         /* (n, H) gradient reaching c_{t-1} */
     float *hprev;      /* (ntok, H) h_{t-1} next to each row of steps >= 1 */
     float *dx;         /* (ntok, E) gradient w.r.t. the token embeddings */
     size_t cap_n, cap_tok; /* questions and tokens allocated for */
-    size_t dim_e, dim_h;   /* E and H the buffers were allocated for */
+    size_t dim_e, dim_h, dim_d; /* E, H and D the buffers were allocated for */
 } qd_bwd;
 
 void qd_bwd_init(qd_bwd *b);
 void qd_bwd_free(qd_bwd *b);
 
 /* Backward of out = pooled / ||pooled||: dpooled = (dout - out (out . dout)) / norm,
- * row by row (zero where norm is 0). */
-void qd_l2norm_backward(size_t n, size_t H, const float *out, const float *norm,
+ * row by row of width D (zero where norm is 0). */
+void qd_l2norm_backward(size_t n, size_t D, const float *out, const float *norm,
                         const float *dout, float *dpooled);
 
 /* Backpropagation through the whole encoder for the batch of the last forward pass f
- * over seqs: given dout (n, H), the gradient w.r.t. f->out in batch order, adds the
+ * over seqs: given dout (n, D), the gradient w.r.t. f->out in batch order, adds the
  * gradients of every weight into grads. */
 int qd_lstm_backward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *seqs,
                      const qd_fwd *f, const float *dout, qd_bwd *b, qd_grads *grads);

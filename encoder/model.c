@@ -48,8 +48,8 @@ int qd_model_hdr_check(const qd_model_hdr *h, char *err, size_t errlen)
     if (h->dirs != 1)
         return qd_errf(err, errlen, QD_ERR_UNSUPPORTED, "%" PRIu32
                        " LSTM directions: this build supports 1", h->dirs);
-    if (h->pool != QD_POOL_MEAN)
-        return qd_errf(err, errlen, QD_ERR_UNSUPPORTED, "unknown pooling %" PRIu32, h->pool);
+    if (h->pool & ~(uint32_t)QD_POOL_ALL)
+        return qd_errf(err, errlen, QD_ERR_UNSUPPORTED, "unknown pooling 0x%" PRIx32, h->pool);
     if (h->tok.ngram_buckets > QD_MODEL_MAX_BUCKETS)
         return qd_errf(err, errlen, QD_ERR_RANGE, "%" PRIu32 " n-gram buckets, over %d",
                        h->tok.ngram_buckets, QD_MODEL_MAX_BUCKETS);
@@ -203,6 +203,10 @@ static int parse_header(const uint8_t *d, size_t len, const char *name, qd_model
         return qd_errf(err, errlen, QD_ERR_FORMAT,
                        "%s: truncated: %zu bytes, the header alone has %" PRIu32, name, len,
                        hsize);
+    if (version == 1 && get_u32(d + 40) != QD_POOL_MEAN)
+        return qd_errf(err, errlen, QD_ERR_FORMAT,
+                       "%s: format version 1 has mean pooling only, the header says %" PRIu32,
+                       name, get_u32(d + 40));
     uint32_t endian = get_u32(d + 16);
     if (endian != QD_MODEL_ENDIAN)
         return qd_errf(err, errlen, QD_ERR_FORMAT,
@@ -346,7 +350,8 @@ int qd_model_serialize(const qd_model *m, uint8_t **data, size_t *len)
     if (!d)
         return QD_ERR_NOMEM;
     memcpy(d, QD_MODEL_MAGIC, 8);
-    put_u32(d + 8, QD_MODEL_VERSION);
+    /* A course model is written as version 1, which every qdup reads. */
+    put_u32(d + 8, m->hdr.pool == QD_POOL_MEAN ? 1 : QD_MODEL_VERSION);
     put_u32(d + 12, QD_MODEL_HEADER_SIZE);
     put_u32(d + 16, QD_MODEL_ENDIAN);
     put_f32(d + 20, QD_MODEL_FLOATCHECK);
@@ -398,7 +403,17 @@ const qd_vocab *qd_model_vocab(const qd_model *m) { return m->vocab; }
 qd_params *qd_model_params(qd_model *m) { return &m->p; }
 const qd_params *qd_model_cparams(const qd_model *m) { return &m->p; }
 const char *qd_model_fingerprint(const qd_model *m) { return m->fingerprint; }
-int qd_model_dim(const qd_model *m) { return (int)m->hdr.hidden; }
+int qd_model_dim(const qd_model *m) { return (int)qd_model_out_dim(&m->hdr); }
+
+size_t qd_model_out_dim(const qd_model_hdr *h)
+{
+    size_t d = h->hidden;
+    if (h->pool & QD_POOL_MAX)
+        d += h->hidden;
+    if (h->pool & QD_POOL_EMB)
+        d += h->emb_dim;
+    return d;
+}
 
 float *qd_model_param_data(qd_model *m, size_t *n)
 {

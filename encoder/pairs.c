@@ -4,6 +4,14 @@
  *
  * The loader reads the whole file (pair files are small: the shared train.tsv is 4 MB),
  * finds the columns by name in the header, and copies the texts into one arena.
+ *
+ * Two flavours of the Quora format share one header: the shared split files are plain
+ * TSV (a quote is an ordinary character), the original release quotes fields RFC 4180
+ * style with tab as the delimiter (inner quotes doubled, quoted fields may span lines).
+ * The loader decides as the dump readers do (dump.h, quoting AUTO): rows are read plain
+ * until the first field holding a quote character; if that quote is not the field's
+ * first byte the file is plain, otherwise it is quoted when that row parses as a
+ * well-formed quoted row with the header's number of fields, and plain if not.
  */
 #include "qdup/pairs.h"
 
@@ -17,6 +25,11 @@
 #define PAIRS_MAX_BYTES ((size_t)2 << 30)
 #define PAIRS_MAX_COLS 32
 #define PAIRS_MAX_WARNINGS 5
+/* Longest quoted record, in bytes: an unterminated quote costs one row, not the file. */
+#define PAIRS_MAX_QUOTED ((size_t)1 << 20)
+
+/* How rows are split (see the top of the file). */
+enum { ROWS_DETECT, ROWS_PLAIN, ROWS_QUOTED };
 
 void qd_pairs_free(qd_pairs *p)
 {
@@ -53,6 +66,75 @@ static size_t split_tabs(char *line, size_t len, char **field, size_t *flen, siz
     }
 }
 
+/* Splits one quoted-style record starting at s (before end) into at most max fields,
+ * unquoting into buf (at least end - s bytes); fields point into buf. A CR just before
+ * an LF is dropped, inside quoted fields too. Returns the field count (max + 1 if there
+ * are more) with *next at the start of the following record and *nl the newlines the
+ * record holds inside quoted fields; or -1 with *why saying what is broken. */
+static long split_quoted(const char *s, const char *end, char *buf, char **field,
+                         size_t *flen, size_t max, const char **next, size_t *nl,
+                         const char **why)
+{
+    const char *p = s;
+    char *o = buf;
+    size_t n = 0;
+    *nl = 0;
+    for (;;) {
+        if (n == max)
+            return (long)max + 1;
+        field[n] = o;
+        if (p < end && *p == '"') {
+            for (p++;; p++) {
+                if (p >= end) {
+                    *why = "quoted field not closed at the end of the file";
+                    return -1;
+                }
+                if ((size_t)(p - s) > PAIRS_MAX_QUOTED) {
+                    *why = "quoted field still open after 1 MiB (unterminated quote?)";
+                    return -1;
+                }
+                if (*p == '"') {
+                    if (p + 1 < end && p[1] == '"') {
+                        *o++ = '"';
+                        p++;
+                        continue;
+                    }
+                    p++;
+                    break;
+                }
+                if (*p == '\r' && p + 1 < end && p[1] == '\n')
+                    continue;
+                *nl += *p == '\n';
+                *o++ = *p;
+            }
+            if (p < end && *p == '\r' && p + 1 < end && p[1] == '\n')
+                p++;
+            if (p < end && *p != '\t' && *p != '\n') {
+                *why = "text after a closing quote (inner quotes must be doubled)";
+                return -1;
+            }
+        } else {
+            for (; p < end && *p != '\t' && *p != '\n'; p++) {
+                if (*p == '"') {
+                    *why = "quote inside an unquoted field";
+                    return -1;
+                }
+                *o++ = *p;
+            }
+            if (o > field[n] && o[-1] == '\r' && (p == end || *p == '\n'))
+                o--;
+        }
+        flen[n] = (size_t)(o - field[n]);
+        n++;
+        if (p < end && *p == '\t') {
+            p++;
+            continue;
+        }
+        *next = p < end ? p + 1 : end;
+        return (long)n;
+    }
+}
+
 static int parse_int64(const char *s, size_t n, int64_t *out)
 {
     if (n == 0 || n > 18)
@@ -72,6 +154,7 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
 {
     *out = NULL;
     char *data;
+    char *qbuf = NULL; /* unquoted fields of the current quoted row */
     size_t len;
     int rc = qd_file_read(path, PAIRS_MAX_BYTES, &data, &len, err, errlen);
     if (rc)
@@ -103,6 +186,7 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
     size_t flen[PAIRS_MAX_COLS + 1];
     int c_q1 = -1, c_q2 = -1, c_dup = -1, c_id1 = -1, c_id2 = -1;
     size_t ncols = 0, lineno = 0, used = 0, warned = 0;
+    int rows_mode = ROWS_DETECT;
     char *pos = data, *end = data + len;
     /* Skip a UTF-8 byte order mark. */
     if (len >= 3 && memcmp(pos, "\xEF\xBB\xBF", 3) == 0)
@@ -117,7 +201,40 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
             n--;
         if (n == 0)
             continue;
-        size_t nf = split_tabs(line, n, field, flen, PAIRS_MAX_COLS);
+        size_t row_line = lineno, nf = 0;
+        const char *why = NULL;
+        int quoted = 0;
+        if (ncols > 0 && rows_mode != ROWS_PLAIN && memchr(line, '"', n)) {
+            if (rows_mode == ROWS_DETECT) {
+                char *q = memchr(line, '"', n);
+                if (q != line && q[-1] != '\t')
+                    rows_mode = ROWS_PLAIN;
+            }
+            if (rows_mode != ROWS_PLAIN) {
+                if (!qbuf && !(qbuf = qd_malloc(len + 1))) {
+                    rc = qd_errf(err, errlen, QD_ERR_NOMEM, "%s: out of memory", path);
+                    goto fail;
+                }
+                const char *next = NULL, *qwhy = NULL;
+                size_t nl_inside = 0;
+                long r = split_quoted(line, end, qbuf, field, flen, PAIRS_MAX_COLS, &next,
+                                      &nl_inside, &qwhy);
+                if (rows_mode == ROWS_DETECT)
+                    rows_mode = r >= 0 && (size_t)r == ncols ? ROWS_QUOTED : ROWS_PLAIN;
+                if (rows_mode == ROWS_QUOTED) {
+                    quoted = 1;
+                    if (r < 0) {
+                        why = qwhy; /* resume at the line after the one it started on */
+                    } else {
+                        nf = (size_t)r;
+                        pos = (char *)next;
+                        lineno += nl_inside;
+                    }
+                }
+            }
+        }
+        if (!quoted)
+            nf = split_tabs(line, n, field, flen, PAIRS_MAX_COLS);
         if (ncols == 0) {
             if (nf > PAIRS_MAX_COLS) {
                 rc = qd_errf(err, errlen, QD_ERR_FORMAT, "%s:%zu: header has over %d columns",
@@ -149,9 +266,10 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
             ncols = nf;
             continue;
         }
-        const char *why = NULL;
         int64_t id1 = -1, id2 = -1;
-        if (nf != ncols)
+        if (why) {
+            /* broken quoting, said above */
+        } else if (nf != ncols)
             why = "wrong number of fields";
         else if (flen[c_dup] != 1 || (field[c_dup][0] != '0' && field[c_dup][0] != '1'))
             why = "is_duplicate is not 0 or 1";
@@ -164,7 +282,7 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
             p->skipped++;
             if (warn && warned++ < PAIRS_MAX_WARNINGS) {
                 char msg[QD_ERRMSG_MAX];
-                snprintf(msg, sizeof msg, "%s:%zu: %s", path, lineno, why);
+                snprintf(msg, sizeof msg, "%s:%zu: %s", path, row_line, why);
                 warn(msg, arg);
             }
             continue;
@@ -188,10 +306,12 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
         rc = qd_errf(err, errlen, QD_ERR_FORMAT, "%s: empty file (no header)", path);
         goto fail;
     }
+    qd_free(qbuf);
     qd_free(data);
     *out = p;
     return 0;
 fail:
+    qd_free(qbuf);
     qd_free(data);
     qd_pairs_free(p);
     return rc;

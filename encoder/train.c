@@ -34,6 +34,8 @@ int qd_train_recipe(const char *name, qd_train_opts *o)
     o->batch = 256;
     o->lr = 0.01f;
     o->margin = 0.25f;
+    o->loss = QD_LOSS_TRIPLET;
+    o->temperature = 0.05f;
     o->seed = 1;
     if (strcmp(name, "seed") == 0) {
         /* The course: every training word, duplicate pairs only, in-batch negatives. */
@@ -187,7 +189,7 @@ static void phase_forward(void *arg, int tid)
 {
     trainer *t = arg;
     worker *w = &t->w[tid];
-    size_t H = t->m->hdr.hidden;
+    size_t H = qd_model_out_dim(&t->m->hdr);
     w->rc = 0;
     if (w->n == 0)
         return;
@@ -201,7 +203,7 @@ static void phase_backward(void *arg, int tid)
 {
     trainer *t = arg;
     worker *w = &t->w[tid];
-    size_t H = t->m->hdr.hidden;
+    size_t H = qd_model_out_dim(&t->m->hdr);
     w->rc = 0;
     qd_grads_zero(&w->grads);
     if (w->n == 0)
@@ -226,18 +228,27 @@ static float dot(const float *a, const float *b, size_t n)
     return s;
 }
 
+/* The anchor-candidate loss the options choose. */
+static float anchor_loss(const qd_train_opts *o, const float *A, const float *C, size_t B,
+                         size_t H, float *S, float *dA, float *dC)
+{
+    if (o->loss == QD_LOSS_SOFTMAX)
+        return qd_infonce_loss(A, C, B, B, H, o->temperature, S, dA, dC);
+    return qd_triplet_loss(A, C, B, B, H, o->margin, S, dA, dC);
+}
+
 /* Phase 2: the loss of the batch and its gradient w.r.t. every vector in t->out. */
 static float batch_loss(trainer *t, size_t B, size_t M)
 {
     const qd_train_opts *o = t->o;
-    size_t H = t->m->hdr.hidden;
+    size_t H = qd_model_out_dim(&t->m->hdr);
     float *A = t->out, *P = t->out + B * H, *dA = t->dout, *dP = t->dout + B * H;
-    float loss = qd_triplet_loss(A, P, B, B, H, o->margin, t->S, dA, dP);
+    float loss = anchor_loss(o, A, P, B, H, t->S, dA, dP);
     if (o->symmetric) {
         /* P as anchor against the A's: the same loss with the roles swapped. */
         float *dP2 = t->scratch;
         float *dA2 = t->dout + (2 * B + 2 * M) * H; /* spare rows past the batch */
-        loss += qd_triplet_loss(P, A, B, B, H, o->margin, t->S, dP2, dA2);
+        loss += anchor_loss(o, P, A, B, H, t->S, dP2, dA2);
         for (size_t i = 0; i < B * H; i++) {
             dP[i] += dP2[i];
             dA[i] += dA2[i];
@@ -372,7 +383,7 @@ static void init_weights(qd_model *m, qd_rng *rng)
 
 int qd_score_pairs(const qd_model *m, const qd_pairs *p, int threads, float *scores)
 {
-    size_t n = p->n, H = m->hdr.hidden;
+    size_t n = p->n, H = qd_model_out_dim(&m->hdr);
     const char **texts = qd_mallocarray(2 * n + 1, sizeof *texts);
     size_t *lens = qd_mallocarray(2 * n + 1, sizeof *lens);
     float *v = qd_mallocarray(2 * n + 1, H * sizeof *v);
@@ -463,7 +474,7 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
         .hidden = o->hidden,
         .vocab = (uint32_t)qd_vocab_size(vocab),
         .dirs = 1,
-        .pool = QD_POOL_MEAN,
+        .pool = o->pool,
         .tok = {.max_tokens = o->max_tokens,
                 .ngram_min = o->ngram_buckets ? o->ngram_min : 0,
                 .ngram_max = o->ngram_buckets ? o->ngram_max : 0,
@@ -475,7 +486,7 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
     init_weights(t.m, &rng);
     result->vocab = hdr.vocab;
 
-    size_t H = hdr.hidden, B = o->batch, M = o->hard_negatives;
+    size_t H = qd_model_out_dim(&hdr), B = o->batch, M = o->hard_negatives;
     qd_tokbuf tb;
     qd_tokbuf_init(&tb);
     qd_tokseqs_init(&t.seqs);

@@ -26,6 +26,12 @@
 float qd_triplet_loss(const float *A, const float *C, size_t B, size_t K, size_t H,
                       float margin, float *S, float *dA, float *dC);
 
+/* The softmax (InfoNCE) loss over the same scores: row i is a classification of A_i's
+ * positive C_i among all K candidates, loss = mean_i -log softmax(S_i / temperature)_i.
+ * Same arguments and outputs as qd_triplet_loss. */
+float qd_infonce_loss(const float *A, const float *C, size_t B, size_t K, size_t H,
+                      float temperature, float *S, float *dA, float *dC);
+
 /* --- optimization ------------------------------------------------------------------------ */
 
 /* Adam as PyTorch's torch.optim.Adam (L2 weight decay added to the gradient, as its

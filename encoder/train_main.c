@@ -46,7 +46,13 @@ static const char usage[] =
     "  --batch N             duplicate pairs per step\n"
     "  --lr X                Adam learning rate\n"
     "  --margin X            triplet margin\n"
+    "  --loss NAME           triplet (the course's) or softmax (cross-entropy of each\n"
+    "                        anchor's positive among the batch's candidates, InfoNCE)\n"
+    "  --temperature X       softmax loss temperature\n"
     "  --emb N, --hidden N   embedding width E, LSTM hidden size H\n"
+    "  --pool PARTS          what the vector is made of: mean (the course's: mean of the\n"
+    "                        LSTM states), or mean plus max (their max) and/or emb (the\n"
+    "                        mean of the token embeddings), e.g. mean,max,emb\n"
     "  --min-count N         keep words seen at least N times in training\n"
     "  --max-tokens N        tokens kept per question\n"
     "  --ngrams MIN:MAX:BUCKETS  hashed character n-grams (0:0:0 for none)\n"
@@ -123,10 +129,37 @@ static int parse_float(const char *opt, const char *s, double lo, double hi, flo
     return 0;
 }
 
+/* "mean", "mean,max", "mean,emb", "mean,max,emb" to enum qd_pool bits. */
+static int parse_pool(const char *s, uint32_t *pool)
+{
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", s);
+    uint32_t bits = 0;
+    int mean = 0;
+    for (char *save, *part = strtok_r(buf, ",", &save); part; part = strtok_r(NULL, ",", &save)) {
+        if (strcmp(part, "mean") == 0)
+            mean = 1;
+        else if (strcmp(part, "max") == 0)
+            bits |= QD_POOL_MAX;
+        else if (strcmp(part, "emb") == 0)
+            bits |= QD_POOL_EMB;
+        else
+            mean = -1;
+    }
+    if (mean != 1) {
+        fprintf(stderr, "qdup-train: --pool: expected mean, optionally with max and emb "
+                        "(e.g. mean,max), got \"%s\"\n", s);
+        return -1;
+    }
+    *pool = bits;
+    return 0;
+}
+
 enum {
     OPT_TRAIN = 256, OPT_VALID, OPT_OUT, OPT_RECIPE, OPT_EPOCHS, OPT_THREADS, OPT_SEED,
     OPT_BATCH, OPT_LR, OPT_MARGIN, OPT_EMB, OPT_HIDDEN, OPT_MIN_COUNT, OPT_MAX_TOKENS,
     OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
+    OPT_LOSS, OPT_TEMP, OPT_POOL,
 };
 
 int main(int argc, char **argv)
@@ -154,6 +187,9 @@ int main(int argc, char **argv)
         {"clip", required_argument, 0, OPT_CLIP},
         {"patience", required_argument, 0, OPT_PATIENCE},
         {"quiet", no_argument, 0, OPT_QUIET},
+        {"loss", required_argument, 0, OPT_LOSS},
+        {"temperature", required_argument, 0, OPT_TEMP},
+        {"pool", required_argument, 0, OPT_POOL},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -249,6 +285,23 @@ int main(int argc, char **argv)
             o.patience = (int)v;
             break;
         case OPT_QUIET: st.quiet = 1; break;
+        case OPT_LOSS:
+            if (strcmp(optarg, "triplet") == 0)
+                o.loss = QD_LOSS_TRIPLET;
+            else if (strcmp(optarg, "softmax") == 0)
+                o.loss = QD_LOSS_SOFTMAX;
+            else {
+                fprintf(stderr, "qdup-train: --loss: expected triplet or softmax, got \"%s\"\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case OPT_POOL:
+            if (parse_pool(optarg, &o.pool)) return 2;
+            break;
+        case OPT_TEMP:
+            if (parse_float("--temperature", optarg, 1e-3, 10, &o.temperature)) return 2;
+            break;
         case 'h': fputs(usage, stdout); return 0;
         default: fputs(usage, stderr); return 2;
         }

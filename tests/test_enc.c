@@ -140,6 +140,14 @@ static void test_ngram_model_matches_pytorch(void **state)
     check_against_pytorch("fwd_ngram", 1);
 }
 
+/* Format version 2: max pooling and the embedding path, concatenated after the mean. */
+static void test_pooled_model_matches_pytorch(void **state)
+{
+    (void)state;
+    check_against_pytorch("fwd_pool", 0);
+    check_against_pytorch("fwd_pool", 1);
+}
+
 /* The BLAS product and the plain loops agree on random shapes, all transpositions. */
 static void test_gemm_blas_vs_loops(void **state)
 {
@@ -193,7 +201,7 @@ static void test_batch_composition_does_not_matter(void **state)
 {
     (void)state;
     fixture fx;
-    load_fixture("fwd_ngram", &fx);
+    load_fixture("fwd_pool", &fx);
     size_t H = (size_t)qd_model_dim(fx.m), n = fx.seqs.n;
     float *all = calloc(n * H, sizeof *all);
     qd_enc_ws *ws = qd_enc_ws_new();
@@ -310,6 +318,7 @@ int main(void)
         cmocka_unit_test(test_plain_model_matches_pytorch),
         cmocka_unit_test(test_plain_model_reference_gemm_matches_pytorch),
         cmocka_unit_test(test_ngram_model_matches_pytorch),
+        cmocka_unit_test(test_pooled_model_matches_pytorch),
         cmocka_unit_test(test_gemm_blas_vs_loops),
         cmocka_unit_test(test_activations_accurate),
         cmocka_unit_test(test_batch_composition_does_not_matter),

@@ -28,15 +28,16 @@ static double sigm(double x)
     return 1.0 / (1.0 + exp(-x));
 }
 
-/* out (H) = the encoder's vector for question q of s, with weights w (model order). */
+/* out (D) = the encoder's vector for question q of s, with weights w (model order). */
 static void ref_encode(const qd_model_hdr *h, const double *w, const qd_tokseqs *s, size_t q,
                        double *out)
 {
-    size_t E = h->emb_dim, H = h->hidden, R = qd_model_rows(h);
+    size_t E = h->emb_dim, H = h->hidden, R = qd_model_rows(h), D = qd_model_out_dim(h);
     const double *emb = w, *wx = emb + R * E, *wh = wx + 4 * H * E, *b = wh + 4 * H * H;
     double *hs = calloc(H, sizeof *hs), *cs = calloc(H, sizeof *cs);
     double *x = calloc(E, sizeof *x), *g = calloc(4 * H, sizeof *g);
-    double *sum = calloc(H, sizeof *sum);
+    double *sum = calloc(D, sizeof *sum), *mx = calloc(H, sizeof *mx);
+    double *xsum = calloc(E, sizeof *xsum);
     size_t len = qd_tokseqs_len(s, q);
     for (size_t t = 0; t < len; t++) {
         size_t tok = s->qoff[q] + t;
@@ -46,6 +47,7 @@ static void ref_encode(const qd_model_hdr *h, const double *w, const qd_tokseqs 
             for (uint32_t r = r0; r < r1; r++)
                 x[k] += emb[(size_t)s->rows[r] * E + k];
             x[k] /= (double)(r1 - r0);
+            xsum[k] += x[k];
         }
         for (size_t i = 0; i < 4 * H; i++) {
             g[i] = b[i];
@@ -60,15 +62,28 @@ static void ref_encode(const qd_model_hdr *h, const double *w, const qd_tokseqs 
             cs[k] = fg * cs[k] + ig * u;
             hs[k] = og * tanh(cs[k]);
             sum[k] += hs[k];
+            if (t == 0 || hs[k] > mx[k])
+                mx[k] = hs[k];
         }
     }
+    size_t at = H;
+    if (h->pool & QD_POOL_MAX) {
+        for (size_t k = 0; k < H; k++)
+            sum[at + k] = mx[k] * (double)len; /* divided by len below, like the mean */
+        at += H;
+    }
+    if (h->pool & QD_POOL_EMB)
+        for (size_t k = 0; k < E; k++)
+            sum[at + k] = xsum[k];
     double ss = 0;
-    for (size_t k = 0; k < H; k++) {
+    for (size_t k = 0; k < D; k++) {
         sum[k] = len ? sum[k] / (double)len : 0;
         ss += sum[k] * sum[k];
     }
-    for (size_t k = 0; k < H; k++)
+    for (size_t k = 0; k < D; k++)
         out[k] = ss > 0 ? sum[k] / sqrt(ss) : 0;
+    free(mx);
+    free(xsum);
     free(hs);
     free(cs);
     free(x);
@@ -79,7 +94,7 @@ static void ref_encode(const qd_model_hdr *h, const double *w, const qd_tokseqs 
 static double ref_objective(const qd_model_hdr *h, const double *w, const qd_tokseqs *s,
                             const uint32_t *sel, size_t n, const double *coef)
 {
-    size_t H = h->hidden;
+    size_t H = qd_model_out_dim(h);
     double *out = calloc(H, sizeof *out), L = 0;
     for (size_t i = 0; i < n; i++) {
         ref_encode(h, w, s, sel[i], out);
@@ -102,10 +117,11 @@ typedef struct problem {
     size_t n;        /* batch size */
 } problem;
 
-static void make_problem(problem *p, uint64_t *rng, int ngrams)
+static void make_problem(problem *p, uint64_t *rng, int ngrams, uint32_t pool)
 {
     memset(p, 0, sizeof *p);
     qd_model_hdr *h = &p->hdr;
+    h->pool = pool;
     h->emb_dim = 2 + (uint32_t)(qt_rand(rng) % 6);
     h->hidden = 2 + (uint32_t)(qt_rand(rng) % 6);
     h->vocab = 6 + (uint32_t)(qt_rand(rng) % 6);
@@ -192,13 +208,13 @@ static double check_range(problem *p, const double *coef, const float *g, size_t
     return rel;
 }
 
-static void run_gradcheck(int ngrams, uint64_t seed)
+static void run_gradcheck(int ngrams, uint32_t pool, uint64_t seed)
 {
     uint64_t rng = seed;
     for (int trial = 0; trial < 6; trial++) {
         problem p;
-        make_problem(&p, &rng, ngrams);
-        size_t H = p.hdr.hidden;
+        make_problem(&p, &rng, ngrams, pool);
+        size_t H = qd_model_out_dim(&p.hdr), Hh = p.hdr.hidden;
         qd_params params;
         qd_params_point(&p.hdr, p.wf, &params);
         qd_fwd f;
@@ -230,7 +246,7 @@ static void run_gradcheck(int ngrams, uint64_t seed)
         assert_int_equal(qd_lstm_backward(&p.hdr, &params, &p.s, &f, dout, &b, &g), 0);
 
         size_t E = p.hdr.emb_dim, R = qd_model_rows(&p.hdr);
-        size_t off_wx = R * E, off_wh = off_wx + 4 * H * E, off_b = off_wh + 4 * H * H;
+        size_t off_wx = R * E, off_wh = off_wx + 4 * Hh * E, off_b = off_wh + 4 * Hh * Hh;
         check_range(&p, coef, g.data, 0, off_wx, "embedding");
         check_range(&p, coef, g.data, off_wx, off_wh, "input weights");
         check_range(&p, coef, g.data, off_wh, off_b, "recurrent weights");
@@ -248,13 +264,26 @@ static void run_gradcheck(int ngrams, uint64_t seed)
 static void test_encoder_backward_plain(void **state)
 {
     (void)state;
-    run_gradcheck(0, 11);
+    run_gradcheck(0, QD_POOL_MEAN, 11);
 }
 
 static void test_encoder_backward_ngrams(void **state)
 {
     (void)state;
-    run_gradcheck(1, 12);
+    run_gradcheck(1, QD_POOL_MEAN, 12);
+}
+
+static void test_encoder_backward_max_pooling(void **state)
+{
+    (void)state;
+    run_gradcheck(0, QD_POOL_MAX, 13);
+}
+
+static void test_encoder_backward_embedding_path(void **state)
+{
+    (void)state;
+    run_gradcheck(1, QD_POOL_EMB, 14);
+    run_gradcheck(1, QD_POOL_MAX | QD_POOL_EMB, 15);
 }
 
 static void test_l2norm_backward(void **state)
@@ -393,6 +422,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encoder_backward_plain),
         cmocka_unit_test(test_encoder_backward_ngrams),
+        cmocka_unit_test(test_encoder_backward_max_pooling),
+        cmocka_unit_test(test_encoder_backward_embedding_path),
         cmocka_unit_test(test_l2norm_backward),
         cmocka_unit_test(test_triplet_loss_gradient),
         cmocka_unit_test(test_triplet_loss_masking),

@@ -22,20 +22,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MAGIC = b"QDUPMODL"
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 128
 ENDIAN = 0x0A0B0C0D
 FLOATCHECK = -1.75
 PAD, UNK = 0, 1
 
 
-class Encoder(nn.Module):
-    """Embedding (mean of a token's rows) -> LSTM -> masked mean -> normalize."""
+POOL_MAX, POOL_EMB = 1, 2
 
-    def __init__(self, rows, emb_dim, hidden):
+
+class Encoder(nn.Module):
+    """Embedding (mean of a token's rows) -> LSTM -> masked mean -> normalize.
+
+    pool bits (format version 2) append the max of the hidden states (POOL_MAX) and
+    the mean of the token embeddings (POOL_EMB) to the mean before normalizing."""
+
+    def __init__(self, rows, emb_dim, hidden, pool=0):
         super().__init__()
         self.emb = nn.EmbeddingBag(rows, emb_dim, mode="mean")
         self.lstm = nn.LSTM(emb_dim, hidden, batch_first=True)
+        self.pool = pool
 
     def forward(self, questions):
         """questions: list of questions, each a list of tokens, each a list of rows."""
@@ -54,8 +61,13 @@ class Encoder(nn.Module):
         mask = torch.zeros(len(questions), T, 1)
         for i, n in enumerate(lens):
             mask[i, :n] = 1
-        pooled = (h * mask).sum(1) / torch.tensor(lens, dtype=torch.float32).unsqueeze(1)
-        return F.normalize(pooled, dim=1)
+        count = torch.tensor(lens, dtype=torch.float32).unsqueeze(1)
+        parts = [(h * mask).sum(1) / count]
+        if self.pool & POOL_MAX:
+            parts.append(h.masked_fill(mask == 0, float("-inf")).max(1).values)
+        if self.pool & POOL_EMB:
+            parts.append((batch * mask).sum(1) / count)
+        return F.normalize(torch.cat(parts, 1), dim=1)
 
 
 def write_qdm(path, enc, words, max_tokens=64, ngram=(0, 0, 0)):
@@ -70,8 +82,9 @@ def write_qdm(path, enc, words, max_tokens=64, ngram=(0, 0, 0)):
     assert emb.shape[0] == V + buckets
     vocab = b"".join(bytes([len(w.encode())]) + w.encode() for w in words)
     params = torch.cat([emb.reshape(-1), wx.reshape(-1), wh.reshape(-1), b.reshape(-1)])
-    hdr = MAGIC + struct.pack("<IIIf", VERSION, HEADER_SIZE, ENDIAN, FLOATCHECK)
-    hdr += struct.pack("<10I", E, H, V, 1, 0, max_tokens, nmin, nmax, buckets, 0)
+    version = 2 if enc.pool else 1
+    hdr = MAGIC + struct.pack("<IIIf", version, HEADER_SIZE, ENDIAN, FLOATCHECK)
+    hdr += struct.pack("<10I", E, H, V, 1, enc.pool, max_tokens, nmin, nmax, buckets, 0)
     hdr += struct.pack("<QQ", len(vocab), params.numel())
     hdr += b"\0" * (HEADER_SIZE - len(hdr))
     body = hdr + vocab + params.numpy().astype("<f4").tobytes()
@@ -84,7 +97,7 @@ def read_qdm(path):
     data = open(path, "rb").read()
     assert data[:8] == MAGIC, "not a qdup model"
     version, hsize, endian, fcheck = struct.unpack_from("<IIIf", data, 8)
-    assert version == VERSION and endian == ENDIAN and fcheck == FLOATCHECK
+    assert version in (1, VERSION) and endian == ENDIAN and fcheck == FLOATCHECK
     E, H, V, dirs, pool, max_tokens, nmin, nmax, buckets, _ = struct.unpack_from("<10I", data, 24)
     vbytes, nparams = struct.unpack_from("<QQ", data, 64)
     assert zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0], "bad checksum"
@@ -95,7 +108,7 @@ def read_qdm(path):
         p += 1 + n
     w = torch.frombuffer(bytearray(data[p:p + 4 * nparams]), dtype=torch.float32)
     rows = V + buckets
-    enc = Encoder(rows, E, H)
+    enc = Encoder(rows, E, H, pool)
     sizes = [rows * E, 4 * H * E, 4 * H * H, 4 * H]
     parts = torch.split(w, sizes)
     with torch.no_grad():
@@ -177,10 +190,10 @@ def fmt(values):
     return " ".join("%.9g" % v for v in values)
 
 
-def write_forward_fixture(outdir, name, seed, V, E, H, buckets, questions):
+def write_forward_fixture(outdir, name, seed, V, E, H, buckets, questions, pool=0):
     """A small random model plus questions and the vectors PyTorch gives them."""
     torch.manual_seed(seed)
-    enc = Encoder(V + buckets, E, H)
+    enc = Encoder(V + buckets, E, H, pool)
     with torch.no_grad():  # livelier than the default init, so errors show
         enc.emb.weight.uniform_(-1, 1)
         for p in enc.lstm.parameters():
@@ -221,6 +234,7 @@ def make_fixtures(outdir):
     write_forward_fixture(outdir, "fwd_plain", 1, 40, 16, 12, 0, plain)
     ngram = [rand_question(n, 30, 50) for n in lengths]
     write_forward_fixture(outdir, "fwd_ngram", 2, 30, 8, 10, 50, ngram)
+    write_forward_fixture(outdir, "fwd_pool", 4, 30, 8, 10, 50, ngram, pool=POOL_MAX | POOL_EMB)
     write_step_fixture(outdir, "step_tiny", 3, 12, 6, 5, 6)
 
 

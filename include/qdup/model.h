@@ -6,6 +6,8 @@
  *   embedding: each token is the mean of its embedding rows (tok.h)      (T, E)
  *   LSTM:      one layer, hidden size H, gates in PyTorch's order i f g o (T, H)
  *   pooling:   mean of the hidden states over the real (non-pad) tokens   (H)
+ *              [version 2: optionally followed by their element-wise max (H) and
+ *              by the mean of the token embeddings (E), see enum qd_pool]
  *   normalize: divided by its L2 norm, so cosine similarity is a dot product.
  *
  * A loaded qd_model is read-only: any number of threads may encode with it at once,
@@ -36,7 +38,7 @@ extern "C" {
 #endif
 
 #define QD_MODEL_MAGIC "QDUPMODL"
-#define QD_MODEL_VERSION 1
+#define QD_MODEL_VERSION 2   /* 1: the course's model (mean pooling only); 2: qd_pool */
 #define QD_MODEL_HEADER_SIZE 128
 #define QD_MODEL_ENDIAN 0x0A0B0C0DU
 #define QD_MODEL_FLOATCHECK (-1.75f)
@@ -46,10 +48,17 @@ extern "C" {
 #define QD_MODEL_MAX_VOCAB 10000000  /* V */
 #define QD_MODEL_MAX_BUCKETS 16777216
 
-/* How hidden states become one vector. */
+/* How the hidden states become one vector: the mean over the real tokens, and with
+ * these bits set, concatenated after it (then the whole is normalized):
+ *   QD_POOL_MAX  the element-wise max of the hidden states over the real tokens (H)
+ *   QD_POOL_EMB  the mean of the token embeddings, a bag-of-words skip path (E)
+ * Version 1 files are always QD_POOL_MEAN. */
 enum qd_pool {
-    QD_POOL_MEAN = 0, /* mean over real tokens: the course's model */
+    QD_POOL_MEAN = 0, /* mean only: the course's model */
+    QD_POOL_MAX = 1,  /* + max of the hidden states */
+    QD_POOL_EMB = 2,  /* + mean of the token embeddings */
 };
+#define QD_POOL_ALL (QD_POOL_MAX | QD_POOL_EMB)
 
 /* Shape of a model, as stored in the file header. */
 typedef struct qd_model_hdr {
@@ -57,7 +66,7 @@ typedef struct qd_model_hdr {
     uint32_t hidden;     /* H: LSTM hidden size */
     uint32_t vocab;      /* V: vocabulary ids, the 2 reserved ones included */
     uint32_t dirs;       /* LSTM directions: 1 (2 is reserved for a bidirectional LSTM) */
-    uint32_t pool;       /* enum qd_pool */
+    uint32_t pool;       /* enum qd_pool bits */
     qd_tok_cfg tok;      /* tokenizer settings */
 } qd_model_hdr;
 
@@ -102,6 +111,9 @@ const qd_params *qd_model_cparams(const qd_model *m);
 float *qd_model_param_data(qd_model *m, size_t *n);
 /* Width of the vectors the model makes. */
 int qd_model_dim(const qd_model *m);
+/* Width of the vectors a model of this shape makes: H, + H with max pooling, + E with
+ * the embedding path. */
+size_t qd_model_out_dim(const qd_model_hdr *hdr);
 /* 16 lower-case hex digits; set by load and by save. "" for a model never saved. */
 const char *qd_model_fingerprint(const qd_model *m);
 

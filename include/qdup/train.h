@@ -25,10 +25,17 @@
 extern "C" {
 #endif
 
+/* The loss over each batch's anchor-candidate scores. */
+enum qd_loss {
+    QD_LOSS_TRIPLET = 0, /* the course's triplet loss (mean and closest negative) */
+    QD_LOSS_SOFTMAX = 1, /* softmax cross-entropy over the candidates (InfoNCE) */
+};
+
 typedef struct qd_train_opts {
     char recipe[32];        /* the recipe's name, for messages */
     uint32_t emb_dim;       /* E */
     uint32_t hidden;        /* H */
+    uint32_t pool;          /* enum qd_pool bits */
     uint32_t min_count;     /* vocabulary: words seen at least this often in training */
     uint32_t max_tokens;    /* tokens kept per question */
     uint32_t ngram_min;     /* character n-grams: shortest (0: no n-grams) */
@@ -37,7 +44,9 @@ typedef struct qd_train_opts {
     size_t batch;           /* duplicate pairs per step */
     int epochs;             /* passes over the duplicate pairs */
     float lr;               /* Adam step size */
-    float margin;           /* triplet margin a */
+    float margin;           /* triplet margin a (also the ranking loss's margin) */
+    int loss;               /* enum qd_loss */
+    float temperature;      /* softmax loss: scores are divided by it */
     float weight_decay;     /* Adam's L2 weight decay (0: none) */
     float clip;             /* gradient clipping by global norm (0: none) */
     int symmetric;          /* 1: also each P_i as anchor against the A's */
