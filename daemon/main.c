@@ -1,0 +1,607 @@
+/*
+ * main.c - qdup-daemon: options and config file, the store, then the server.
+ *
+ * Every option can be given on the command line (--name VALUE or --name=VALUE) or in
+ * a config file (--config FILE: one "name value" or "name = value" per line, '#'
+ * starts a comment); the command line wins. One table describes them all, so the
+ * two sources cannot drift apart and --help lists exactly what is accepted.
+ *
+ * The process-wide settings the server's design relies on are made here, before any
+ * work starts: OpenBLAS and FAISS use one thread per call (the parallelism comes from
+ * libuv's pool, one search per worker), and the open-files limit is raised to fit
+ * max_clients connections.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include <cblas.h>
+
+#include "qdup/common.h"
+#include "qdup/fileio.h"
+#include "qdup/memidx.h"
+#include "qdup/server.h"
+#include "qdup/ann.h"
+#include "qdup/store.h"
+
+/* Everything the options set. */
+typedef struct cfg {
+    qd_server_opts so;       /* server options */
+    const char *db;          /* --db */
+    const char *model;       /* --model */
+    int ephemeral;           /* --ephemeral */
+    long search_pad;         /* --search-pad; -1: decided from the index kind */
+    uint32_t uids[64];       /* --write-uids */
+    char *strs[64];          /* strings copied from a config file, freed at exit */
+    size_t nstrs;
+} cfg;
+
+typedef int (*opt_fn)(cfg *c, const char *v, char *err, size_t errlen);
+
+/* One option: its name, whether it takes a value, how to apply it, its help. */
+typedef struct opt {
+    const char *name; /* without the leading "--" */
+    const char *arg;  /* the value's name in --help, NULL for a flag */
+    opt_fn set;       /* checks the value and stores it in the cfg */
+    const char *help; /* one sentence for --help */
+} opt;
+
+/* --- value parsers ------------------------------------------------------------------- */
+
+static int parse_size(const char *v, size_t lo, size_t hi, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (end == v || errno || *v == '-')
+        return -1;
+    unsigned long long mul = 1;
+    if (*end == 'K' || *end == 'k')
+        mul = 1024, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1024 * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1024ULL * 1024 * 1024, end++;
+    if (*end || x > ULLONG_MAX / mul)
+        return -1;
+    x *= mul;
+    if (x < lo || x > hi)
+        return -1;
+    *out = (size_t)x;
+    return 0;
+}
+
+static int parse_secs(const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (end == v || *end || errno || !(x >= 0 && x <= 86400 * 365))
+        return -1;
+    *out = x;
+    return 0;
+}
+
+#define SIZE_OPT(fn, field, lo, hi)                                                     \
+    static int fn(cfg *c, const char *v, char *err, size_t errlen)                      \
+    {                                                                                   \
+        size_t x;                                                                       \
+        if (parse_size(v, lo, hi, &x))                                                  \
+            return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number from %llu to %llu", \
+                           (unsigned long long)(lo), (unsigned long long)(hi));         \
+        c->field = x;                                                                   \
+        return 0;                                                                       \
+    }
+
+SIZE_OPT(set_max_clients, so.max_clients, 1, 1000000)
+SIZE_OPT(set_max_queued, so.max_queued, 1, 10000000)
+SIZE_OPT(set_max_inflight, so.max_inflight, 1, 100000)
+SIZE_OPT(set_max_output, so.max_output, 1024, 1ULL << 34)
+SIZE_OPT(set_max_output_total, so.max_output_total, 1024, 1ULL << 40)
+SIZE_OPT(set_max_queued_bytes, so.max_queued_bytes, 1024, 1ULL << 40)
+SIZE_OPT(set_max_line, so.limits.max_line, 64, 1ULL << 30)
+SIZE_OPT(set_max_k, so.limits.max_k, 1, 100000)
+SIZE_OPT(set_max_text, so.limits.max_text, 1, 1ULL << 30)
+SIZE_OPT(set_max_batch, so.limits.max_batch, 1, 100000)
+SIZE_OPT(set_max_reply, so.limits.max_reply, 1024, 1ULL << 34)
+SIZE_OPT(set_search_batch, so.search_batch, 1, 100000)
+SIZE_OPT(set_write_batch, so.write_batch, 1, 100000)
+
+static int set_db(cfg *c, const char *v, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    c->db = v;
+    return 0;
+}
+
+static int set_socket(cfg *c, const char *v, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    c->so.socket_path = v;
+    return 0;
+}
+
+static int set_model(cfg *c, const char *v, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    c->model = v;
+    return 0;
+}
+
+static int set_ephemeral(cfg *c, const char *v, char *err, size_t errlen)
+{
+    (void)v, (void)err, (void)errlen;
+    c->ephemeral = 1;
+    return 0;
+}
+
+static int set_owner_only(cfg *c, const char *v, char *err, size_t errlen)
+{
+    (void)v, (void)err, (void)errlen;
+    c->so.owner_only = 1;
+    return 0;
+}
+
+static int set_threads(cfg *c, const char *v, char *err, size_t errlen)
+{
+    size_t x;
+    if (parse_size(v, 1, 64, &x))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number from 1 to 64");
+    c->so.threads = (int)x;
+    return 0;
+}
+
+static int set_search_pad(cfg *c, const char *v, char *err, size_t errlen)
+{
+    size_t x;
+    if (parse_size(v, 0, 4096, &x))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number from 0 to 4096");
+    c->search_pad = (long)x;
+    return 0;
+}
+
+static int set_socket_mode(cfg *c, const char *v, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    unsigned long m = strtoul(v, &end, 8);
+    if (end == v || *end || errno || m > 0777)
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be octal permission bits, e.g. 0660");
+    c->so.socket_mode = (unsigned)m;
+    return 0;
+}
+
+static int set_checkpoint(cfg *c, const char *v, char *err, size_t errlen)
+{
+    if (parse_secs(v, &c->so.checkpoint_s))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number of seconds");
+    return 0;
+}
+
+static int set_drain(cfg *c, const char *v, char *err, size_t errlen)
+{
+    if (parse_secs(v, &c->so.drain_s))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number of seconds");
+    return 0;
+}
+
+/* A list of uids or user names, comma-separated. */
+static int set_write_uids(cfg *c, const char *v, char *err, size_t errlen)
+{
+    size_t n = 0;
+    const char *p = v;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        char name[256];
+        if (len == 0 || len >= sizeof name)
+            return qd_errf(err, errlen, QD_ERR_INVAL, "bad uid list \"%s\"", v);
+        memcpy(name, p, len);
+        name[len] = '\0';
+        char *end;
+        errno = 0;
+        unsigned long uid = strtoul(name, &end, 10);
+        if (*end || errno || uid > UINT32_MAX || name[0] == '-') {
+            struct passwd *pw = getpwnam(name);
+            if (!pw)
+                return qd_errf(err, errlen, QD_ERR_INVAL, "no user \"%s\"", name);
+            uid = pw->pw_uid;
+        }
+        if (n == sizeof c->uids / sizeof c->uids[0])
+            return qd_errf(err, errlen, QD_ERR_RANGE, "at most %zu uids",
+                           sizeof c->uids / sizeof c->uids[0]);
+        c->uids[n++] = (uint32_t)uid;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    c->so.write_uids = c->uids;
+    c->so.n_write_uids = n;
+    return 0;
+}
+
+static int set_write_group(cfg *c, const char *v, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    unsigned long gid = strtoul(v, &end, 10);
+    if (end == v || *end || errno || gid > UINT32_MAX || v[0] == '-') {
+        struct group *gr = getgrnam(v);
+        if (!gr)
+            return qd_errf(err, errlen, QD_ERR_INVAL, "no group \"%s\"", v);
+        gid = gr->gr_gid;
+    }
+    c->so.write_group_set = 1;
+    c->so.write_gid = (uint32_t)gid;
+    return 0;
+}
+
+static const opt options[] = {
+    {"db", "PATH", set_db, "the question store made by qdup-index (required)"},
+    {"socket", "PATH", set_socket, "Unix socket to listen on (required)"},
+    {"model", "PATH", set_model,
+     "model file (default: the one the store remembers); it must be the model the "
+     "store was built with"},
+    {"ephemeral", NULL, set_ephemeral,
+     "keep questions in memory only, starting empty; nothing is saved (for tests; "
+     "needs --model, not --db)"},
+    {"threads", "N", set_threads, "search workers (default 2); writes have one more"},
+    {"socket-mode", "MODE", set_socket_mode, "socket file permissions, octal (default 0660)"},
+    {"owner-only", NULL, set_owner_only, "refuse connections from any uid but the daemon's"},
+    {"write-uids", "LIST", set_write_uids,
+     "only these uids or user names (comma-separated) may add, remove or check with "
+     "store; everyone who can connect may still query"},
+    {"write-group", "GROUP", set_write_group,
+     "members of GROUP (name or gid) may write too (primary or supplementary group)"},
+    {"max-clients", "N", set_max_clients, "connections at once (default 1024)"},
+    {"max-queued", "N", set_max_queued,
+     "requests waiting for a worker before new ones are answered busy (default 4096)"},
+    {"max-inflight", "N", set_max_inflight,
+     "unanswered requests per client before it is no longer read (default 64)"},
+    {"max-output", "BYTES", set_max_output,
+     "unread reply bytes per client before it is dropped (default 8M)"},
+    {"max-output-total", "BYTES", set_max_output_total,
+     "unread reply bytes of all clients before the worst is dropped (default 256M)"},
+    {"max-queued-bytes", "BYTES", set_max_queued_bytes,
+     "bytes of waiting requests before new ones are answered busy (default 64M)"},
+    {"max-line", "BYTES", set_max_line, "longest request line (default 64K)"},
+    {"max-k", "N", set_max_k, "largest k (default 1000)"},
+    {"max-text", "BYTES", set_max_text, "longest question text (default 16K)"},
+    {"max-batch", "N", set_max_batch, "most texts in one query (default 256)"},
+    {"max-reply", "BYTES", set_max_reply,
+     "longest reply; a longer one is answered too_large (default 4M)"},
+    {"search-batch", "N", set_search_batch,
+     "most query texts encoded and searched together (default 64)"},
+    {"search-pad", "N", set_search_pad,
+     "pad searches of 2 or more queries to N queries, for FAISS's matrix-product path "
+     "(default 20 for a Flat index, else 0)"},
+    {"write-batch", "N", set_write_batch, "most adds committed together (default 256)"},
+    {"checkpoint-interval", "SECONDS", set_checkpoint,
+     "save the index this often while it changes (default 30; 0: only at shutdown)"},
+    {"drain-timeout", "SECONDS", set_drain,
+     "at shutdown, how long clients get to read their replies (default 10)"},
+};
+#define NOPTS (sizeof options / sizeof options[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: qdup-daemon --db DB --socket PATH [options]\n"
+            "       qdup-daemon --ephemeral --model MODEL --socket PATH [options]\n\n"
+            "Serves near-duplicate queries over a Unix socket: one JSON request per line,\n"
+            "one JSON reply per line (ops query, add, remove, get, check, stats, ping).\n"
+            "Logs \"listening on PATH\" when ready; SIGTERM or SIGINT stop it cleanly.\n\n"
+            "options (also accepted in a --config FILE, one \"name value\" per line):\n"
+            "  --config FILE         read options from FILE; the command line wins\n");
+    for (size_t i = 0; i < NOPTS; i++) {
+        char head[64];
+        snprintf(head, sizeof head, "--%s%s%s", options[i].name, options[i].arg ? " " : "",
+                 options[i].arg ? options[i].arg : "");
+        /* The option on its own line when long; the help wrapped at 80 columns. */
+        int col = fprintf(f, "  %-21s", head);
+        if (col > 23) {
+            fputc('\n', f);
+            col = fprintf(f, "%23s", "");
+        }
+        const char *h = options[i].help;
+        while (*h) {
+            size_t w = strcspn(h, " ");
+            if (col + 1 + (int)w > 80) {
+                fputc('\n', f);
+                col = fprintf(f, "%23s", "");
+            }
+            col += fprintf(f, " %.*s", (int)w, h);
+            h += w;
+            h += strspn(h, " ");
+        }
+        fputc('\n', f);
+    }
+    fprintf(f, "  --help                this text\n");
+}
+
+static const opt *find_opt(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTS; i++)
+        if (strlen(options[i].name) == len && memcmp(options[i].name, name, len) == 0)
+            return &options[i];
+    return NULL;
+}
+
+/* Applies one option; where says where it came from, for the message. */
+static int apply(cfg *c, const char *name, size_t nlen, const char *val, const char *where)
+{
+    char err[QD_ERRMSG_MAX] = "";
+    const opt *o = find_opt(name, nlen);
+    if (!o) {
+        fprintf(stderr, "qdup-daemon: %s: unknown option \"%.*s\" (see --help)\n", where,
+                (int)nlen, name);
+        return -1;
+    }
+    if (o->arg && !val) {
+        fprintf(stderr, "qdup-daemon: %s: --%s needs a value\n", where, o->name);
+        return -1;
+    }
+    if (!o->arg && val && strcmp(val, "true") != 0 && strcmp(val, "yes") != 0 &&
+        strcmp(val, "1") != 0) {
+        fprintf(stderr, "qdup-daemon: %s: --%s takes no value\n", where, o->name);
+        return -1;
+    }
+    if (o->set(c, val, err, sizeof err)) {
+        fprintf(stderr, "qdup-daemon: %s: --%s %s: %s\n", where, o->name, val ? val : "",
+                err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads a config file: "name value" or "name = value" lines, '#' comments. */
+static int read_config(cfg *c, const char *path)
+{
+    char err[QD_ERRMSG_MAX];
+    char *data;
+    size_t len;
+    if (qd_file_read(path, 1 << 20, &data, &len, err, sizeof err)) {
+        fprintf(stderr, "qdup-daemon: %s\n", err);
+        return -1;
+    }
+    int rc = 0;
+    size_t lineno = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(data, "\n", &save); line && !rc;
+         line = strtok_r(NULL, "\n", &save)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *p = line + strspn(line, " \t\r");
+        char *end = p + strlen(p);
+        while (end > p && strchr(" \t\r", end[-1]))
+            *--end = '\0';
+        if (!*p)
+            continue;
+        size_t nlen = strcspn(p, " \t=");
+        char *v = p + nlen;
+        v += strspn(v, " \t");
+        if (*v == '=')
+            v++;
+        v += strspn(v, " \t");
+        char where[1100];
+        snprintf(where, sizeof where, "%s line %zu", path, lineno);
+        char *val = NULL;
+        if (*v) {
+            if (c->nstrs == sizeof c->strs / sizeof c->strs[0]) {
+                fprintf(stderr, "qdup-daemon: %s: too many options\n", where);
+                rc = -1;
+                break;
+            }
+            val = c->strs[c->nstrs++] = qd_strndup(v, strlen(v));
+            if (!val) {
+                rc = -1;
+                break;
+            }
+        }
+        rc = apply(c, p, nlen, val, where);
+    }
+    qd_free(data);
+    return rc;
+}
+
+static int parse_args(cfg *c, int argc, char **argv)
+{
+    /* The config file first, so that the command line overrides it. */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        }
+        if (strncmp(a, "--config=", 9) == 0 || strcmp(a, "--config") == 0) {
+            const char *path = a[8] == '=' ? a + 9 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!path) {
+                fprintf(stderr, "qdup-daemon: --config needs a file\n");
+                return -1;
+            }
+            if (read_config(c, path))
+                return -1;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "qdup-daemon: unexpected argument \"%s\" (see --help)\n", a);
+            return -1;
+        }
+        if (strncmp(a, "--config", 8) == 0 && (a[8] == '\0' || a[8] == '=')) {
+            if (a[8] == '\0')
+                i++;
+            continue;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const opt *o = find_opt(name, nlen);
+        const char *val = eq ? eq + 1 : NULL;
+        if (o && o->arg && !eq) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "qdup-daemon: --%s needs a value\n", o->name);
+                return -1;
+            }
+            val = argv[++i];
+        }
+        if (apply(c, name, nlen, val, "command line"))
+            return -1;
+    }
+    return 0;
+}
+
+/* --- the store behind the handler's backend interface ---------------------------------- */
+
+static int st_search(void *ctx, const float *q, size_t nq, size_t k, float min_score,
+                     const char *const *exclude, qd_store_hits *out)
+{
+    return qd_store_search(ctx, q, nq, k, min_score, exclude, out);
+}
+
+static int st_add(void *ctx, const qd_store_item *items, size_t n, int replace,
+                  qd_store_result *res)
+{
+    return qd_store_add(ctx, items, n, replace, res);
+}
+
+static int st_remove(void *ctx, const char *id, size_t len)
+{
+    return qd_store_remove(ctx, id, len);
+}
+
+static int st_get(void *ctx, const char *id, size_t len, qd_store_row *row)
+{
+    return qd_store_get(ctx, id, len, row);
+}
+
+static int st_info(void *ctx, qd_store_info *info)
+{
+    return qd_store_get_info(ctx, info);
+}
+
+static int st_checkpoint(void *ctx)
+{
+    return qd_store_checkpoint(ctx);
+}
+
+static const char *st_errmsg(void *ctx)
+{
+    return qd_store_errmsg(ctx);
+}
+
+static void store_backend(qd_store *st, qd_backend *be)
+{
+    *be = (qd_backend){
+        .ctx = st,
+        .model = qd_store_model(st),
+        .search = st_search,
+        .hits_free = qd_store_hits_free,
+        .add = st_add,
+        .check_item = qd_store_check_item,
+        .remove = st_remove,
+        .get = st_get,
+        .row_free = qd_store_row_free,
+        .info = st_info,
+        .checkpoint = st_checkpoint,
+        .errmsg = st_errmsg,
+    };
+}
+
+/* Room for max_clients connections plus the files the store keeps open. */
+static void raise_nofile(size_t clients)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = (rlim_t)clients + 64;
+    if (rl.rlim_cur >= want)
+        return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want)
+        fprintf(stderr, "qdup-daemon: warning: open-files limit %llu is below the %zu "
+                "clients allowed\n", (unsigned long long)rl.rlim_cur, clients);
+}
+
+int main(int argc, char **argv)
+{
+    static cfg c;
+    qd_server_opts_default(&c.so);
+    c.search_pad = -1;
+    int status = 1;
+    qd_model *model = NULL;
+    qd_memidx *mem = NULL;
+    qd_server *srv = NULL;
+    qd_store *store = NULL;
+    char err[QD_ERRMSG_MAX] = "";
+
+    if (parse_args(&c, argc, argv)) {
+        status = 2;
+        goto out;
+    }
+    if (!c.so.socket_path || (!c.db && !c.ephemeral) || (c.db && c.ephemeral) ||
+        (c.ephemeral && !c.model)) {
+        fprintf(stderr, "qdup-daemon: need --db DB (or --ephemeral --model MODEL) and "
+                "--socket PATH (see --help)\n");
+        status = 2;
+        goto out;
+    }
+
+    /* One thread per BLAS and FAISS call: the pool's workers are the parallelism. */
+    openblas_set_num_threads(1);
+    qd_ann_set_threads(1);
+    raise_nofile(c.so.max_clients);
+
+    qd_backend be;
+    size_t pad = 0;
+    if (c.ephemeral) {
+        if (qd_model_load(c.model, &model, err, sizeof err) ||
+            qd_memidx_new(model, 0, &mem)) {
+            fprintf(stderr, "qdup-daemon: %s\n", err[0] ? err : "out of memory");
+            goto out;
+        }
+        qd_memidx_backend(mem, &be);
+        fprintf(stderr, "qdup-daemon: ephemeral in-memory index, model %s (%s); nothing "
+                "will be saved\n", c.model, qd_model_fingerprint(model));
+    } else {
+        qd_store_opts so = {.model_path = c.model, .threads = 1};
+        int rc = qd_store_open(c.db, &so, &store, err, sizeof err);
+        if (rc) {
+            fprintf(stderr, "qdup-daemon: %s\n", err[0] ? err : qd_strerror(rc));
+            goto out;
+        }
+        store_backend(store, &be);
+        qd_store_info info;
+        if (qd_store_get_info(store, &info) == 0) {
+            fprintf(stderr, "qdup-daemon: %s: %llu questions, index %s, model %s (%s)\n",
+                    c.db, (unsigned long long)info.live, info.index_spec,
+                    info.model_path, info.model_fingerprint);
+            if (strcmp(info.index_spec, "Flat") == 0)
+                pad = 20;
+        }
+    }
+    c.so.search_pad = c.search_pad >= 0 ? (size_t)c.search_pad : pad;
+
+    if (qd_server_new(&c.so, &be, &srv, err, sizeof err)) {
+        fprintf(stderr, "qdup-daemon: %s\n", err);
+        goto out;
+    }
+    status = qd_server_run(srv) == 0 ? 0 : 1;
+out:
+    qd_server_free(srv);
+    if (store) {
+        qd_store_close(store);
+        fprintf(stderr, "qdup-daemon: store closed\n");
+    }
+    qd_memidx_free(mem);
+    qd_model_free(model);
+    for (size_t i = 0; i < c.nstrs; i++)
+        qd_free(c.strs[i]);
+    return status;
+}

@@ -1,0 +1,81 @@
+/*
+ * server.h - qdup-daemon's libuv server: a Unix socket, many clients, the protocol of
+ * proto.h, work on libuv's thread pool.
+ *
+ * One event loop thread owns every handle: it accepts clients, reads and parses their
+ * lines, queues the work, and writes the replies back in request order. Queries wait
+ * in one queue and whichever search worker is free takes all of them (up to a batch
+ * size) and runs them as one encoding pass and one search; get, stats and check
+ * without store run one by one on those workers; writes (add, remove, check with
+ * store) go through a single writer, consecutive adds in one transaction, so that no
+ * more than one pool thread ever waits on the store's write lock. See server.c for
+ * back-pressure, limits, access control and shutdown.
+ */
+#ifndef QDUP_SERVER_H
+#define QDUP_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qdup/proto.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qd_server_opts {
+    const char *socket_path;  /* where to listen (required) */
+    unsigned socket_mode;     /* permission bits of the socket file (0660) */
+    int threads;              /* search workers (2); the writer has one more thread */
+    size_t max_clients;       /* connections at once; more are answered busy (1024) */
+    size_t max_queued;        /* requests waiting for a worker, all clients together;
+                                 more are answered busy (4096) */
+    size_t max_inflight;      /* a client's requests not yet answered; past it the
+                                 server stops reading from that client (64) */
+    size_t max_output;        /* a client's reply bytes not yet taken by the socket;
+                                 past it the client is dropped (8 MiB) */
+    size_t max_output_total;  /* the same over all clients; past it the client with
+                                 the most is dropped (256 MiB) */
+    size_t max_queued_bytes;  /* line bytes of the requests waiting, all clients;
+                                 past it new ones are answered busy (64 MiB) */
+    size_t search_batch;      /* most texts encoded and searched together (64) */
+    size_t write_batch;       /* most adds committed together (256) */
+    double checkpoint_s;      /* seconds between checkpoints while there are writes
+                                 (30; 0: only at shutdown) */
+    double drain_s;           /* at shutdown, seconds to wait for clients to take
+                                 their replies (10) */
+    int owner_only;           /* 1: only the daemon's own uid may connect at all */
+    const uint32_t *write_uids; /* (n_write_uids) uids that may write */
+    size_t n_write_uids;
+    int write_group_set;      /* 1: members of write_gid may write */
+    uint32_t write_gid;       /* the writers' group */
+    qd_proto_limits limits;   /* request and reply sizes (max_reply 4 MiB here) */
+    size_t search_pad;        /* see qd_proto.search_pad */
+} qd_server_opts;
+
+/* The defaults above (socket_path NULL). */
+void qd_server_opts_default(qd_server_opts *o);
+
+typedef struct qd_server qd_server;
+
+/* Binds the socket (replacing a stale socket file nobody answers on; any other file
+ * at the path is an error, left alone), sets its mode and prepares the loop. be must
+ * outlive the server. Sets UV_THREADPOOL_SIZE, so call it before anything else in the
+ * process uses libuv's thread pool. Logs "listening on PATH" when ready. */
+int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out,
+                  char *err, size_t errlen);
+
+/* Serves until SIGTERM or SIGINT, then stops accepting, finishes the queued work,
+ * writes the remaining replies (for at most drain_s seconds), checkpoints, closes
+ * every handle and removes the socket file. Returns 0, or QD_ERR_IO if the final
+ * checkpoint failed or the loop could not be closed cleanly. */
+int qd_server_run(qd_server *s);
+
+/* Frees the server; NULL is a no-op. */
+void qd_server_free(qd_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
