@@ -190,6 +190,20 @@ static int set_drain(cfg *c, const char *v, char *err, size_t errlen)
     return 0;
 }
 
+static int set_request_timeout(cfg *c, const char *v, char *err, size_t errlen)
+{
+    if (parse_secs(v, &c->so.request_timeout_s))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number of seconds");
+    return 0;
+}
+
+static int set_idle_timeout(cfg *c, const char *v, char *err, size_t errlen)
+{
+    if (parse_secs(v, &c->so.idle_timeout_s))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number of seconds");
+    return 0;
+}
+
 /* A list of uids or user names, comma-separated. */
 static int set_write_uids(cfg *c, const char *v, char *err, size_t errlen)
 {
@@ -284,6 +298,12 @@ static const opt options[] = {
      "save the index this often while it changes (default 30; 0: only at shutdown)"},
     {"drain-timeout", "SECONDS", set_drain,
      "at shutdown, how long clients get to read their replies (default 10)"},
+    {"request-timeout", "SECONDS", set_request_timeout,
+     "a request line must be complete this long after its first byte, or the client is "
+     "answered bad_request and closed (default 30; 0: no limit)"},
+    {"idle-timeout", "SECONDS", set_idle_timeout,
+     "close a client that has sent nothing and is owed nothing this long (default 0: "
+     "never)"},
 };
 #define NOPTS (sizeof options / sizeof options[0])
 

@@ -29,6 +29,15 @@
  * So memory is bounded by max_clients partial lines, the queued bytes, the output
  * budget and the work in flight, whatever the clients do.
  *
+ * Timeouts. A request line must be complete within request_timeout_s of its first
+ * byte (counted only while the server is reading from the client, so back-pressure is
+ * never held against it); past that the client is answered bad_request and closed, so
+ * a client sending a byte a second (a "slow loris") cannot keep its slot and its line
+ * buffer for long. With idle_timeout_s, a client that has sent nothing and is owed
+ * nothing for that long is closed too (off by default: pooled connections of a forum
+ * may rightly sit idle, and max_clients bounds them anyway). One timer sweeps the
+ * clients a few times per timeout.
+ *
  * Lifetime. A client is freed when its handle is closed and no slot of it is at work:
  * a count of references (the handle, each slot) decides. Slots of a closed client
  * still run (a write that arrived is carried out) but their replies are dropped.
@@ -107,6 +116,8 @@ struct client {
     int closing;         /* uv_close has been called */
     int flush_queued;    /* on the flush list */
     int refs;            /* the handle until its close callback, plus each slot */
+    double t_partial;    /* when the unfinished line in `in` began (qd_now; 0: none) */
+    double t_active;     /* when bytes last came in or a reply last went out */
 };
 
 /* A FIFO of slots waiting for a worker. */
@@ -154,6 +165,7 @@ struct qd_server {
     uv_check_t check;       /* dispatch and flush, after each round of I/O */
     uv_timer_t ckpt_timer;  /* periodic checkpoints */
     uv_timer_t drain_timer; /* bounds the wait for clients at shutdown */
+    uv_timer_t idle_timer;  /* closes clients past request_timeout_s / idle_timeout_s */
     int loop_ready;         /* 1 once uv_loop_init succeeded */
     int handles_ready;      /* 1 once every handle above is initialized */
     qd_server_opts o;       /* options (write_uids and socket_path copied below) */
@@ -218,6 +230,8 @@ void qd_server_opts_default(qd_server_opts *o)
     o->write_batch = 256;
     o->checkpoint_s = 30;
     o->drain_s = 10;
+    o->request_timeout_s = 30;
+    o->idle_timeout_s = 0;
     qd_proto_limits_default(&o->limits);
     o->limits.max_reply = 4u * 1024 * 1024; /* below max_output: a reply alone never
                                                gets a reading client dropped */
@@ -441,6 +455,7 @@ static void on_write(uv_write_t *req, int status)
     c->srv->out_total -= w->bytes;
     qd_free(w);
     c->writes--;
+    c->t_active = qd_now();
     if (status < 0 && !c->closing)
         client_close(c); /* EPIPE, ECONNRESET: the peer is gone */
     else
@@ -710,6 +725,12 @@ static void process_input(client *c)
         c->in_len = 0;
     if (c->eof && c->in_len == 0)
         c->input_closed = 1;
+    /* The unfinished line's clock: it starts with the line's first byte, so it restarts
+     * whenever complete lines were taken out in front of it. */
+    if (c->in_len == 0)
+        c->t_partial = 0;
+    else if (off || c->t_partial == 0)
+        c->t_partial = qd_now();
     if (c->in_len == 0 && c->in_cap > 16384) {
         /* A long line is over: idle clients keep no large buffers. */
         qd_free(c->in);
@@ -722,6 +743,9 @@ static void process_input(client *c)
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) == 0)
             c->reading = 1;
+        /* Time spent not being read was the server's choice, not the client's. */
+        if (c->t_partial)
+            c->t_partial = qd_now();
     } else if (!want && c->reading) {
         uv_read_stop((uv_stream_t *)&c->pipe);
         c->reading = 0;
@@ -755,6 +779,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         }
         return;
     }
+    c->t_active = qd_now();
     if (c->input_closed)
         return;
     size_t need = c->in_len + (size_t)nread;
@@ -852,6 +877,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     s->clients_total++;
+    c->t_active = qd_now();
     peer_identify(s, c);
 
     const char *refuse = NULL;
@@ -1071,6 +1097,44 @@ static void on_ckpt_timer(uv_timer_t *t)
     }
 }
 
+/* Closes clients whose request line is overdue (answered first) or that idled too
+ * long. Closing only starts here: each stays in the list until its close callback. */
+static void on_idle_timer(uv_timer_t *t)
+{
+    srv_t *s = t->data;
+    double now = qd_now(), rt = s->o.request_timeout_s, it = s->o.idle_timeout_s;
+    size_t overdue = 0, idle = 0;
+    for (client *c = s->clients; c; c = c->next) {
+        if (c->closing || c->input_closed)
+            continue;
+        if (rt > 0 && c->reading && c->t_partial > 0 && now - c->t_partial > rt) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "the request line was not finished within %g s", rt);
+            c->input_closed = 1;
+            c->in_len = 0;
+            c->t_partial = 0;
+            slot *sl = slot_new(c);
+            if (sl)
+                slot_reply_error(sl, QD_CODE_BAD_REQUEST, msg);
+            else
+                client_close(c);
+            if (!c->closing)
+                process_input(c); /* stops reading; closes once the answer is out */
+            overdue++;
+        } else if (it > 0 && c->inflight == 0 && c->writes == 0 && c->in_len == 0 &&
+                   now - c->t_active > it) {
+            client_close(c);
+            idle++;
+        }
+    }
+    if (overdue || idle)
+        logf_("closed %zu clients whose request line was not finished within %g s and %zu "
+              "idle for %g s", overdue, rt, idle, it);
+    /* The answers go now: with no other I/O the loop would sleep before its check. */
+    if (overdue)
+        flush_all(s);
+}
+
 static void close_all_clients(srv_t *s)
 {
     for (client *c = s->clients; c; c = c->next)
@@ -1105,6 +1169,7 @@ static void on_signal(uv_signal_t *h, int signum)
         uv_close((uv_handle_t *)&s->listener, NULL);
         unlink_socket(s);
         uv_timer_stop(&s->ckpt_timer);
+        uv_timer_stop(&s->idle_timer);
         uint64_t ms = s->o.drain_s > 0 ? (uint64_t)(s->o.drain_s * 1e3) : 0;
         uv_timer_start(&s->drain_timer, on_drain_timer, ms, 0);
         for (client *c = s->clients; c; c = c->next) {
@@ -1144,6 +1209,7 @@ static void maybe_finish(srv_t *s)
     uv_close((uv_handle_t *)&s->check, NULL);
     uv_close((uv_handle_t *)&s->ckpt_timer, NULL);
     uv_close((uv_handle_t *)&s->drain_timer, NULL);
+    uv_close((uv_handle_t *)&s->idle_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
 }
@@ -1276,6 +1342,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     uv_check_init(&s->loop, &s->check);
     uv_timer_init(&s->loop, &s->ckpt_timer);
     uv_timer_init(&s->loop, &s->drain_timer);
+    uv_timer_init(&s->loop, &s->idle_timer);
     uv_signal_init(&s->loop, &s->sig_term);
     uv_signal_init(&s->loop, &s->sig_int);
     s->handles_ready = 1;
@@ -1283,6 +1350,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     s->check.data = s;
     s->ckpt_timer.data = s;
     s->drain_timer.data = s;
+    s->idle_timer.data = s;
     s->sig_term.data = s;
     s->sig_int.data = s;
 
@@ -1294,6 +1362,16 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     if (o->checkpoint_s > 0) {
         uint64_t ms = (uint64_t)(o->checkpoint_s * 1e3);
         uv_timer_start(&s->ckpt_timer, on_ckpt_timer, ms ? ms : 1, ms ? ms : 1);
+    }
+    if (o->request_timeout_s > 0 || o->idle_timeout_s > 0) {
+        /* A sweep every quarter of the shorter timeout (at most a second), so a client
+         * is closed at most 25% (or a second) after its time is up. */
+        double t = o->request_timeout_s > 0 ? o->request_timeout_s : o->idle_timeout_s;
+        if (o->idle_timeout_s > 0 && o->idle_timeout_s < t)
+            t = o->idle_timeout_s;
+        uint64_t ms = (uint64_t)(t * 250);
+        ms = ms < 10 ? 10 : ms > 1000 ? 1000 : ms;
+        uv_timer_start(&s->idle_timer, on_idle_timer, ms, ms);
     }
     /* The readiness line scripts and tests wait for. */
     fprintf(stderr, "listening on %s\n", s->socket_path);

@@ -79,11 +79,13 @@ void qd_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const fl
 /* exp(x) to about 1 ulp for x in [-87, 88], written so that loops over it vectorize:
  * x = n ln2 + r with |r| <= ln2/2 (n rounded by the 1.5 * 2^23 trick, ln2 split in two
  * parts so n ln2 is exact), exp(r) by its Taylor polynomial of degree 7, 2^n by
- * building the float's exponent bits. */
-static inline float fast_exp(float x)
+ * building the float's exponent bits. A NaN (a model whose weights overflow the sums)
+ * must not reach the float-to-int conversion, which is undefined for it: the clamps
+ * are written so that NaN fails both tests and becomes -87, and NaN is returned. */
+static inline float fast_exp(float x0)
 {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
+    float x = x0 > -87.0f ? x0 : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693145751953125f;
     r = r - n * 1.428606765330187045e-06f;
@@ -98,7 +100,7 @@ static inline float fast_exp(float x)
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return x0 == x0 ? p * scale : x0;
 }
 
 static inline float fast_sigmoid(float x)

@@ -183,7 +183,8 @@ static int parse_header(const uint8_t *d, size_t len, const char *name, qd_model
     }
     uint32_t version = get_u32(d + 8);
     if (version == 0 || version > 0x00FFFFFF) {
-        if (get_u32(d + 16) == 0x0D0C0B0AU)
+        /* The byte order sentinel is at 16..19: a 16-byte file has none to look at. */
+        if (len >= 20 && get_u32(d + 16) == 0x0D0C0B0AU)
             return qd_errf(err, errlen, QD_ERR_FORMAT,
                            "%s: written on a machine of the other byte order (big-endian); "
                            "qdup model files are little-endian", name);

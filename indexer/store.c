@@ -34,6 +34,7 @@
  */
 #include "qdup/store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -1130,6 +1131,45 @@ int qd_store_checkpoint(qd_store *s)
 
 /* --- files and locks ------------------------------------------------------------------ */
 
+/* Deletes "<db>.faiss.tmp.P.N" files beside db_path: checkpoints of a process killed
+ * before their rename (qd_file_write_atomic's temporary names). Without this a daemon
+ * killed during checkpoints leaves one FAISS-sized file per kill. Called only with the
+ * writer lock held, so no live process is still writing one. */
+static void sweep_faiss_tmp(const char *db_path)
+{
+    char dir[ST_PATH_MAX], prefix[ST_PATH_MAX], path[2 * ST_PATH_MAX];
+    const char *slash = strrchr(db_path, '/');
+    const char *base = slash ? slash + 1 : db_path;
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", slash == db_path ? 1 : (int)(slash - db_path),
+                 db_path);
+    int plen = snprintf(prefix, sizeof prefix, "%s.faiss.tmp.", base);
+    if (plen <= 0 || (size_t)plen >= sizeof prefix)
+        return;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *p = e->d_name;
+        if (strncmp(p, prefix, (size_t)plen) != 0)
+            continue;
+        /* Only "P.N" after the prefix, both decimal: nothing else is ours. */
+        p += plen;
+        size_t a = strspn(p, "0123456789");
+        if (a == 0 || p[a] != '.')
+            continue;
+        size_t b = strspn(p + a + 1, "0123456789");
+        if (b == 0 || p[a + 1 + b] != '\0')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+}
+
 int qd_store_lock(const char *db_path, int *fd, char *err, size_t errlen)
 {
     char path[ST_PATH_MAX];
@@ -1465,6 +1505,7 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
         rc = qd_store_lock(db_path, &s->lock_fd, err, errlen);
         if (rc)
             goto fail;
+        sweep_faiss_tmp(db_path);
     }
     int flags = (s->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) |
                 SQLITE_OPEN_NOMUTEX;

@@ -1217,6 +1217,69 @@ static void test_forbidden_writes(void **state)
     assert_true(file_has(log, want));
 }
 
+/* The same against a real store holding questions: a forbidden remove of a live
+ * question, add, and check with store (implicit or explicit) change nothing, neither
+ * what the daemon answers nor what is on disk. */
+static void test_forbidden_store_unchanged(void **state)
+{
+    (void)state;
+    char db[4096], sock[4096], log[4096];
+    snprintf(db, sizeof db, "%s", qt_path(qt_tmp_dir(), "acl-store.db"));
+    snprintf(sock, sizeof sock, "%s", qt_path(qt_tmp_dir(), "acl-store.sock"));
+    snprintf(log, sizeof log, "%s", qt_path(qt_tmp_dir(), "acl-store.log"));
+    make_store(db, 20);
+    assert_true(getuid() != 12345);
+    const char *args[] = {"--db", db, "--write-uids", "12345", NULL};
+    pid_t pid = start_daemon(sock, log, args, NULL);
+    conn c;
+    assert_int_equal(conn_open(&c, sock), 0);
+    json_t *j = rpcf(&c, "{\"op\":\"stats\"}");
+    json_int_t seq = json_integer_value(json_object_get(json_object_get(j, "stats"), "seq"));
+    json_decref(j);
+    char t3[64];
+    qtext(t3, sizeof t3, 3);
+    expect_code(rpcf(&c, "{\"op\":\"remove\",\"id\":\"s3\"}"), "forbidden");
+    expect_code(rpcf(&c, "{\"op\":\"add\",\"id\":\"f9\",\"text\":\"w30 w31 w32\"}"),
+                "forbidden");
+    expect_code(rpcf(&c, "{\"op\":\"check\",\"id\":\"f10\",\"text\":\"w33 w34\",\"k\":3}"),
+                "forbidden");
+    expect_code(rpcf(&c, "{\"op\":\"check\",\"id\":\"f11\",\"text\":\"w35\",\"store\":true}"),
+                "forbidden");
+    expect_ok(rpcf(&c, "{\"op\":\"get\",\"id\":\"s3\"}"));
+    expect_code(rpcf(&c, "{\"op\":\"get\",\"id\":\"f9\"}"), "not_found");
+    expect_code(rpcf(&c, "{\"op\":\"get\",\"id\":\"f10\"}"), "not_found");
+    expect_code(rpcf(&c, "{\"op\":\"get\",\"id\":\"f11\"}"), "not_found");
+    /* s3 is still found by its own text. */
+    j = rpcf(&c, "{\"op\":\"query\",\"text\":\"%s\",\"k\":1}", t3);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(j, "results"), 0), "id")), "s3");
+    json_decref(j);
+    j = rpcf(&c, "{\"op\":\"stats\"}");
+    json_t *st = json_object_get(j, "stats");
+    assert_int_equal(json_integer_value(json_object_get(st, "questions")), 20);
+    assert_int_equal(json_integer_value(json_object_get(st, "seq")), seq);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "errors"), "forbidden")), 4);
+    json_decref(j);
+    conn_close(&c);
+    assert_int_equal(stop_daemon(pid, SIGTERM), 0);
+
+    /* On disk too. */
+    char err[QD_ERRMSG_MAX];
+    qd_store_opts o = {.model_path = model_path, .threads = 1, .readonly = 1};
+    qd_store *s;
+    if (qd_store_open(db, &o, &s, err, sizeof err))
+        fail_msg("qd_store_open: %s", err);
+    qd_store_info info;
+    assert_int_equal(qd_store_get_info(s, &info), 0);
+    assert_int_equal(info.live, 20);
+    assert_int_equal(info.tombstones, 0);
+    qd_store_row row;
+    assert_int_equal(qd_store_get(s, "s3", 2, &row), 0);
+    qd_store_row_free(&row);
+    assert_int_equal(qd_store_get(s, "f9", 2, &row), QD_ERR_NOTFOUND);
+    qd_store_close(s);
+}
+
 /* As root, the same with real other users: a child process drops to uid 65534. */
 static int child_as(uid_t uid, gid_t gid, const gid_t *groups, size_t ngroups,
                     const char *sock, const char *line, const char *want_code)
@@ -1304,6 +1367,7 @@ int main(void)
         cmocka_unit_test(test_model_mismatch),
         cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_forbidden_writes),
+        cmocka_unit_test(test_forbidden_store_unchanged),
         cmocka_unit_test(test_peer_credentials),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

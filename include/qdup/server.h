@@ -44,6 +44,11 @@ typedef struct qd_server_opts {
                                  (30; 0: only at shutdown) */
     double drain_s;           /* at shutdown, seconds to wait for clients to take
                                  their replies (10) */
+    double request_timeout_s; /* a request line must be complete this many seconds
+                                 after its first byte, or the client is answered
+                                 bad_request and closed (30; 0: no limit) */
+    double idle_timeout_s;    /* a client with nothing sent, owed or pending for this
+                                 many seconds is closed (0: never, the default) */
     int owner_only;           /* 1: only the daemon's own uid may connect at all */
     const uint32_t *write_uids; /* (n_write_uids) uids that may write */
     size_t n_write_uids;
