@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #include "lstm_impl.h"
+#include "mine_impl.h"
+#include "pretrain_impl.h"
 #include "model_impl.h"
 #include "qdup/common.h"
 #include "train_impl.h"
@@ -171,7 +173,9 @@ typedef struct trainer {
     uint32_t *nondups;    /* (nnondups) pair indices labelled non-duplicate */
     size_t nnondups;
     size_t nondup_next;   /* cursor into nondups, which is reshuffled when used up */
-    uint32_t *sel;        /* (2B + 2M) the batch: A's, P's, then X's and Y's */
+    qd_miner miner;       /* mined negatives, when o->mine_top > 0 */
+    int mined;            /* 1 once the miner has run: batches carry B mined negatives */
+    uint32_t *sel;        /* (2B + 2M + B) the batch: A's, P's, X's, Y's, mined negatives */
     size_t nsel;          /* entries of sel in use */
     float *out;           /* (nsel, H) the batch's vectors */
     float *dout;          /* (nsel, H) gradient of the loss w.r.t. out */
@@ -228,27 +232,33 @@ static float dot(const float *a, const float *b, size_t n)
     return s;
 }
 
-/* The anchor-candidate loss the options choose. */
+/* The anchor-candidate loss the options choose: B anchors A against K candidates C,
+ * C_i the positive of A_i. */
 static float anchor_loss(const qd_train_opts *o, const float *A, const float *C, size_t B,
-                         size_t H, float *S, float *dA, float *dC)
+                         size_t K, size_t H, float *S, float *dA, float *dC)
 {
     if (o->loss == QD_LOSS_SOFTMAX)
-        return qd_infonce_loss(A, C, B, B, H, o->temperature, S, dA, dC);
-    return qd_triplet_loss(A, C, B, B, H, o->margin, S, dA, dC);
+        return qd_infonce_loss(A, C, B, K, H, o->temperature, S, dA, dC);
+    return qd_triplet_loss(A, C, B, K, H, o->margin, S, dA, dC);
 }
 
-/* Phase 2: the loss of the batch and its gradient w.r.t. every vector in t->out. */
-static float batch_loss(trainer *t, size_t B, size_t M)
+/* Phase 2: the loss of the batch and its gradient w.r.t. every vector in t->out. The
+ * batch's rows are A (B), P (B), X (M), Y (M): the labelled non-duplicate pairs (X_m,
+ * Y_m) follow the positives, so with M > 0 every anchor is scored against the P's and
+ * all 2M of their questions, which are negatives for it, and the ranking loss then
+ * asks every duplicate pair to score above every non-duplicate pair. The N mined
+ * negatives come last, candidates for every anchor too. */
+static float batch_loss(trainer *t, size_t B, size_t M, size_t N)
 {
     const qd_train_opts *o = t->o;
-    size_t H = qd_model_out_dim(&t->m->hdr);
+    size_t H = qd_model_out_dim(&t->m->hdr), K = B + 2 * M + N;
     float *A = t->out, *P = t->out + B * H, *dA = t->dout, *dP = t->dout + B * H;
-    float loss = anchor_loss(o, A, P, B, H, t->S, dA, dP);
+    float loss = anchor_loss(o, A, P, B, K, H, t->S, dA, dP);
     if (o->symmetric) {
         /* P as anchor against the A's: the same loss with the roles swapped. */
         float *dP2 = t->scratch;
-        float *dA2 = t->dout + (2 * B + 2 * M) * H; /* spare rows past the batch */
-        loss += anchor_loss(o, P, A, B, H, t->S, dP2, dA2);
+        float *dA2 = t->dout + (2 * B + 2 * M + N) * H; /* spare rows past the batch */
+        loss += anchor_loss(o, P, A, B, B, H, t->S, dP2, dA2);
         for (size_t i = 0; i < B * H; i++) {
             dP[i] += dP2[i];
             dA[i] += dA2[i];
@@ -269,8 +279,8 @@ static float batch_loss(trainer *t, size_t B, size_t M)
             }
         for (size_t m = 0; m < M; m++)
             for (size_t k = 0; k < H; k++) {
-                dX[m * H + k] = t->dneg[m] * Y[m * H + k];
-                dY[m * H + k] = t->dneg[m] * X[m * H + k];
+                dX[m * H + k] += t->dneg[m] * Y[m * H + k];
+                dY[m * H + k] += t->dneg[m] * X[m * H + k];
             }
     }
     return loss;
@@ -279,10 +289,18 @@ static float batch_loss(trainer *t, size_t B, size_t M)
 /* One optimization step over dups[first .. first + B). */
 static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
 {
-    /* The batch: anchors, positives, then M labelled non-duplicate pairs. */
+    /* The batch: anchors, positives, M labelled non-duplicate pairs, and (once mined)
+     * each anchor's mined negative. */
+    size_t N = t->mined ? B : 0;
     for (size_t i = 0; i < B; i++) {
-        t->sel[i] = 2 * t->dups[first + i];
-        t->sel[B + i] = 2 * t->dups[first + i] + 1;
+        uint32_t pr = t->dups[first + i];
+        t->sel[i] = 2 * pr;
+        t->sel[B + i] = 2 * pr + 1;
+        if (N) {
+            uint32_t neg = t->miner.mined[pr];
+            /* No neighbour outside the cluster: any other question will do. */
+            t->sel[2 * B + 2 * M + i] = neg != QD_MINE_NONE ? neg : 2 * t->dups[(first + i + 1) % t->ndups] + 1;
+        }
     }
     for (size_t m = 0; m < M; m++) {
         if (t->nondup_next == t->nnondups) {
@@ -293,7 +311,7 @@ static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
         t->sel[2 * B + m] = 2 * pr;
         t->sel[2 * B + M + m] = 2 * pr + 1;
     }
-    t->nsel = 2 * B + 2 * M;
+    t->nsel = 2 * B + 2 * M + N;
     /* Contiguous slices, one per thread. */
     int n = t->pool.n;
     for (int i = 0; i < n; i++) {
@@ -304,7 +322,7 @@ static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
     int rc = check_workers(t);
     if (rc)
         return rc;
-    *loss = batch_loss(t, B, M);
+    *loss = batch_loss(t, B, M, N);
     pool_run(&t->pool, phase_backward, t);
     rc = check_workers(t);
     if (rc)
@@ -321,7 +339,7 @@ static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
 /* --- vocabulary and initialization ------------------------------------------------------ */
 
 /* Counts the words of every distinct training question (by qid when the file has
- * them) and keeps those seen at least min_count times. */
+ * them) and of the unlabelled corpus, and keeps those seen at least min_count times. */
 static int build_vocab(const qd_train_opts *o, const qd_pairs *train, qd_vocab **out)
 {
     qd_vocab_counter *c = qd_vocab_counter_new();
@@ -350,6 +368,11 @@ static int build_vocab(const qd_train_opts *o, const qd_pairs *train, qd_vocab *
         const char *q = (i & 1) ? train->q2[pr] : train->q1[pr];
         size_t len = (i & 1) ? train->len2[pr] : train->len1[pr];
         rc = qd_tok_split(&tb, q, len, o->max_tokens);
+        if (rc == 0)
+            rc = qd_vocab_counter_add(c, &tb);
+    }
+    for (size_t i = 0; rc == 0 && i < o->ncorpus; i++) {
+        rc = qd_tok_split(&tb, o->corpus[i], o->corpus_lens[i], o->max_tokens);
         if (rc == 0)
             rc = qd_vocab_counter_add(c, &tb);
     }
@@ -420,6 +443,12 @@ static int valid_auc(const qd_model *m, const qd_pairs *valid, int threads, doub
 
 /* --- the loop ------------------------------------------------------------------------------ */
 
+/* qd_miner_mine's way of running a job on every thread of the pool. */
+static void run_on_pool(void *ctx, void (*fn)(void *, int), void *arg)
+{
+    pool_run(ctx, fn, arg);
+}
+
 static void trainer_free(trainer *t)
 {
     if (t->w) {
@@ -444,6 +473,7 @@ static void trainer_free(trainer *t)
     qd_free(t->dpos);
     qd_free(t->dneg);
     qd_adam_free(&t->adam);
+    qd_miner_free(&t->miner);
 }
 
 int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *valid,
@@ -457,9 +487,10 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
     memset(&t, 0, sizeof t);
     t.o = o;
     int rc;
-    if (o->batch < 2 || o->epochs < 1 || o->lr <= 0)
+    if (o->batch < 2 || o->epochs < 1 || o->lr <= 0 || o->mine_top > QD_MINE_MAX_TOP)
         return qd_errf(err, errlen, QD_ERR_INVAL,
-                       "batch must be at least 2, epochs at least 1, lr positive");
+                       "batch must be at least 2, epochs at least 1, lr positive, mining "
+                       "from at most %d neighbours", QD_MINE_MAX_TOP);
 
     qd_rng rng;
     qd_rng_seed(&rng, o->seed);
@@ -485,6 +516,26 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
         return rc;
     init_weights(t.m, &rng);
     result->vocab = hdr.vocab;
+    if (o->pretrain_epochs > 0) {
+        /* Word vectors from every question there is text for, labelled or not. */
+        qd_tokseqs all;
+        qd_tokbuf ptb;
+        qd_tokseqs_init(&all);
+        qd_tokbuf_init(&ptb);
+        for (size_t i = 0; i < 2 * train->n && rc == 0; i++)
+            rc = qd_tok_encode(t.m->vocab, &hdr.tok, &ptb, (i & 1) ? train->q2[i / 2] : train->q1[i / 2],
+                               (i & 1) ? train->len2[i / 2] : train->len1[i / 2], &all);
+        for (size_t i = 0; i < o->ncorpus && rc == 0; i++)
+            rc = qd_tok_encode(t.m->vocab, &hdr.tok, &ptb, o->corpus[i], o->corpus_lens[i], &all);
+        qd_pretrain_opts po = {.epochs = o->pretrain_epochs, .window = 4, .negatives = 5,
+                               .lr = 0.05f, .scale = 1.0f, .seed = o->seed ^ 0x9e37u};
+        if (rc == 0)
+            rc = qd_pretrain(t.m, &all, &po);
+        qd_tokbuf_free(&ptb);
+        qd_tokseqs_free(&all);
+        if (rc)
+            goto fail_nomem;
+    }
 
     size_t H = qd_model_out_dim(&hdr), B = o->batch, M = o->hard_negatives;
     qd_tokbuf tb;
@@ -523,11 +574,13 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
     }
     t.nondup_next = t.nnondups; /* shuffled on first use */
 
-    size_t rows = 2 * B + 2 * M + B; /* the batch, plus spare rows for the symmetric loss */
-    t.sel = qd_mallocarray(2 * B + 2 * M, sizeof *t.sel);
+    /* The batch (with room for B mined negatives), plus spare rows for the symmetric
+     * loss. */
+    size_t rows = 2 * B + 2 * M + B + B;
+    t.sel = qd_mallocarray(2 * B + 2 * M + B, sizeof *t.sel);
     t.out = qd_mallocarray(rows, H * sizeof *t.out);
     t.dout = qd_mallocarray(rows, H * sizeof *t.dout);
-    t.S = qd_mallocarray(B * B, sizeof *t.S);
+    t.S = qd_mallocarray(B * (2 * B + 2 * M), sizeof *t.S);
     t.scratch = qd_mallocarray(B, H * sizeof *t.scratch);
     t.pos = qd_mallocarray(B, sizeof *t.pos);
     t.dpos = qd_mallocarray(B, sizeof *t.dpos);
@@ -565,8 +618,23 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
     double best_auc = -1, train_seconds = 0;
     size_t pairs_trained = 0;
     int since_best = 0;
+    if (o->mine_top > 0 && qd_miner_init(&t.miner, train, o->mine_top))
+        goto fail_nomem_best;
     for (int epoch = 1; epoch <= o->epochs; epoch++) {
         qd_rng_shuffle(&t.rng, t.dups, t.ndups);
+        if (o->mine_top > 0 && epoch >= 2) {
+            /* Mine with the weights after the first epoch: a random model's neighbours
+             * are random anyway. */
+            rc = qd_miner_mine(&t.miner, t.m, t.dups, t.ndups,
+                               o->seed * 1000003u + (uint64_t)epoch, t.pool.n, run_on_pool,
+                               &t.pool);
+            if (rc) {
+                qd_free(best);
+                rc = qd_errf(err, errlen, rc, "mining negatives: %s", qd_strerror(rc));
+                goto fail;
+            }
+            t.mined = 1;
+        }
         double t0 = qd_now(), loss_sum = 0;
         for (size_t s = 0; s < steps; s++) {
             float loss;
@@ -638,6 +706,8 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
     trainer_free(&t);
     return 0;
 
+fail_nomem_best:
+    qd_free(best);
 fail_nomem:
     rc = qd_errf(err, errlen, QD_ERR_NOMEM, "out of memory");
 fail:

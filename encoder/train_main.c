@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "qdup/common.h"
+#include "qdup/dump.h"
 #include "qdup/model.h"
 #include "qdup/pairs.h"
 #include "qdup/train.h"
@@ -57,6 +58,15 @@ static const char usage[] =
     "  --max-tokens N        tokens kept per question\n"
     "  --ngrams MIN:MAX:BUCKETS  hashed character n-grams (0:0:0 for none)\n"
     "  --hard-negatives M    labelled non-duplicate pairs per step\n"
+    "  --vocab-corpus DUMP   unlabelled questions (any dump qdup-index reads, e.g. the\n"
+    "                        questions to be indexed) whose words also enter the\n"
+    "                        vocabulary\n"
+    "  --pretrain N          pre-train the word vectors (skip-gram with negative\n"
+    "                        sampling) for N epochs on the training questions and the\n"
+    "                        --vocab-corpus questions (0: none)\n"
+    "  --mine N              from epoch 2, add to each anchor a negative drawn among the\n"
+    "                        N training questions the model puts nearest it, outside its\n"
+    "                        duplicate cluster (0: none)\n"
     "  --symmetric / --no-symmetric   also use P as anchor\n"
     "  --weight-decay X      Adam L2 weight decay\n"
     "  --clip X              clip gradients to global norm X (0: no clipping)\n"
@@ -155,11 +165,70 @@ static int parse_pool(const char *s, uint32_t *pool)
     return 0;
 }
 
+/* Unlabelled questions read from a dump. */
+typedef struct corpus {
+    char **texts;   /* (n) owned copies */
+    size_t *lens;   /* (n) */
+    size_t n, cap;  /* used and allocated entries */
+} corpus;
+
+static void corpus_free(corpus *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        qd_free(c->texts[i]);
+    qd_free(c->texts);
+    qd_free(c->lens);
+}
+
+static int load_corpus(const char *path, corpus *c, char *err, size_t errlen)
+{
+    qd_dump *d;
+    int rc = qd_dump_open(path, NULL, &d, err, errlen);
+    if (rc)
+        return rc;
+    qd_dump_rec rec;
+    while ((rc = qd_dump_next(d, &rec)) != 0) {
+        if (rc == QD_ERR_FORMAT)
+            continue; /* a malformed row: the words of the others are enough */
+        if (rc < 0)
+            break;
+        if (c->n == c->cap) {
+            size_t cap = c->cap ? 2 * c->cap : 1024;
+            char **t = qd_reallocarray(c->texts, cap, sizeof *t);
+            if (t)
+                c->texts = t;
+            size_t *l = qd_reallocarray(c->lens, cap, sizeof *l);
+            if (l)
+                c->lens = l;
+            if (!t || !l) {
+                rc = QD_ERR_NOMEM;
+                break;
+            }
+            c->cap = cap;
+        }
+        c->texts[c->n] = qd_strndup(rec.text, rec.text_len);
+        if (!c->texts[c->n]) {
+            rc = QD_ERR_NOMEM;
+            break;
+        }
+        c->lens[c->n++] = rec.text_len;
+    }
+    if (rc < 0)
+        qd_errf(err, errlen, rc, "%s: %s", path,
+                *qd_dump_errmsg(d) ? qd_dump_errmsg(d) : qd_strerror(rc));
+    qd_dump_close(d);
+    if (rc < 0) {
+        corpus_free(c);
+        memset(c, 0, sizeof *c);
+    }
+    return rc < 0 ? rc : 0;
+}
+
 enum {
     OPT_TRAIN = 256, OPT_VALID, OPT_OUT, OPT_RECIPE, OPT_EPOCHS, OPT_THREADS, OPT_SEED,
     OPT_BATCH, OPT_LR, OPT_MARGIN, OPT_EMB, OPT_HIDDEN, OPT_MIN_COUNT, OPT_MAX_TOKENS,
     OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
-    OPT_LOSS, OPT_TEMP, OPT_POOL,
+    OPT_LOSS, OPT_TEMP, OPT_POOL, OPT_MINE, OPT_CORPUS, OPT_PRETRAIN,
 };
 
 int main(int argc, char **argv)
@@ -190,6 +259,9 @@ int main(int argc, char **argv)
         {"loss", required_argument, 0, OPT_LOSS},
         {"temperature", required_argument, 0, OPT_TEMP},
         {"pool", required_argument, 0, OPT_POOL},
+        {"mine", required_argument, 0, OPT_MINE},
+        {"vocab-corpus", required_argument, 0, OPT_CORPUS},
+        {"pretrain", required_argument, 0, OPT_PRETRAIN},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -206,7 +278,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "qdup-train: --recipe: unknown recipe \"%s\" (seed, default)\n", recipe);
         return 2;
     }
-    const char *train_path = NULL, *valid_path = NULL, *out_path = NULL;
+    const char *train_path = NULL, *valid_path = NULL, *out_path = NULL, *corpus_path = NULL;
     progress_state st = {.tty = isatty(2)};
     long v;
     int c;
@@ -296,6 +368,15 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case OPT_CORPUS: corpus_path = optarg; break;
+        case OPT_PRETRAIN:
+            if (parse_long("--pretrain", optarg, 0, 1000, &v)) return 2;
+            o.pretrain_epochs = (int)v;
+            break;
+        case OPT_MINE:
+            if (parse_long("--mine", optarg, 0, 64, &v)) return 2;
+            o.mine_top = (size_t)v;
+            break;
         case OPT_POOL:
             if (parse_pool(optarg, &o.pool)) return 2;
             break;
@@ -329,11 +410,24 @@ int main(int argc, char **argv)
                 "pairs; E=%u H=%u batch %zu lr %g margin %g epochs %d\n",
                 o.recipe, train->n, train->skipped, valid->n, o.emb_dim, o.hidden, o.batch,
                 (double)o.lr, (double)o.margin, o.epochs);
+    corpus cp = {0};
+    if (corpus_path) {
+        if (load_corpus(corpus_path, &cp, err, sizeof err) != 0) {
+            fprintf(stderr, "qdup-train: %s\n", err);
+            qd_pairs_free(train);
+            qd_pairs_free(valid);
+            return 1;
+        }
+        o.corpus = (const char *const *)cp.texts;
+        o.corpus_lens = cp.lens;
+        o.ncorpus = cp.n;
+    }
     qd_model *m = NULL;
     qd_train_result r;
     int rc = qd_train(&o, train, valid, on_progress, &st, &m, &r, err, sizeof err);
     qd_pairs_free(train);
     qd_pairs_free(valid);
+    corpus_free(&cp);
     if (rc) {
         fprintf(stderr, "\nqdup-train: %s\n", err);
         return 1;

@@ -51,8 +51,17 @@ typedef struct qd_train_opts {
     float clip;             /* gradient clipping by global norm (0: none) */
     int symmetric;          /* 1: also each P_i as anchor against the A's */
     size_t hard_negatives;  /* labelled non-duplicate pairs added per step (0: none) */
+    size_t mine_top;        /* from epoch 2, each anchor also gets a mined negative drawn
+                               among its mine_top nearest training questions outside its
+                               duplicate cluster (0: no mining) */
     int patience;           /* epochs without a better validation AUC before stopping */
     int threads;            /* worker threads (0: all cores) */
+    const char *const *corpus; /* (ncorpus) unlabelled questions (e.g. the dump to be
+                                  indexed) whose words also enter the vocabulary, or NULL */
+    const size_t *corpus_lens; /* (ncorpus) their byte lengths */
+    size_t ncorpus;            /* entries of corpus */
+    int pretrain_epochs;    /* skip-gram pre-training of the embeddings on the training
+                               questions and the corpus, in epochs (0: none) */
     uint64_t seed;          /* initialization and shuffling */
 } qd_train_opts;
 
