@@ -4,7 +4,8 @@
  * A pair file has the columns of the Quora release, found by name in its header:
  * question1, question2 and is_duplicate (qid1 and qid2 are used when present, to know
  * which questions are the same). The shared split files are plain TSV; quoted files
- * (the original release) are read through the dump readers.
+ * (the original release: RFC 4180 quoting with tab as delimiter, fields spanning lines)
+ * are recognized and read by the rules of the dump readers (dump.h, quoting AUTO).
  */
 #ifndef QDUP_PAIRS_H
 #define QDUP_PAIRS_H
