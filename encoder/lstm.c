@@ -196,7 +196,11 @@ static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t 
         return 0;
     size_t cn = max_size(f->cap_n, n + n / 2 + 1), ct = max_size(f->cap_t, T + 1 + T / 2);
     size_t ctok = max_size(f->cap_tok, ntok + ntok / 2 + 1);
+    float dropout = f->dropout;
+    uint64_t dropout_seed = f->dropout_seed;
     qd_fwd_free(f);
+    f->dropout = dropout;
+    f->dropout_seed = dropout_seed;
     f->order = qd_mallocarray(cn, sizeof *f->order);
     f->len = qd_mallocarray(cn, sizeof *f->len);
     f->norm = qd_mallocarray(cn, sizeof *f->norm);
@@ -222,6 +226,18 @@ static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t 
     f->dim_h = H;
     f->dim_d = D;
     return 0;
+}
+
+/* Inverted dropout: the multiplier (0, or 1 / (1 - p)) of component k of the input of
+ * question q at step t. A hash rather than a stored mask: the backward pass recomputes
+ * it, and it does not depend on how the batch is split or ordered. */
+float qd_dropout_scale(uint64_t seed, size_t q, size_t t, size_t k, float p)
+{
+    uint64_t z = seed ^ ((uint64_t)q * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)t << 40) ^ (uint64_t)k;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53 < p ? 0.0f : 1.0f / (1.0f - p);
 }
 
 /* Question of seqs behind batch index i. */
@@ -308,6 +324,10 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
                 for (size_t k = 0; k < E; k++)
                     x[k] *= inv;
             }
+            if (f->dropout > 0)
+                for (size_t k = 0; k < E; k++)
+                    x[k] *= qd_dropout_scale(f->dropout_seed, seq_of(f, f->order[j]), t, k,
+                                          f->dropout);
         }
     }
 
@@ -630,8 +650,12 @@ int qd_lstm_backward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokse
     for (size_t t = 0; t < T; t++) {
         for (size_t j = 0; j < f->nact[t]; j++) {
             size_t tok = s->qoff[seq_of(f, f->order[j])] + t;
-            const float *dx = b->dx + ((size_t)f->toff[t] + j) * E;
+            float *dx = b->dx + ((size_t)f->toff[t] + j) * E;
             uint32_t r0 = s->toff[tok], r1 = s->toff[tok + 1];
+            if (f->dropout > 0)
+                for (size_t k = 0; k < E; k++)
+                    dx[k] *= qd_dropout_scale(f->dropout_seed, seq_of(f, f->order[j]), t, k,
+                                           f->dropout);
             float share = r1 > r0 ? 1.0f / (float)(r1 - r0) : 0.0f;
             for (uint32_t r = r0; r < r1; r++) {
                 touch_row(grads, s->rows[r]);

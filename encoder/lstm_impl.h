@@ -49,6 +49,10 @@ typedef struct qd_fwd {
     float *norm;       /* (n) L2 norm of pooled (0 for an empty question) */
     float *out;        /* (n, D) pooled / norm: the unit vectors */
     float *zeros;      /* (H) the state before step 0 */
+    float dropout;     /* training only: probability of zeroing each input component
+                          (inverted dropout on the token embeddings); 0 for inference */
+    uint64_t dropout_seed; /* draws of this pass: the mask is a hash of (seed, question,
+                              step, component), recomputed by the backward pass */
     size_t cap_n, cap_t, cap_tok; /* questions, steps + 1 and tokens allocated for */
     size_t dim_e, dim_h, dim_d;   /* E, H and D the buffers were allocated for */
 } qd_fwd;
@@ -111,6 +115,10 @@ void qd_l2norm_backward(size_t n, size_t D, const float *out, const float *norm,
  * gradients of every weight into grads. */
 int qd_lstm_backward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *seqs,
                      const qd_fwd *f, const float *dout, qd_bwd *b, qd_grads *grads);
+
+/* The inverted-dropout multiplier (0 or 1 / (1 - p)) of input component k of
+ * question q (its index in the qd_tokseqs) at step t, for a pass with this seed. */
+float qd_dropout_scale(uint64_t seed, size_t q, size_t t, size_t k, float p);
 
 /* Activation kernels, vectorized; exposed for the tests of their accuracy. */
 void qd_vsigmoid(float *y, const float *x, size_t n);

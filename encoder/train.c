@@ -186,6 +186,7 @@ typedef struct trainer {
     worker *w;            /* (threads) */
     pool pool;            /* the threads */
     qd_rng rng;           /* shuffling */
+    uint64_t dropout_seed; /* this step's dropout draws */
 } trainer;
 
 /* Phase 1: forward over this thread's slice. */
@@ -197,6 +198,8 @@ static void phase_forward(void *arg, int tid)
     w->rc = 0;
     if (w->n == 0)
         return;
+    w->fwd.dropout = t->o->dropout;
+    w->fwd.dropout_seed = t->dropout_seed;
     w->rc = qd_lstm_forward(&t->m->hdr, &t->m->p, &t->seqs, t->sel + w->lo, w->n, &w->fwd);
     if (w->rc == 0)
         memcpy(t->out + w->lo * H, w->fwd.out, w->n * H * sizeof(float));
@@ -312,6 +315,7 @@ static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
         t->sel[2 * B + M + m] = 2 * pr + 1;
     }
     t->nsel = 2 * B + 2 * M + N;
+    t->dropout_seed = qd_rng_next(&t->rng);
     /* Contiguous slices, one per thread. */
     int n = t->pool.n;
     for (int i = 0; i < n; i++) {
@@ -622,6 +626,8 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
         goto fail_nomem_best;
     for (int epoch = 1; epoch <= o->epochs; epoch++) {
         qd_rng_shuffle(&t.rng, t.dups, t.ndups);
+        if (epoch > 1 && o->lr_decay > 0)
+            t.adam.lr *= o->lr_decay;
         if (o->mine_top > 0 && epoch >= 2) {
             /* Mine with the weights after the first epoch: a random model's neighbours
              * are random anyway. */

@@ -69,6 +69,8 @@ static const char usage[] =
     "                        duplicate cluster (0: none)\n"
     "  --symmetric / --no-symmetric   also use P as anchor\n"
     "  --weight-decay X      Adam L2 weight decay\n"
+    "  --dropout P           dropout on the token embeddings while training\n"
+    "  --lr-decay X          multiply the learning rate by X after each epoch\n"
     "  --clip X              clip gradients to global norm X (0: no clipping)\n"
     "  --patience N          stop after N epochs without a better validation AUC\n"
     "                        (0: never stop early)\n"
@@ -228,7 +230,8 @@ enum {
     OPT_TRAIN = 256, OPT_VALID, OPT_OUT, OPT_RECIPE, OPT_EPOCHS, OPT_THREADS, OPT_SEED,
     OPT_BATCH, OPT_LR, OPT_MARGIN, OPT_EMB, OPT_HIDDEN, OPT_MIN_COUNT, OPT_MAX_TOKENS,
     OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
-    OPT_LOSS, OPT_TEMP, OPT_POOL, OPT_MINE, OPT_CORPUS, OPT_PRETRAIN,
+    OPT_LOSS, OPT_TEMP, OPT_POOL, OPT_MINE, OPT_CORPUS, OPT_PRETRAIN, OPT_DROPOUT,
+    OPT_LRDECAY,
 };
 
 int main(int argc, char **argv)
@@ -262,6 +265,8 @@ int main(int argc, char **argv)
         {"mine", required_argument, 0, OPT_MINE},
         {"vocab-corpus", required_argument, 0, OPT_CORPUS},
         {"pretrain", required_argument, 0, OPT_PRETRAIN},
+        {"dropout", required_argument, 0, OPT_DROPOUT},
+        {"lr-decay", required_argument, 0, OPT_LRDECAY},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -369,6 +374,12 @@ int main(int argc, char **argv)
             }
             break;
         case OPT_CORPUS: corpus_path = optarg; break;
+        case OPT_DROPOUT:
+            if (parse_float("--dropout", optarg, 0, 0.9, &o.dropout)) return 2;
+            break;
+        case OPT_LRDECAY:
+            if (parse_float("--lr-decay", optarg, 0.01, 1, &o.lr_decay)) return 2;
+            break;
         case OPT_PRETRAIN:
             if (parse_long("--pretrain", optarg, 0, 1000, &v)) return 2;
             o.pretrain_epochs = (int)v;

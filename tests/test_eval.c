@@ -227,20 +227,20 @@ static void test_bm25_any_bytes(void **state)
 
 /* ------------------------------------------------------------ quoted pairs ---- */
 
-static qd_pairs *load_pairs_text(const char *name, const char *text, size_t len, char *warned,
-                                 size_t wlen);
+#define WARNED_MAX 1024
 
+/* Appends a loader warning to the WARNED_MAX-byte buffer arg, "|" after each. */
 static void collect_warning(const char *msg, void *arg)
 {
     char *buf = arg;
     size_t n = strlen(buf);
-    snprintf(buf + n, 1024 - n, "%s|", msg);
+    snprintf(buf + n, WARNED_MAX - n, "%s|", msg);
 }
 
-static qd_pairs *load_pairs_text(const char *name, const char *text, size_t len, char *warned,
-                                 size_t wlen)
+/* Writes text to name in the scratch directory and loads it as pairs, collecting the
+ * warnings into warned (WARNED_MAX bytes). */
+static qd_pairs *load_pairs_text(const char *name, const char *text, size_t len, char *warned)
 {
-    (void)wlen;
     const char *path = qt_path(qt_tmp_dir(), name);
     qt_write_file(path, text, len);
     char err[QD_ERRMSG_MAX];
@@ -266,9 +266,8 @@ static const char quoted_file[] =
 static void test_pairs_quoted(void **state)
 {
     (void)state;
-    char warned[1024];
-    qd_pairs *p = load_pairs_text("quoted.tsv", quoted_file, sizeof quoted_file - 1, warned,
-                                  sizeof warned);
+    char warned[WARNED_MAX];
+    qd_pairs *p = load_pairs_text("quoted.tsv", quoted_file, sizeof quoted_file - 1, warned);
     assert_int_equal(p->n, 4);
     assert_string_equal(p->q1[0], "plain one?");
     assert_string_equal(p->q2[0], "He said \"hi\" to me?");
@@ -297,12 +296,12 @@ static void test_pairs_quoted(void **state)
 static void test_pairs_plain_stays_plain(void **state)
 {
     (void)state;
-    char warned[1024];
+    char warned[WARNED_MAX];
     /* The first quote is inside a field: the file is plain, later quotes are text. */
     static const char a[] = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
                             "0\t1\t2\tuse \"&\" here\tx\t0\n"
                             "1\t3\t4\t\"quoted\"\t\"a\tb\"\t1\n";
-    qd_pairs *p = load_pairs_text("plain_a.tsv", a, sizeof a - 1, warned, sizeof warned);
+    qd_pairs *p = load_pairs_text("plain_a.tsv", a, sizeof a - 1, warned);
     assert_int_equal(p->n, 1);
     assert_string_equal(p->q1[0], "use \"&\" here");
     assert_int_equal(p->skipped, 1); /* read plain, "a<TAB>b" gives 7 fields */
@@ -311,7 +310,7 @@ static void test_pairs_plain_stays_plain(void **state)
     static const char b[] = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
                             "0\t1\t2\t\"Sapiens\" is good?\tx\t0\n"
                             "1\t3\t4\t\"quoted\"\ty\t1\n";
-    p = load_pairs_text("plain_b.tsv", b, sizeof b - 1, warned, sizeof warned);
+    p = load_pairs_text("plain_b.tsv", b, sizeof b - 1, warned);
     assert_int_equal(p->n, 2);
     assert_int_equal(p->skipped, 0);
     assert_string_equal(p->q1[0], "\"Sapiens\" is good?");

@@ -28,6 +28,10 @@ static double sigm(double x)
     return 1.0 / (1.0 + exp(-x));
 }
 
+/* Dropout of the problem being checked (0: none), and its seed. */
+static float ref_dropout;
+static uint64_t ref_dropout_seed;
+
 /* out (D) = the encoder's vector for question q of s, with weights w (model order). */
 static void ref_encode(const qd_model_hdr *h, const double *w, const qd_tokseqs *s, size_t q,
                        double *out)
@@ -47,6 +51,8 @@ static void ref_encode(const qd_model_hdr *h, const double *w, const qd_tokseqs 
             for (uint32_t r = r0; r < r1; r++)
                 x[k] += emb[(size_t)s->rows[r] * E + k];
             x[k] /= (double)(r1 - r0);
+            if (ref_dropout > 0)
+                x[k] *= qd_dropout_scale(ref_dropout_seed, q, t, k, ref_dropout);
             xsum[k] += x[k];
         }
         for (size_t i = 0; i < 4 * H; i++) {
@@ -222,6 +228,8 @@ static void run_gradcheck(int ngrams, uint32_t pool, uint64_t seed)
         qd_grads g;
         qd_fwd_init(&f);
         qd_bwd_init(&b);
+        f.dropout = ref_dropout;
+        f.dropout_seed = ref_dropout_seed;
         assert_int_equal(qd_grads_init(&g, &p.hdr), 0);
         assert_int_equal(qd_lstm_forward(&p.hdr, &params, &p.s, p.sel, p.n, &f), 0);
 
@@ -284,6 +292,15 @@ static void test_encoder_backward_embedding_path(void **state)
     (void)state;
     run_gradcheck(1, QD_POOL_EMB, 14);
     run_gradcheck(1, QD_POOL_MAX | QD_POOL_EMB, 15);
+}
+
+static void test_encoder_backward_dropout(void **state)
+{
+    (void)state;
+    ref_dropout = 0.3f;
+    ref_dropout_seed = 99;
+    run_gradcheck(1, QD_POOL_EMB, 16);
+    ref_dropout = 0;
 }
 
 static void test_l2norm_backward(void **state)
@@ -424,6 +441,7 @@ int main(void)
         cmocka_unit_test(test_encoder_backward_ngrams),
         cmocka_unit_test(test_encoder_backward_max_pooling),
         cmocka_unit_test(test_encoder_backward_embedding_path),
+        cmocka_unit_test(test_encoder_backward_dropout),
         cmocka_unit_test(test_l2norm_backward),
         cmocka_unit_test(test_triplet_loss_gradient),
         cmocka_unit_test(test_triplet_loss_masking),

@@ -789,10 +789,14 @@ int main(int argc, char **argv)
                qd_model_fingerprint(m), h->emb_dim, h->hidden, h->vocab);
         printf("threshold from %s (%zu pairs): %.4f (valid accuracy %.4f, valid AUC %.4f)\n\n",
                valid_path, valid->n, thr, valid_acc, valid_auc);
-        printf("%-36s %7s %8s %10s %8s\n", "pair metrics", "pairs", "acc@0.7", "acc@thr",
+        int w = 36; /* the name column fits the longest base name */
+        for (size_t i = 0; i <= npairs; i++)
+            if (strlen(pr[i].key) > (size_t)w)
+                w = (int)strlen(pr[i].key);
+        printf("%-*s %7s %8s %10s %8s\n", w, "pair metrics", "pairs", "acc@0.7", "acc@thr",
                "ROC AUC");
         for (size_t i = 0; i <= npairs; i++) {
-            printf("%-36s %7zu %8.4f %10.4f %8.4f", pr[i].key, pr[i].n, pr[i].acc07,
+            printf("%-*s %7zu %8.4f %10.4f %8.4f", w, pr[i].key, pr[i].n, pr[i].acc07,
                    pr[i].acc_thr, pr[i].auc);
             if (pr[i].skipped)
                 printf("  (%zu rows skipped)", pr[i].skipped);

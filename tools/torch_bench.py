@@ -9,7 +9,8 @@ only the model code differs.
 
     torch_bench.py encode --model M.qdm --tokens T [--threads N] [--batch 512] [--runs 3]
                           [--check K --check-out FILE]
-        Inference speed of the course's model loaded from the .qdm (torch_ref.read_qdm):
+        Inference speed of the model in a .qdm file (torch_ref.read_qdm; format version 2
+        pooling included):
         torch.inference_mode, torch.set_num_threads(N), questions sorted by length and
         cut into batches of 512, each padded to its longest question (time-major), LSTM,
         masked mean, normalize. One warm-up pass, then --runs timed passes; the median
@@ -167,8 +168,21 @@ def forward(enc, b, packed=False):
         h, _ = pad_packed_sequence(h, total_length=T)     # (T, B, H), zeros past the end
     else:
         h, _ = enc.lstm(x)                                # (T, B, H)
-    pooled = (h * b.mask).sum(0) / b.lens                 # masked mean
-    return F.normalize(pooled, dim=1)
+    parts = [(h * b.mask).sum(0) / b.lens]                # masked mean (H)
+    pool = getattr(enc, "pool", 0)                        # format version 2 (model.h)
+    if pool & torch_ref.POOL_MAX:                         # + masked max (H)
+        mx = h.masked_fill(b.mask == 0, float("-inf")).max(0).values
+        parts.append(mx.masked_fill(torch.isinf(mx), 0.0))  # no tokens: zeros, as qdup
+    if pool & torch_ref.POOL_EMB:                         # + mean of the embeddings (E)
+        parts.append((x * b.mask).sum(0) / b.lens)
+    return F.normalize(torch.cat(parts, 1), dim=1)
+
+
+def out_dim(enc):
+    """Width of the vectors forward() makes (qd_model_out_dim)."""
+    pool = getattr(enc, "pool", 0)
+    H, E = enc.lstm.hidden_size, enc.lstm.input_size
+    return H + (H if pool & torch_ref.POOL_MAX else 0) + (E if pool & torch_ref.POOL_EMB else 0)
 
 
 def sorted_batches(tf, idx, batch):
@@ -210,8 +224,7 @@ def roc_auc(scores, labels):
 
 def pair_scores(enc, tf, batch=512):
     """Cosine of each pair (questions 2i, 2i+1) of a pair token file."""
-    H = enc.lstm.hidden_size
-    v = encode_all(enc, sorted_batches(tf, np.arange(tf.n), batch), tf.n, H)
+    v = encode_all(enc, sorted_batches(tf, np.arange(tf.n), batch), tf.n, out_dim(enc))
     return (v[0::2] * v[1::2]).sum(1).numpy()
 
 
@@ -230,7 +243,7 @@ def cmd_encode(a):
     t0 = time.perf_counter()
     batches = sorted_batches(tf, np.arange(tf.n), a.batch)
     prep = time.perf_counter() - t0
-    H = hdr["H"]
+    H = out_dim(enc)
     out = encode_all(enc, batches, tf.n, H)  # warm-up
     secs = []
     for r in range(a.runs):
@@ -246,7 +259,7 @@ def cmd_encode(a):
     result({"questions": int(tf.n), "seconds": secs, "rates": rates,
             "median_qps": float(np.median(rates)), "best_qps": max(rates),
             "prep_seconds": prep, "threads": torch.get_num_threads(), "batch": a.batch,
-            "torch": torch.__version__, "E": hdr["E"], "H": H,
+            "torch": torch.__version__, "E": hdr["E"], "H": hdr["H"], "dim": H,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
 
 

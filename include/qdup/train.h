@@ -48,6 +48,9 @@ typedef struct qd_train_opts {
     int loss;               /* enum qd_loss */
     float temperature;      /* softmax loss: scores are divided by it */
     float weight_decay;     /* Adam's L2 weight decay (0: none) */
+    float dropout;          /* dropout on the token embeddings while training (0: none) */
+    float lr_decay;         /* the learning rate is multiplied by this after each epoch
+                               (1 or 0: constant) */
     float clip;             /* gradient clipping by global norm (0: none) */
     int symmetric;          /* 1: also each P_i as anchor against the A's */
     size_t hard_negatives;  /* labelled non-duplicate pairs added per step (0: none) */
