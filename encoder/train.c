@@ -47,9 +47,20 @@ int qd_train_recipe(const char *name, qd_train_opts *o)
         return 0;
     }
     if (strcmp(name, "default") == 0) {
+        /* What the validation set chose (BENCHMARKS.md has the experiments): the softmax
+         * loss over in-batch, labelled-non-duplicate and mined negatives, both directions,
+         * the ranking loss on labelled non-duplicates, hashed character n-grams. */
         o->min_count = 2;
-        o->epochs = 8;
+        o->epochs = 10;
         o->patience = 3;
+        o->loss = QD_LOSS_SOFTMAX;
+        o->temperature = 0.1f;
+        o->symmetric = 1;
+        o->hard_negatives = 256;
+        o->mine_top = 10;
+        o->ngram_min = 2;
+        o->ngram_max = 4;
+        o->ngram_buckets = 200000;
         return 0;
     }
     return QD_ERR_INVAL;
