@@ -48,6 +48,7 @@
 #include <faiss/c_api/impl/AuxIndexStructures_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
+#include <faiss/c_api/utils/distances_c.h>
 
 #include "qdup/common.h"
 #include "qdup/fileio.h"
@@ -138,6 +139,13 @@ static _Thread_local int ann_threads_default;
 void qd_ann_set_threads(int n)
 {
     atomic_store(&ann_threads, n > 0 ? n : 0);
+}
+
+/* --- exact search: scans or matrix products ------------------------------------------ */
+
+void qd_ann_set_blas_threshold(int nq)
+{
+    faiss_set_distance_compute_blas_threshold(nq > 0 ? nq : 20);
 }
 
 /* OpenMP keeps the thread count per calling thread (a libuv worker does not inherit

@@ -139,8 +139,18 @@ int qd_ann_set_param(qd_ann *a, const char *name, double value);
  * restores OpenMP's default (OMP_NUM_THREADS or the number of cores). OpenMP keeps
  * this setting per calling thread, so it is applied at the start of every qd_ann call
  * in whichever thread makes it. Does not bound OpenBLAS's own threads, which FAISS
- * uses for batches of 20 or more queries (OPENBLAS_NUM_THREADS does). */
+ * uses for calls of at least qd_ann_set_blas_threshold() queries (OPENBLAS_NUM_THREADS
+ * does). */
 void qd_ann_set_threads(int n);
+
+/* From how many queries per search call FAISS's exact search (Flat, and the flat
+ * parts of other kinds) computes inner products as one BLAS matrix product instead of
+ * one loop per query; n < 1 restores FAISS's default, 20. Process-wide (a FAISS
+ * global, read by every search without a lock): set it at start-up, before any
+ * search runs. With Debian's generic FAISS build the matrix product is the cheaper
+ * way on a Flat index even for a single query (measurements in daemon/main.c, which
+ * sets it from qdup-daemon's --blas-threshold). */
+void qd_ann_set_blas_threshold(int nq);
 
 /* Detail of the last qd_ann call that failed in the calling thread ("" if none); a
  * may be NULL. Valid until the next failing qd_ann call in this thread. */
