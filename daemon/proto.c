@@ -889,9 +889,11 @@ static json_t *stats_json(const qd_req *r, int *bad)
             put(cl, "total", json_integer((json_int_t)s->clients_total), bad);
             put(cl, "refused", json_integer((json_int_t)s->clients_refused), bad);
             put(cl, "dropped", json_integer((json_int_t)s->clients_dropped), bad);
+            put(cl, "paused", json_integer((json_int_t)s->clients_paused), bad);
         }
         put(o, "clients", cl, bad);
         put(o, "queued", json_integer((json_int_t)s->queued), bad);
+        put(o, "cancelled", json_integer((json_int_t)s->cancelled), bad);
         put(o, "threads", json_integer(s->threads), bad);
         put(o, "unsaved_writes", json_integer((json_int_t)s->unsaved_writes), bad);
         put(o, "checkpoints", json_integer((json_int_t)s->checkpoints), bad);

@@ -2,32 +2,60 @@
  * server.c - the libuv server of qdup-daemon (server.h).
  *
  * Threads. The loop thread owns every handle and every client; the pool threads only
- * run qd_proto_run() and qd_proto_reply() on requests handed to them, and the
- * after-work callback (loop thread again) takes the replies back. Requests wait in
- * three queues: queries (taken in batches by the search workers), other reads (one at
- * a time, same workers) and writes (one writer). A uv_check handle runs after each
- * round of I/O, so one dispatch sees every request that round read, and a free worker
- * takes them all at once: under load, batches grow by themselves.
+ * run qd_proto_run() and qd_proto_reply() on requests handed to them (and
+ * qd_proto_parse() on long lines), and the after-work callback (loop thread again)
+ * takes the replies back. A uv_check handle runs after each round of I/O, so one
+ * dispatch sees every request that round read, and a free worker takes many at once:
+ * under load, batches grow by themselves. The loop parses lines up to 4 KiB itself;
+ * a longer one (up to max_line, most of a millisecond of JSON) waits in its client's
+ * queue to be parsed by a worker like any other request, so a client flooding long
+ * lines cannot hold the loop that everyone's reads and replies go through; the
+ * client's later lines are not taken until it is parsed, so its queue keeps request
+ * order.
  *
- * Order. Each request gets a slot at the tail of its client's list when its line is
- * read; work fills slots in any order, and a flush writes the done slots from the
- * head, so replies leave in request order however the work finished. Execution
- * follows request order where it matters: a client's write waits (parked) until its
- * earlier reads are done, and its reads until its earlier writes are, so a pipelined
- * "add, get" sees the add and "query, remove" does not see the removal; reads of one
- * client still run side by side, and writes are in order anyway (one writer, FIFO).
+ * Scheduling. Each client has its own queue of waiting requests, in request order,
+ * and the clients with waiting requests form a ring. A free search worker builds its
+ * batch by going round the ring from where the last batch stopped, taking the next
+ * request of each client in turn (one per client per round, several rounds if there
+ * is room), so a client with 64 requests waiting gets no more of a batch than one
+ * with a single query, and a newcomer waits for one turn of the others, not for their
+ * queues. A batch is capped by cost, not only by count: search_batch texts,
+ * batch_results results (k for each text: what the search ranks and the reply
+ * formats) and batch_bytes of question text (what the encoder reads). The first
+ * request of a batch always fits; a request that does not fit ends the batch and its
+ * client is asked first for the next one. A request over a cap on its own is heavy:
+ * it goes alone, and with several workers at most threads - 1 heavy batches run at
+ * once. So a well-behaved client's query waits for at most one batch of bounded cost
+ * (a worker is always left to ordinary requests), plus its own. The writer
+ * goes round the same ring with its own position: consecutive adds (one per client
+ * per round) share a transaction, up to write_batch; any other write goes alone.
  *
- * Back-pressure and limits. A client with max_inflight unanswered requests is not
- * read from until some are answered; its unread bytes stay in the kernel. Lines are
- * cut from a per-client buffer holding at most one partial line (max_line) plus one
- * read; a longer line is answered too_large and the connection closed. Replies the
- * socket has not taken are counted per client: past max_output the client is dropped,
- * so one that never reads costs at most that much; and over all clients: past
+ * Order. Each request gets a slot at the tail of its client's reply list when its
+ * line is read; work fills slots in any order, and a flush writes the done slots from
+ * the head, so replies leave in request order however the work finished. Only the
+ * head of a client's queue may start, and only if it does not conflict with the
+ * client's requests at work: a write waits until its earlier reads are done, a read
+ * until its earlier writes are, so a pipelined "add, get" sees the add and "query,
+ * remove" does not see the removal; reads of one client still run side by side, and
+ * writes are in order anyway (one writer).
+ *
+ * Back-pressure and limits. A client is not read from while it has max_inflight
+ * unanswered requests, or while the reply bytes it is owed pass pause_output: those
+ * handed to libuv and not yet taken by the socket, those made and waiting for an
+ * earlier reply, and an estimate (64 bytes a result) for each reply not yet made. So
+ * a client that does not read its replies stops being read after a few hundred KiB,
+ * and one asking k=1000 has only a handful of such queries queued; its unread bytes
+ * stay in the kernel. Lines are cut from a per-client buffer holding at most one
+ * partial line (max_line) plus one read; a longer line is answered too_large and the
+ * connection closed. Past max_output unsent bytes (replies of requests already
+ * queued can still pile up) the client is dropped; over all clients, past
  * max_output_total the client with the most unsent bytes is dropped, so a thousand
  * such clients cannot add up. Past max_queued waiting requests, or max_queued_bytes of
- * their lines, new ones are answered busy; past max_clients, new connections are.
- * So memory is bounded by max_clients partial lines, the queued bytes, the output
- * budget and the work in flight, whatever the clients do.
+ * their lines, new ones are answered busy, except that a client with nothing waiting
+ * is always admitted (so abusers filling the queue cannot starve the others; this
+ * adds at most one line per client); past max_clients, new connections are answered
+ * busy. So memory is bounded by max_clients lines (partial or queued), the queued
+ * bytes, the output budget and the work in flight, whatever the clients do.
  *
  * Timeouts. A request line must be complete within request_timeout_s of its first
  * byte (counted only while the server is reading from the client, so back-pressure is
@@ -38,9 +66,12 @@
  * may rightly sit idle, and max_clients bounds them anyway). One timer sweeps the
  * clients a few times per timeout.
  *
- * Lifetime. A client is freed when its handle is closed and no slot of it is at work:
- * a count of references (the handle, each slot) decides. Slots of a closed client
- * still run (a write that arrived is carried out) but their replies are dropped.
+ * Lifetime. A client is freed when its handle is closed and no slot of it is at work
+ * or waiting: a count of references (the handle, each slot) decides. When a client is
+ * closed (gone, dropped, timed out), its waiting reads (and a long line not yet
+ * parsed) are cancelled and freed at once, counted in stats as "cancelled"; its
+ * waiting writes still run, since they arrived whole (as a write already at work
+ * does), but their replies are dropped.
  *
  * Access. At accept the peer's uid, gid (SO_PEERCRED) and groups (SO_PEERGROUPS)
  * decide whether it may connect at all (owner_only) and whether it may write; the
@@ -49,7 +80,7 @@
  * Shutdown (SIGTERM, SIGINT): close the listener and unlink the socket, stop reading,
  * let queued work finish and replies drain (at most drain_s), checkpoint if anything
  * changed, close every handle; uv_loop_close() must then succeed. A second signal
- * drops the clients at once.
+ * drops the clients at once (cancelling their waiting reads).
  */
 #include "qdup/server.h"
 
@@ -71,8 +102,16 @@
 #include "qdup/common.h"
 
 #define READ_BUF_SIZE (64 * 1024)
+#define PARSE_INLINE_MAX 4096   /* longer lines are parsed by a worker */
+
+/* A slot's class while its line waits for a worker to parse it (the qd_req_class
+ * values are 0 and up). */
+enum { CLS_PARSE = -1 };
 #define LAT_WINDOW 8192 /* latencies kept for the percentiles in stats */
 #define MAX_BUFS_PER_WRITE 64
+#define EST_REPLY_BASE 128 /* bytes of a reply before its results (an estimate) */
+#define EST_RESULT 64      /* bytes of one result in a reply: a low estimate, so that
+                              back-pressure never comes early for a client that reads */
 
 typedef struct client client;
 typedef struct qd_server srv_t;
@@ -80,16 +119,21 @@ typedef struct qd_server srv_t;
 /* One request's place in its client's reply order. */
 typedef struct slot {
     struct slot *next;   /* the client's next request */
-    struct slot *qnext;  /* next request in the same wait queue */
+    struct slot *qnext;  /* the client's next waiting request (its queue) */
     client *c;           /* whose request (holds a reference) */
     qd_req *req;         /* the parsed request until it is run */
+    char *line;          /* CLS_PARSE: a copy of the line, for a worker to parse */
     char *out;           /* the reply line once done (NULL: could not be made) */
     size_t len;          /* its length */
     int done;            /* 1 when out is set */
+    int cancelled;       /* 1 if dropped unrun because its client went away */
     int code;            /* the reply's qd_proto_code */
     int op;              /* the request's qd_op (QD_OP_NONE if unparsed) */
-    int cls;             /* its qd_req_class */
-    size_t cost;         /* bytes of its line, counted in queued_bytes while it waits */
+    int cls;             /* its qd_req_class, or CLS_PARSE */
+    size_t cost;         /* bytes of its line, counted in queued_bytes until done */
+    size_t owed;         /* bytes counted for it in its client's `owed`: the reply's
+                            estimated size until done, then its real size until
+                            handed to libuv */
     double t0;           /* when the line was read (qd_now) */
 } slot;
 
@@ -107,24 +151,26 @@ struct client {
     size_t inflight;     /* slots in head..tail */
     size_t writes;       /* uv_write requests not yet completed */
     size_t out_pending;  /* bytes of those requests */
-    size_t reads_out;    /* its reads queued or running */
-    size_t writes_out;   /* its writes queued or running */
-    slot *parked, *parked_tail; /* requests waiting for its earlier ones (qnext) */
+    size_t reads_out;    /* its reads at work (handed to a worker, not yet done) */
+    size_t writes_out;   /* its writes at work */
+    slot *wait, *wait_tail; /* its queue: requests not yet at work, oldest first
+                               (linked by qnext) */
+    client *rnext, *rprev; /* the server's ring of clients with waiting requests */
+    int in_ring;         /* 1 while on that ring */
+    size_t owed;         /* reply bytes owed and not yet handed to libuv (the sum of
+                            its slots' `owed`) */
+    int out_paused;      /* 1 while not read because owed + unsent > pause_output */
     int reading;         /* 1 while uv_read_start is in effect */
     int eof;             /* the peer will send nothing more */
     int input_closed;    /* no more requests will be taken from this client */
     int closing;         /* uv_close has been called */
     int flush_queued;    /* on the flush list */
+    int parsing;         /* 1 while a line of it waits for a worker to parse it: its
+                            later lines are not taken until then */
     int refs;            /* the handle until its close callback, plus each slot */
     double t_partial;    /* when the unfinished line in `in` began (qd_now; 0: none) */
     double t_active;     /* when bytes last came in or a reply last went out */
 };
-
-/* A FIFO of slots waiting for a worker. */
-typedef struct squeue {
-    slot *head, *tail; /* oldest and newest, linked by qnext */
-    size_t n;          /* slots in the queue */
-} squeue;
 
 enum { W_READ, W_WRITE, W_CHECKPOINT };
 
@@ -133,9 +179,11 @@ typedef struct work {
     uv_work_t w;         /* first */
     srv_t *srv;          /* owner */
     int kind;            /* W_READ, W_WRITE or W_CHECKPOINT */
+    int heavy;           /* W_READ: one request over a batch cap on its own */
     size_t n;            /* requests */
-    slot **slots;        /* (n) their slots */
-    qd_req **reqs;       /* (n) the requests */
+    size_t cap;          /* room for requests */
+    slot **slots;        /* (cap) their slots, n used */
+    qd_req **reqs;       /* (cap) the requests */
     uint64_t dirty;      /* checkpoint: writes it covers */
     int rc;              /* checkpoint: outcome */
     char err[256];       /* checkpoint: detail of a failure */
@@ -180,12 +228,16 @@ struct qd_server {
     client *clients;        /* open clients */
     size_t nclients;        /* clients not yet closed */
     client *flush_list;     /* clients with replies to write */
-    squeue q_search, q_read, q_write; /* waiting requests */
-    size_t queued;          /* requests in the three queues */
-    size_t queued_bytes;    /* line bytes of requests queued or parked */
+    client *rcur;           /* the ring of clients with waiting requests, as the
+                               search workers see it: the client asked first */
+    client *wcur;           /* the same ring's client the writer asks first */
+    size_t nring;           /* clients on the ring */
+    size_t queued;          /* requests waiting in the clients' queues */
+    size_t queued_bytes;    /* line bytes of requests waiting or at work */
     size_t out_total;       /* reply bytes handed to libuv and not yet written, all
                                clients */
     int reads_running;      /* search/read work items in the pool */
+    int heavy_running;      /* those of them that are heavy (see take_reads) */
     int write_running;      /* 1 while the writer has work in the pool */
     int ckpt_wanted;        /* the timer asked for a checkpoint */
     uint64_t dirty;         /* acknowledged writes since the last checkpoint */
@@ -195,6 +247,7 @@ struct qd_server {
     uint64_t requests[QD_OP_COUNT]; /* by op */
     uint64_t errors[QD_CODE_COUNT]; /* by code */
     uint64_t clients_total, clients_refused, clients_dropped, checkpoints;
+    uint64_t cancelled;     /* waiting requests dropped because their client left */
     lat_ring lat_search;    /* queries and other reads */
     lat_ring lat_write;     /* writes */
     pthread_mutex_t ws_mu;  /* guards the workspace pool */
@@ -227,6 +280,9 @@ void qd_server_opts_default(qd_server_opts *o)
     o->max_output_total = 256u * 1024 * 1024;
     o->max_queued_bytes = 64u * 1024 * 1024;
     o->search_batch = 64;
+    o->batch_results = 1000;
+    o->batch_bytes = 4096;
+    o->pause_output = 256u * 1024;
     o->write_batch = 256;
     o->checkpoint_s = 30;
     o->drain_s = 10;
@@ -235,29 +291,6 @@ void qd_server_opts_default(qd_server_opts *o)
     qd_proto_limits_default(&o->limits);
     o->limits.max_reply = 4u * 1024 * 1024; /* below max_output: a reply alone never
                                                gets a reading client dropped */
-}
-
-static void q_push(squeue *q, slot *s)
-{
-    s->qnext = NULL;
-    if (q->tail)
-        q->tail->qnext = s;
-    else
-        q->head = s;
-    q->tail = s;
-    q->n++;
-}
-
-static slot *q_pop(squeue *q)
-{
-    slot *s = q->head;
-    if (s) {
-        q->head = s->qnext;
-        if (!q->head)
-            q->tail = NULL;
-        q->n--;
-    }
-    return s;
 }
 
 static void lat_push(lat_ring *r, double ms)
@@ -347,10 +380,113 @@ static void on_client_closed(uv_handle_t *h)
 static void slot_free(slot *sl)
 {
     client *c = sl->c;
+    c->owed -= sl->owed;
     qd_free(sl->out);
+    qd_free(sl->line);
     qd_free(sl);
     c->inflight--;
     client_unref(c);
+}
+
+/* --- the ring of clients with waiting requests ----------------------------------------- */
+
+/* Puts c on the ring just behind the search workers' position: a client that starts
+ * waiting has its turn after those already waiting have had theirs. */
+static void ring_insert(srv_t *s, client *c)
+{
+    if (c->in_ring)
+        return;
+    c->in_ring = 1;
+    s->nring++;
+    if (!s->rcur) {
+        c->rnext = c->rprev = c;
+        s->rcur = s->wcur = c;
+        return;
+    }
+    client *at = s->rcur;
+    c->rnext = at;
+    c->rprev = at->rprev;
+    at->rprev->rnext = c;
+    at->rprev = c;
+}
+
+static void ring_remove(srv_t *s, client *c)
+{
+    if (!c->in_ring)
+        return;
+    c->in_ring = 0;
+    s->nring--;
+    if (c->rnext == c) {
+        s->rcur = s->wcur = NULL;
+    } else {
+        c->rprev->rnext = c->rnext;
+        c->rnext->rprev = c->rprev;
+        if (s->rcur == c)
+            s->rcur = c->rnext;
+        if (s->wcur == c)
+            s->wcur = c->rnext;
+    }
+    c->rnext = c->rprev = NULL;
+}
+
+/* Appends a parsed request to its client's queue. */
+static void wait_push(srv_t *s, slot *sl)
+{
+    client *c = sl->c;
+    sl->qnext = NULL;
+    if (c->wait_tail)
+        c->wait_tail->qnext = sl;
+    else
+        c->wait = sl;
+    c->wait_tail = sl;
+    s->queued++;
+    ring_insert(s, c);
+}
+
+/* Takes the head of c's queue (it is going to work). */
+static slot *wait_pop(srv_t *s, client *c)
+{
+    slot *sl = c->wait;
+    c->wait = sl->qnext;
+    if (!c->wait) {
+        c->wait_tail = NULL;
+        ring_remove(s, c);
+    }
+    sl->qnext = NULL;
+    s->queued--;
+    if (sl->cls == QD_REQ_WRITE)
+        c->writes_out++;
+    else
+        c->reads_out++;
+    return sl;
+}
+
+/* Drops the reads waiting in c's queue (c is closing: nobody will read the replies).
+ * Its writes stay: they arrived whole and are carried out. */
+static void cancel_waiting(client *c)
+{
+    srv_t *s = c->srv;
+    slot *keep = NULL, **kp = &keep, *next;
+    c->wait_tail = NULL;
+    for (slot *sl = c->wait; sl; sl = next) {
+        next = sl->qnext;
+        if (sl->cls == QD_REQ_WRITE) {
+            *kp = sl;
+            kp = &sl->qnext;
+            c->wait_tail = sl;
+            continue;
+        }
+        qd_proto_req_free(&s->proto, sl->req);
+        sl->req = NULL;
+        sl->cancelled = 1;
+        s->queued--;
+        s->queued_bytes -= sl->cost;
+        s->cancelled++;
+    }
+    *kp = NULL;
+    c->wait = keep;
+    if (!keep)
+        ring_remove(s, c);
 }
 
 static void client_close(client *c)
@@ -359,14 +495,15 @@ static void client_close(client *c)
         return;
     c->closing = 1;
     c->input_closed = 1;
-    /* Replies that are ready but unsent go now; those still at work are dropped when
-     * they come back (slot_done sees `closing`). The handle's reference keeps c alive
-     * meanwhile. */
+    cancel_waiting(c);
+    /* Replies that are ready but unsent go now, with the cancelled requests; those
+     * still at work or waiting (writes) are dropped when they come back (slot_done
+     * sees `closing`). The handle's reference keeps c alive meanwhile. */
     slot *keep = NULL, **kp = &keep, *next;
     c->tail = NULL;
     for (slot *sl = c->head; sl; sl = next) {
         next = sl->next;
-        if (sl->done) {
+        if (sl->done || sl->cancelled) {
             slot_free(sl);
         } else {
             *kp = sl;
@@ -387,6 +524,20 @@ static void client_maybe_close(client *c)
         client_close(c);
 }
 
+/* Unlinks a slot of a closing client from its reply list and frees it. */
+static void slot_forget(slot *sl)
+{
+    client *c = sl->c;
+    slot **pp = &c->head;
+    while (*pp != sl)
+        pp = &(*pp)->next;
+    *pp = sl->next;
+    c->tail = NULL;
+    for (slot *x = c->head; x; x = x->next)
+        c->tail = x;
+    slot_free(sl);
+}
+
 /* A slot's reply is ready (loop thread). */
 static void slot_done(slot *sl, char *out, size_t len, int code)
 {
@@ -396,6 +547,8 @@ static void slot_done(slot *sl, char *out, size_t len, int code)
     sl->len = len;
     sl->code = code;
     sl->done = 1;
+    c->owed = c->owed - sl->owed + len; /* the estimate gives way to the real size */
+    sl->owed = len;
     if (code > 0 && code < QD_CODE_COUNT)
         s->errors[code]++;
     double ms = (qd_now() - sl->t0) * 1e3;
@@ -404,15 +557,7 @@ static void slot_done(slot *sl, char *out, size_t len, int code)
     else if (sl->op == QD_OP_QUERY || sl->op == QD_OP_GET)
         lat_push(&s->lat_search, ms);
     if (c->closing) {
-        /* The client is gone: unlink and forget the reply. */
-        slot **pp = &c->head;
-        while (*pp != sl)
-            pp = &(*pp)->next;
-        *pp = sl->next;
-        c->tail = NULL;
-        for (slot *x = c->head; x; x = x->next)
-            c->tail = x;
-        slot_free(sl);
+        slot_forget(sl); /* the client is gone: forget the reply */
         return;
     }
     client_flush_later(c);
@@ -456,10 +601,14 @@ static void on_write(uv_write_t *req, int status)
     qd_free(w);
     c->writes--;
     c->t_active = qd_now();
-    if (status < 0 && !c->closing)
+    if (status < 0 && !c->closing) {
         client_close(c); /* EPIPE, ECONNRESET: the peer is gone */
-    else
-        client_maybe_close(c);
+        return;
+    }
+    /* The peer took some replies: if their bytes held its input back, read again. */
+    if (!c->closing && c->out_paused)
+        process_input(c);
+    client_maybe_close(c);
 }
 
 /* Drops a client that does not read its replies. */
@@ -578,7 +727,10 @@ static qd_proto_stats *stats_snapshot(srv_t *s)
     st->clients_total = s->clients_total;
     st->clients_refused = s->clients_refused;
     st->clients_dropped = s->clients_dropped;
+    for (client *c = s->clients; c; c = c->next)
+        st->clients_paused += !c->closing && c->out_paused;
     st->queued = s->queued;
+    st->cancelled = s->cancelled;
     st->unsaved_writes = s->dirty;
     st->checkpoints = s->checkpoints;
     st->threads = s->o.threads;
@@ -587,46 +739,75 @@ static qd_proto_stats *stats_snapshot(srv_t *s)
     return st;
 }
 
-/* 1 if a request of class cls must wait for the client's requests still out. */
-static int conflicts(const client *c, int cls)
+/* The size of r's reply as back-pressure counts it before it is made. */
+static size_t reply_estimate(const qd_req *r)
 {
-    return cls == QD_REQ_WRITE ? c->reads_out > 0 : c->writes_out > 0;
+    return EST_REPLY_BASE + r->ntexts * r->k * EST_RESULT;
 }
 
-static void enqueue(srv_t *s, slot *sl)
+/* 1 if c may have more of its lines taken: room for more requests in flight and not
+ * owed too many reply bytes (see the header). */
+static int may_take(const client *c)
 {
-    client *c = sl->c;
-    switch (sl->cls) {
-    case QD_REQ_SEARCH:
-        q_push(&s->q_search, sl);
-        c->reads_out++;
-        break;
-    case QD_REQ_READ:
-        q_push(&s->q_read, sl);
-        c->reads_out++;
-        break;
-    default:
-        q_push(&s->q_write, sl);
-        c->writes_out++;
-        break;
-    }
-    s->queued++;
+    const qd_server_opts *o = &c->srv->o;
+    return c->inflight < o->max_inflight &&
+           c->owed + c->pipe.write_queue_size <= o->pause_output;
 }
 
-/* One of c's requests is done: let parked ones go that no longer have to wait. */
-static void unpark(srv_t *s, client *c, int cls)
+/* 1 if a request of `len` line bytes must be answered busy: the waiting requests are
+ * over budget and this client already has some of them (see the header). */
+static int over_budget(const client *c, size_t len)
 {
-    if (cls == QD_REQ_WRITE)
-        c->writes_out--;
-    else
-        c->reads_out--;
-    while (c->parked && !conflicts(c, c->parked->cls)) {
-        slot *sl = c->parked;
-        c->parked = sl->qnext;
-        if (!c->parked)
-            c->parked_tail = NULL;
-        enqueue(s, sl);
+    const srv_t *s = c->srv;
+    return c->wait && (s->queued >= s->o.max_queued ||
+                       s->queued_bytes + len > s->o.max_queued_bytes);
+}
+
+/* Takes a parsed request (parsed here or by a worker): counts it, answers it at once
+ * if it needs no worker, else queues it. `queued` is 1 if it already waited as a line
+ * for a worker to parse (its bytes counted in queued_bytes, the budget checked). */
+static void admit(client *c, slot *sl, qd_req *r, size_t len, int queued)
+{
+    srv_t *s = c->srv;
+    sl->op = r->op;
+    if (r->op >= 0)
+        s->requests[r->op]++;
+    if (r->code == QD_CODE_FORBIDDEN)
+        logf_("forbidden: uid %u gid %u pid %d may not %s", (unsigned)c->peer.uid,
+              (unsigned)c->peer.gid, (int)c->peer.pid, qd_proto_op_name(r->op));
+    if (queued)
+        s->queued_bytes -= len; /* counted again below if it goes on waiting */
+    if (r->cls != QD_REQ_DONE && r->cls != QD_REQ_WRITE && c->closing) {
+        /* Parsed for a client that has gone: a read is not worth running. */
+        qd_proto_req_free(&s->proto, r);
+        s->cancelled++;
+        slot_forget(sl);
+        return;
     }
+    if (r->cls != QD_REQ_DONE && !queued && over_budget(c, len)) {
+        qd_proto_req_free(&s->proto, r);
+        slot_reply_error(sl, QD_CODE_BUSY, "too many requests are waiting; try again later");
+        return;
+    }
+    if (r->cls == QD_REQ_DONE) {
+        char *out = NULL;
+        size_t olen = 0;
+        qd_proto_reply(&s->proto, r, &out, &olen);
+        int code = r->code;
+        qd_proto_req_free(&s->proto, r);
+        slot_done(sl, out, olen, code);
+        return;
+    }
+    if (r->op == QD_OP_STATS && r->cls == QD_REQ_READ)
+        r->stats = stats_snapshot(s);
+    sl->req = r;
+    sl->cls = r->cls;
+    sl->cost = len;
+    c->owed -= sl->owed;
+    sl->owed = reply_estimate(r);
+    c->owed += sl->owed;
+    s->queued_bytes += len;
+    wait_push(s, sl);
 }
 
 static void handle_line(client *c, const char *line, size_t len)
@@ -639,58 +820,44 @@ static void handle_line(client *c, const char *line, size_t len)
         client_close(c);
         return;
     }
+    if (len > PARSE_INLINE_MAX) {
+        /* A long line: a worker parses it (see the header). Until it is back, the
+         * client's later lines wait, so that its queue stays in request order. */
+        if (over_budget(c, len)) {
+            slot_reply_error(sl, QD_CODE_BUSY, "too many requests are waiting; try again later");
+            return;
+        }
+        if (!(sl->line = qd_malloc(len))) {
+            slot_reply_error(sl, QD_CODE_INTERNAL, "out of memory");
+            return;
+        }
+        memcpy(sl->line, line, len);
+        sl->cls = CLS_PARSE;
+        sl->cost = len;
+        sl->owed = EST_REPLY_BASE;
+        c->owed += sl->owed;
+        s->queued_bytes += len;
+        c->parsing = 1;
+        wait_push(s, sl);
+        return;
+    }
     qd_req *r;
     if (qd_proto_parse(&s->proto, line, len, &c->peer, &r)) {
         slot_reply_error(sl, QD_CODE_INTERNAL, "out of memory");
         return;
     }
-    sl->op = r->op;
-    if (r->op >= 0)
-        s->requests[r->op]++;
-    if (r->code == QD_CODE_FORBIDDEN)
-        logf_("forbidden: uid %u gid %u pid %d may not %s", (unsigned)c->peer.uid,
-              (unsigned)c->peer.gid, (int)c->peer.pid, qd_proto_op_name(r->op));
-    if (r->cls != QD_REQ_DONE &&
-        (s->queued >= s->o.max_queued || s->queued_bytes + len > s->o.max_queued_bytes)) {
-        qd_proto_req_free(&s->proto, r);
-        slot_reply_error(sl, QD_CODE_BUSY, "too many requests are waiting; try again later");
-        return;
-    }
-    if (r->op == QD_OP_STATS && r->cls == QD_REQ_READ)
-        r->stats = stats_snapshot(s);
-    if (r->cls == QD_REQ_DONE) {
-        char *out = NULL;
-        size_t olen = 0;
-        qd_proto_reply(&s->proto, r, &out, &olen);
-        int code = r->code;
-        qd_proto_req_free(&s->proto, r);
-        slot_done(sl, out, olen, code);
-        return;
-    }
-    sl->req = r;
-    sl->cls = r->cls;
-    sl->cost = len;
-    s->queued_bytes += len;
-    if (c->parked || conflicts(c, sl->cls)) {
-        sl->qnext = NULL;
-        if (c->parked_tail)
-            c->parked_tail->qnext = sl;
-        else
-            c->parked = sl;
-        c->parked_tail = sl;
-    } else {
-        enqueue(s, sl);
-    }
+    admit(c, sl, r, len, 0);
 }
 
 /* Cuts complete lines out of the input buffer and handles them, as long as the client
- * has room for more requests in flight; then decides whether to read more. */
+ * has room for more requests in flight (and no line of it is being parsed by a
+ * worker); then decides whether to read more. */
 static void process_input(client *c)
 {
     srv_t *s = c->srv;
     size_t max_line = s->o.limits.max_line;
     size_t off = 0;
-    while (!c->input_closed && c->inflight < s->o.max_inflight && off < c->in_len) {
+    while (!c->input_closed && !c->parsing && may_take(c) && off < c->in_len) {
         char *start = c->in + off;
         size_t rem = c->in_len - off;
         char *nl = memchr(start, '\n', rem);
@@ -738,8 +905,9 @@ static void process_input(client *c)
         c->in_cap = 0;
     }
 
-    int want = !c->input_closed && !c->eof && s->state == S_RUNNING &&
-               c->inflight < s->o.max_inflight;
+    int open = !c->input_closed && !c->eof && s->state == S_RUNNING;
+    int want = open && !c->parsing && may_take(c);
+    c->out_paused = open && c->inflight < s->o.max_inflight && !may_take(c);
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) == 0)
             c->reading = 1;
@@ -925,12 +1093,31 @@ static void work_run(uv_work_t *req)
         }
         return;
     }
-    qd_enc_ws *ws = ws_get(s);
-    if (ws)
-        qd_proto_run(&s->proto, ws, w->reqs, w->n);
+    /* Lines to parse go back to the loop parsed (work_done), to be queued like any
+     * other request; the rest run together. */
+    size_t m = 0;
     for (size_t i = 0; i < w->n; i++) {
         slot *sl = w->slots[i];
-        qd_req *r = w->reqs[i];
+        if (sl->cls != CLS_PARSE) {
+            w->reqs[m++] = sl->req;
+            continue;
+        }
+        if (qd_proto_parse(&s->proto, sl->line, sl->cost, &sl->c->peer, &sl->req))
+            sl->req = NULL; /* out of memory: answered on the loop */
+        qd_free(sl->line);
+        sl->line = NULL;
+    }
+    if (m == 0)
+        return;
+    qd_enc_ws *ws = ws_get(s);
+    if (ws)
+        qd_proto_run(&s->proto, ws, w->reqs, m);
+    for (size_t i = 0, j = 0; i < w->n; i++) {
+        slot *sl = w->slots[i];
+        if (sl->cls == CLS_PARSE)
+            continue;
+        qd_req *r = w->reqs[j];
+        w->reqs[j++] = NULL;
         if (ws) {
             sl->code = r->code;
             qd_proto_reply(&s->proto, r, &sl->out, &sl->len);
@@ -939,7 +1126,7 @@ static void work_run(uv_work_t *req)
             qd_proto_error_line(QD_CODE_INTERNAL, "out of memory", &sl->out, &sl->len);
         }
         qd_proto_req_free(&s->proto, r);
-        w->reqs[i] = NULL;
+        sl->req = NULL;
     }
     ws_put(s, ws);
 }
@@ -970,16 +1157,43 @@ static void work_done(uv_work_t *req, int status)
         maybe_finish(s);
         return;
     }
-    if (w->kind == W_WRITE)
+    if (w->kind == W_WRITE) {
         s->write_running = 0;
-    else
+    } else {
         s->reads_running--;
+        s->heavy_running -= w->heavy;
+    }
     for (size_t i = 0; i < w->n; i++) {
         slot *sl = w->slots[i];
-        sl->req = NULL;
-        if (w->kind == W_WRITE && sl->code == QD_CODE_OK)
-            s->dirty++;
-        unpark(s, sl->c, sl->cls);
+        if (sl->cls == CLS_PARSE) {
+            /* A long line, parsed: queue it (or answer it), then take the client's
+             * later lines. The reference keeps c while its slot may be freed. */
+            client *c = sl->c;
+            qd_req *r = sl->req;
+            sl->req = NULL;
+            c->reads_out--;
+            c->parsing = 0;
+            c->refs++;
+            if (r) {
+                admit(c, sl, r, sl->cost, 1);
+            } else {
+                s->queued_bytes -= sl->cost;
+                slot_reply_error(sl, QD_CODE_INTERNAL, "out of memory");
+            }
+            if (!c->closing)
+                process_input(c);
+            client_unref(c);
+            continue;
+        }
+        if (w->kind == W_WRITE) {
+            sl->c->writes_out--;
+            if (sl->code == QD_CODE_OK)
+                s->dirty++;
+        } else {
+            sl->c->reads_out--;
+        }
+        /* The client's next request may now be free to start: the check handle's
+         * dispatch, after this round, sees it. */
         s->queued_bytes -= sl->cost;
         slot_done(sl, sl->out, sl->len, sl->code);
     }
@@ -995,6 +1209,7 @@ static work *work_new(srv_t *s, int kind, size_t n)
     w->srv = s;
     w->kind = kind;
     w->w.data = s;
+    w->cap = n;
     if (n) {
         w->slots = qd_mallocarray(n, sizeof *w->slots);
         w->reqs = qd_mallocarray(n, sizeof *w->reqs);
@@ -1008,6 +1223,7 @@ static work *work_new(srv_t *s, int kind, size_t n)
 
 static void work_add(work *w, slot *sl)
 {
+    QD_ASSERT(w->n < w->cap);
     w->slots[w->n] = sl;
     w->reqs[w->n] = sl->req;
     w->n++;
@@ -1020,35 +1236,127 @@ static int work_submit(srv_t *s, work *w)
     return rc;
 }
 
+/* 1 if a request of class cls must wait for the client's requests at work. */
+static int conflicts(const client *c, int cls)
+{
+    return cls == QD_REQ_WRITE ? c->reads_out > 0 : c->writes_out > 0;
+}
+
+/* c's next request if it may start now: a write for the writer (writer = 1), a read
+ * (query, get, stats, check without store) for a search worker; else NULL. */
+static slot *ready_head(const client *c, int writer)
+{
+    slot *h = c->wait;
+    if (!h || (h->cls == QD_REQ_WRITE) != writer)
+        return NULL;
+    /* Parsing a line changes nothing: it need not wait for anything. */
+    if (h->cls != CLS_PARSE && conflicts(c, h->cls))
+        return NULL;
+    return h;
+}
+
+/* A batch for a free search worker: round the ring from s->rcur, the next ready read
+ * of each client in turn, until the batch is full by texts, results or text bytes
+ * (the first request always fits) or no client has a read ready. A request over a cap
+ * on its own (heavy) goes alone, and with several workers at most threads - 1 heavy
+ * batches run at once, so that one worker is always there for ordinary requests.
+ * NULL if none is ready (or out of memory: everything stays queued for the next try). */
+static work *take_reads(srv_t *s)
+{
+    const qd_server_opts *o = &s->o;
+    int heavy_ok = s->heavy_running < (o->threads > 1 ? o->threads - 1 : 1);
+    work *w = NULL;
+    size_t texts = 0, results = 0, bytes = 0;
+    for (;;) {
+        int took = 0;
+        for (size_t i = s->nring; i > 0 && s->rcur; i--) {
+            client *c = s->rcur;
+            slot *h = ready_head(c, 0);
+            size_t t = 1, res = 1, b = h ? h->cost : 0; /* a line to parse, get, stats */
+            if (h && h->cls != CLS_PARSE && h->req->ntexts) {
+                const qd_req *r = h->req;
+                t = r->ntexts;
+                res = r->ntexts * r->k;
+                b = 0;
+                for (size_t j = 0; j < r->ntexts; j++)
+                    b += r->lens[j];
+            }
+            int heavy = t > o->search_batch || res > o->batch_results || b > o->batch_bytes;
+            if (!h || (heavy && !heavy_ok)) {
+                s->rcur = c->rnext;
+                continue;
+            }
+            if (w && (texts + t > o->search_batch || results + res > o->batch_results ||
+                      bytes + b > o->batch_bytes))
+                return w; /* c is first in line for the next batch */
+            if (!w) {
+                /* At most one request per text of the batch, and no more than wait. */
+                size_t cap = o->search_batch < s->queued ? o->search_batch : s->queued;
+                if (!(w = work_new(s, W_READ, cap)))
+                    return NULL;
+            }
+            s->rcur = c->rnext; /* before wait_pop, which may take c off the ring */
+            work_add(w, wait_pop(s, c));
+            if (heavy) {
+                w->heavy = 1;
+                return w;
+            }
+            texts += t;
+            results += res;
+            bytes += b;
+            took = 1;
+        }
+        if (!took)
+            return w;
+    }
+}
+
+/* A batch for the writer, from s->wcur: a write that is not an add goes alone;
+ * otherwise the next ready add of each client in turn, up to write_batch. */
+static work *take_writes(srv_t *s)
+{
+    work *w = NULL;
+    int adds = 0; /* 1 if the batch holds adds, which others may join */
+    for (;;) {
+        int took = 0;
+        for (size_t i = s->nring; i > 0 && s->wcur; i--) {
+            client *c = s->wcur;
+            slot *h = ready_head(c, 1);
+            if (!h) {
+                s->wcur = c->rnext;
+                continue;
+            }
+            int add = h->req->op == QD_OP_ADD;
+            if (w && (!adds || !add || w->n == s->o.write_batch))
+                return w;
+            if (!w) {
+                size_t cap = s->o.write_batch < s->queued ? s->o.write_batch : s->queued;
+                if (!(w = work_new(s, W_WRITE, cap)))
+                    return NULL;
+                adds = add;
+            }
+            s->wcur = c->rnext;
+            work_add(w, wait_pop(s, c));
+            took = 1;
+        }
+        if (!took)
+            return w;
+    }
+}
+
 /* Hands waiting requests to free workers (loop thread). */
 static void dispatch(srv_t *s)
 {
-    while (s->reads_running < s->o.threads && (s->q_read.n || s->q_search.n)) {
-        work *w;
-        if (s->q_read.n) {
-            if (!(w = work_new(s, W_READ, 1)))
-                return;
-            work_add(w, q_pop(&s->q_read));
-        } else {
-            size_t cap = s->q_search.n < s->o.search_batch ? s->q_search.n : s->o.search_batch;
-            if (!(w = work_new(s, W_READ, cap)))
-                return;
-            size_t texts = 0;
-            while (w->n < cap && s->q_search.head &&
-                   (w->n == 0 || texts + s->q_search.head->req->ntexts <= s->o.search_batch)) {
-                texts += s->q_search.head->req->ntexts;
-                work_add(w, q_pop(&s->q_search));
-            }
-        }
-        s->queued -= w->n;
+    work *w;
+    while (s->reads_running < s->o.threads && (w = take_reads(s)) != NULL) {
         s->reads_running++;
+        s->heavy_running += w->heavy;
         work_submit(s, w);
     }
     if (s->write_running)
         return;
     if (s->ckpt_wanted && s->dirty) {
-        work *w = work_new(s, W_CHECKPOINT, 0);
-        if (!w)
+        if (!(w = work_new(s, W_CHECKPOINT, 0)))
             return;
         s->ckpt_wanted = 0;
         w->dirty = s->dirty;
@@ -1057,20 +1365,7 @@ static void dispatch(srv_t *s)
         return;
     }
     s->ckpt_wanted = 0;
-    if (s->q_write.n) {
-        /* Consecutive adds share one transaction; anything else goes alone. */
-        size_t n = 1;
-        if (s->q_write.head->req->op == QD_OP_ADD)
-            for (slot *x = s->q_write.head->qnext; x && n < s->o.write_batch &&
-                                                   x->req->op == QD_OP_ADD;
-                 x = x->qnext)
-                n++;
-        work *w = work_new(s, W_WRITE, n);
-        if (!w)
-            return;
-        while (w->n < n)
-            work_add(w, q_pop(&s->q_write));
-        s->queued -= w->n;
+    if ((w = take_writes(s)) != NULL) {
         s->write_running = 1;
         work_submit(s, w);
     }
@@ -1292,6 +1587,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
         return qd_errf(err, errlen, QD_ERR_INVAL, "no socket path given");
     if (o->threads < 1 || o->threads > 256 || o->max_clients < 1 || o->max_inflight < 1 ||
         o->search_batch < 1 || o->write_batch < 1 || o->max_queued < 1 ||
+        o->batch_results < 1 || o->batch_bytes < 1 || o->pause_output < 1 ||
         o->limits.max_line < 16 || o->limits.max_k < 1 || o->limits.max_text < 1 ||
         o->limits.max_batch < 1 || o->limits.max_reply < 256 || o->socket_mode > 0777)
         return qd_errf(err, errlen, QD_ERR_INVAL, "server option out of range");

@@ -336,6 +336,8 @@ static void test_stats_server_part(void **state)
     r->stats->requests[QD_OP_QUERY] = 7;
     r->stats->errors[QD_CODE_BUSY] = 3;
     r->stats->clients = 2;
+    r->stats->clients_paused = 1;
+    r->stats->cancelled = 5;
     r->stats->lat_search = qd_mallocarray(4, sizeof(double));
     double lat[4] = {4, 1, 3, 2};
     memcpy(r->stats->lat_search, lat, sizeof lat);
@@ -352,6 +354,8 @@ static void test_stats_server_part(void **state)
     assert_int_equal(json_integer_value(json_object_get(st, "requests_total")), 7);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "errors"), "busy")), 3);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "clients"), "connected")), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "clients"), "paused")), 1);
+    assert_int_equal(json_integer_value(json_object_get(st, "cancelled")), 5);
     json_t *q = json_object_get(json_object_get(st, "latency_ms"), "read");
     assert_int_equal(json_integer_value(json_object_get(q, "n")), 4);
     qt_assert_near(json_number_value(json_object_get(q, "p50")), 2.0, 1e-9);

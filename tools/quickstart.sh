@@ -56,6 +56,6 @@ echo "\$ build/qdup --socket $sock query -k 5 \"$question\""
 build/qdup --socket "$sock" query -k 5 "$question"
 echo
 echo "The daemon is running (pid $(cat models/qdup.pid), log models/qdup.log). Try:"
-echo "  build/qdup --socket $sock check --id my-1 \"How do I start learning Python?\""
+echo "  build/qdup --socket $sock check my-1 \"How do I start learning Python?\""
 echo "  build/qdup --socket $sock stats"
 echo "Stop it with: kill \$(cat models/qdup.pid)"

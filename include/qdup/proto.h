@@ -89,10 +89,12 @@ void qd_proto_limits_default(qd_proto_limits *l);
 typedef struct qd_proto {
     const qd_backend *be;   /* the store */
     qd_proto_limits lim;    /* size limits */
-    size_t search_pad;      /* pad each search call to at least this many queries (0:
-                               none). FAISS's exact search switches from one scan per
-                               query to one matrix product for all of them at 20
-                               queries, so 20 queries cost about what 1 does. */
+    size_t search_pad;      /* pad each search call of 2 or more queries to at least
+                               this many (0: none). FAISS's exact search switches from
+                               one scan per query to one matrix product for all of
+                               them at its BLAS threshold (qd_ann_set_blas_threshold,
+                               20 by default), which can make 20 queries cost what 2
+                               do; at a threshold of 1 padding only adds work. */
 } qd_proto;
 
 /* The operations, in the order of the command table. */
@@ -162,7 +164,10 @@ typedef struct qd_proto_stats {
     uint64_t clients_total;            /* accepted since start */
     uint64_t clients_refused;          /* turned away (too many, not the owner) */
     uint64_t clients_dropped;          /* dropped for not reading their replies */
+    uint64_t clients_paused;           /* not read from now: owed too many reply bytes */
     uint64_t queued;                   /* requests waiting for a worker now */
+    uint64_t cancelled;                /* waiting requests dropped unrun because their
+                                          client went away, since start */
     uint64_t unsaved_writes;           /* writes since the last checkpoint */
     uint64_t checkpoints;              /* checkpoints written since start */
     int threads;                       /* search workers */

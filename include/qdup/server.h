@@ -3,13 +3,14 @@
  * proto.h, work on libuv's thread pool.
  *
  * One event loop thread owns every handle: it accepts clients, reads and parses their
- * lines, queues the work, and writes the replies back in request order. Queries wait
- * in one queue and whichever search worker is free takes all of them (up to a batch
- * size) and runs them as one encoding pass and one search; get, stats and check
- * without store run one by one on those workers; writes (add, remove, check with
- * store) go through a single writer, consecutive adds in one transaction, so that no
- * more than one pool thread ever waits on the store's write lock. See server.c for
- * back-pressure, limits, access control and shutdown.
+ * lines, queues the work, and writes the replies back in request order. Each client
+ * has its own queue; a free search worker takes the next request of each client in
+ * turn (round robin) into one batch, capped by texts, results and text bytes, and
+ * runs it as one encoding pass and one search per (k, min_score); writes (add,
+ * remove, check with store) go through a single writer, round robin too, consecutive
+ * adds in one transaction, so that no more than one pool thread ever waits on the
+ * store's write lock. A client that does not read its replies stops being read. See
+ * server.c for scheduling, back-pressure, limits, access control and shutdown.
  */
 #ifndef QDUP_SERVER_H
 #define QDUP_SERVER_H
@@ -39,6 +40,13 @@ typedef struct qd_server_opts {
     size_t max_queued_bytes;  /* line bytes of the requests waiting, all clients;
                                  past it new ones are answered busy (64 MiB) */
     size_t search_batch;      /* most texts encoded and searched together (64) */
+    size_t batch_results;     /* most results (k for each text) in one batch, unless
+                                 a single request asks for more (1000) */
+    size_t batch_bytes;       /* most bytes of question text in one batch, unless a
+                                 single request has more (4 KiB) */
+    size_t pause_output;      /* a client owed more reply bytes than this (unsent,
+                                 or estimated for requests not yet answered) is not
+                                 read from until it takes some (256 KiB) */
     size_t write_batch;       /* most adds committed together (256) */
     double checkpoint_s;      /* seconds between checkpoints while there are writes
                                  (30; 0: only at shutdown) */
