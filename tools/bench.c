@@ -39,6 +39,8 @@
 #include "qdup/tok.h"
 #include "qdup/train.h"
 
+#include "bench.h"
+
 #define PROG "qdup-bench"
 
 #ifndef QDUP_TOOLS_DIR
@@ -53,6 +55,8 @@ static const char usage[] =
     "       " PROG " train [--data DIR] [--epochs N] [--threads N] [--seed N] [--out MODEL]\n"
     "                  [--torch-lstm packed|padded] [--no-torch] [--torch-script PATH]\n"
     "                  [--python PATH]\n"
+    "       " PROG " search --db DB --queries FILE [-n N] [-k K] [--param NAME=V]...\n"
+    "                  (latency and recall of a store's index: " PROG " search --help)\n"
     "\n"
     "encode: embeds every question of a dump (e.g. ../shared/data/quora/questions.tsv)\n"
     "  with qd_enc_texts_parallel: one warm-up pass, then --runs timed passes (default 3);\n"
@@ -204,14 +208,14 @@ static int write_tokens(const char *path, const qd_tokseqs *s, const uint8_t *la
 }
 
 /* Tokenizes n texts with m's tokenizer into s. */
-static int tokenize(const qd_model *m, const char *const *texts, const size_t *lens, size_t n,
+static int tokenize(const qd_model *m, const char *const *qs, const size_t *lens, size_t n,
                     qd_tokseqs *s)
 {
     qd_tokbuf tb;
     qd_tokbuf_init(&tb);
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++)
-        rc = qd_tok_encode(qd_model_vocab(m), &qd_model_header(m)->tok, &tb, texts[i], lens[i],
+        rc = qd_tok_encode(qd_model_vocab(m), &qd_model_header(m)->tok, &tb, qs[i], lens[i],
                            s);
     qd_tokbuf_free(&tb);
     if (rc)
@@ -352,22 +356,14 @@ static const char *jstr(const json_t *o, const char *key)
 /* --- encode -------------------------------------------------------------------------------- */
 
 /* The questions of a dump, copied out of the reader. */
-typedef struct texts {
-    size_t n;              /* questions */
-    const char **text;     /* (n) into arena */
-    size_t *len;           /* (n) byte lengths */
-    char *arena;           /* texts, NUL-terminated, back to back */
-    size_t skipped;        /* malformed records */
-} texts;
-
-static void texts_free(texts *t)
+void texts_free(texts *t)
 {
     qd_free(t->text);
     qd_free(t->len);
     qd_free(t->arena);
 }
 
-static int load_texts(const char *path, texts *t)
+int load_texts(const char *path, texts *t)
 {
     memset(t, 0, sizeof *t);
     char err[QD_ERRMSG_MAX];
@@ -836,8 +832,10 @@ int main(int argc, char **argv)
         fputs(usage, stdout);
         return 0;
     }
+    if (argc >= 2 && strcmp(argv[1], "search") == 0)
+        return bench_search_main(argc - 1, argv + 1);
     if (argc < 2 || (strcmp(argv[1], "encode") != 0 && strcmp(argv[1], "train") != 0)) {
-        fprintf(stderr, PROG ": expected a command, encode or train%s%s%s (see --help)\n",
+        fprintf(stderr, PROG ": expected a command, encode, train or search%s%s%s (see --help)\n",
                 argc >= 2 ? ", got \"" : "", argc >= 2 ? argv[1] : "", argc >= 2 ? "\"" : "");
         return 2;
     }
