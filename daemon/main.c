@@ -48,6 +48,8 @@ typedef struct cfg {
     int ephemeral;           /* --ephemeral */
     long search_pad;         /* --search-pad; -1: decided from the index kind */
     long blas_threshold;     /* --blas-threshold; -1: decided from the index kind */
+    const char *params[8];   /* --param NAME=VALUE, applied after the store opens */
+    size_t nparams;
     uint32_t uids[64];       /* --write-uids */
     char *strs[64];          /* strings copied from a config file, freed at exit */
     size_t nstrs;
@@ -228,6 +230,41 @@ static int set_idle_timeout(cfg *c, const char *v, char *err, size_t errlen)
     return 0;
 }
 
+static int set_param(cfg *c, const char *v, char *err, size_t errlen)
+{
+    const char *eq = strchr(v, '=');
+    if (!eq || eq == v || eq[1] == '\0')
+        return qd_errf(err, errlen, QD_ERR_INVAL, "expected NAME=VALUE, e.g. nprobe=16");
+    if (c->nparams == sizeof c->params / sizeof c->params[0])
+        return qd_errf(err, errlen, QD_ERR_RANGE, "at most %zu of them",
+                       sizeof c->params / sizeof c->params[0]);
+    c->params[c->nparams++] = v;
+    return 0;
+}
+
+/* Sets each --param on the opened store; names the one FAISS refuses. */
+static int apply_params(const cfg *c, qd_store *store)
+{
+    for (size_t i = 0; i < c->nparams; i++) {
+        const char *p = c->params[i], *eq = strchr(p, '=');
+        char name[64], *end;
+        errno = 0;
+        double v = strtod(eq + 1, &end);
+        if ((size_t)(eq - p) >= sizeof name || *end || errno) {
+            fprintf(stderr, "qdup-daemon: --param %s: expected NAME=VALUE, e.g. nprobe=16\n",
+                    p);
+            return -1;
+        }
+        snprintf(name, sizeof name, "%.*s", (int)(eq - p), p);
+        if (qd_store_set_param(store, name, v) != 0) {
+            fprintf(stderr, "qdup-daemon: --param %s: %s\n", p, qd_store_errmsg(store));
+            return -1;
+        }
+        fprintf(stderr, "qdup-daemon: search parameter %s\n", p);
+    }
+    return 0;
+}
+
 /* A list of uids or user names, comma-separated. */
 static int set_write_uids(cfg *c, const char *v, char *err, size_t errlen)
 {
@@ -330,6 +367,9 @@ static const opt options[] = {
      "FAISS's exact search computes a search call of N or more queries as one matrix "
      "product, process-wide (default 1 for a Flat index, measured cheaper even for one "
      "query; else FAISS's 20; 0: FAISS's 20)"},
+    {"param", "NAME=VALUE", set_param,
+     "FAISS search parameter of the index, e.g. nprobe=16 (IVF: lists visited per "
+     "query), efSearch=64 (HNSW: candidates kept); repeatable"},
     {"write-batch", "N", set_write_batch, "most adds committed together (default 256)"},
     {"checkpoint-interval", "SECONDS", set_checkpoint,
      "save the index this often while it changes (default 30; 0: only at shutdown)"},
@@ -604,9 +644,9 @@ int main(int argc, char **argv)
         goto out;
     }
     if (!c.so.socket_path || (!c.db && !c.ephemeral) || (c.db && c.ephemeral) ||
-        (c.ephemeral && !c.model)) {
-        fprintf(stderr, "qdup-daemon: need --db DB (or --ephemeral --model MODEL) and "
-                "--socket PATH (see --help)\n");
+        (c.ephemeral && (!c.model || c.nparams))) {
+        fprintf(stderr, "qdup-daemon: need --db DB (or --ephemeral --model MODEL, which "
+                "takes no --param) and --socket PATH (see --help)\n");
         status = 2;
         goto out;
     }
@@ -634,6 +674,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "qdup-daemon: %s\n", err[0] ? err : qd_strerror(rc));
             goto out;
         }
+        if (apply_params(&c, store))
+            goto out;
         store_backend(store, &be);
         qd_store_info info;
         if (qd_store_get_info(store, &info) == 0) {

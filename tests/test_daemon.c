@@ -343,11 +343,11 @@ static void qtext(char *buf, size_t n, unsigned i)
              2 + (i * 7 + 1) % 38);
 }
 
-/* Makes a store at db holding ids s<i>, texts qtext(i), for i < n. */
-static void make_store(const char *db, unsigned n)
+/* A store of n questions qtext(0..n-1), ids s0.., with index kind spec (NULL: Flat). */
+static void make_store_spec(const char *db, unsigned n, const char *spec)
 {
     char err[QD_ERRMSG_MAX];
-    qd_store_opts o = {.model_path = model_path, .threads = 1};
+    qd_store_opts o = {.model_path = model_path, .index_spec = spec, .threads = 1};
     qd_store *s;
     if (qd_store_create(db, &o, &s, err, sizeof err))
         fail_msg("qd_store_create: %s", err);
@@ -367,6 +367,11 @@ static void make_store(const char *db, unsigned n)
     free(ids);
     free(texts);
     free(res);
+}
+
+static void make_store(const char *db, unsigned n)
+{
+    make_store_spec(db, n, NULL);
 }
 
 /* --- the shared daemon ---------------------------------------------------------------- */
@@ -1216,6 +1221,42 @@ static void test_model_mismatch(void **state)
     assert_int_equal(stop_daemon(pid, SIGTERM), 0);
 }
 
+/* --param sets a FAISS search parameter; one the index kind does not have is refused
+ * at start, naming it. */
+static void test_search_param(void **state)
+{
+    (void)state;
+    char flat[4096], hnsw[4096], sock[4096], log[4096];
+    snprintf(flat, sizeof flat, "%s", qt_path(qt_tmp_dir(), "param-flat.db"));
+    snprintf(hnsw, sizeof hnsw, "%s", qt_path(qt_tmp_dir(), "param-hnsw.db"));
+    snprintf(sock, sizeof sock, "%s", qt_path(qt_tmp_dir(), "param.sock"));
+    snprintf(log, sizeof log, "%s", qt_path(qt_tmp_dir(), "param.log"));
+    make_store(flat, 10);
+    make_store_spec(hnsw, 40, "HNSW8");
+    const char *bad[] = {"--db", flat, "--param", "nprobe=4", NULL};
+    int st = 0;
+    assert_int_equal(start_daemon(sock, log, bad, &st), -1);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    assert_true(file_has(log, "--param nprobe=4: parameter nprobe does not apply"));
+    const char *malformed[] = {"--db", hnsw, "--param", "efSearch", NULL};
+    assert_int_equal(start_daemon(sock, log, malformed, &st), -1);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    const char *good[] = {"--db", hnsw, "--param", "efSearch=40", NULL};
+    pid_t pid = start_daemon(sock, log, good, NULL);
+    assert_true(file_has(log, "search parameter efSearch=40"));
+    conn c;
+    assert_int_equal(conn_open(&c, sock), 0);
+    char t[64];
+    qtext(t, sizeof t, 7);
+    json_t *j = rpcf(&c, "{\"op\":\"query\",\"text\":\"%s\",\"k\":1}", t);
+    assert_true(is_ok(j));
+    json_t *r0 = json_array_get(json_object_get(j, "results"), 0);
+    assert_string_equal(json_string_value(json_object_get(r0, "id")), "s7");
+    json_decref(j);
+    conn_close(&c);
+    assert_int_equal(stop_daemon(pid, SIGTERM), 0);
+}
+
 /* Options from a config file; the command line wins. */
 static void test_config_file(void **state)
 {
@@ -1827,6 +1868,7 @@ int main(void)
         cmocka_unit_test(test_socket_path_guard),
         cmocka_unit_test(test_periodic_checkpoint),
         cmocka_unit_test(test_model_mismatch),
+        cmocka_unit_test(test_search_param),
         cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_forbidden_writes),
         cmocka_unit_test(test_forbidden_store_unchanged),
