@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "qdup/common.h"
+#include "model_impl.h"
 #include "train_impl.h"
 
 int qd_adam_init(qd_adam *a, size_t n, float lr)
@@ -37,21 +38,34 @@ void qd_adam_free(qd_adam *a)
     a->m = a->v = NULL;
 }
 
-void qd_adam_step(qd_adam *a, float *p, const float *grad)
+void qd_adam_begin(qd_adam *a)
 {
     a->step++;
-    float b1 = (float)a->beta1, b2 = (float)a->beta2, wd = a->weight_decay, eps = a->eps;
     /* Bias corrections in double, as PyTorch computes them in Python floats. */
-    double bc1d = 1.0 - pow(a->beta1, (double)a->step);
-    float bc2 = (float)sqrt(1.0 - pow(a->beta2, (double)a->step));
-    float step = (float)(a->lr / bc1d);
-    float *m = a->m, *v = a->v;
-    for (size_t i = 0; i < a->n; i++) {
+    a->step_size = (float)(a->lr / (1.0 - pow(a->beta1, (double)a->step)));
+    a->bc2 = (float)sqrt(1.0 - pow(a->beta2, (double)a->step));
+}
+
+/* Vectorizes (adam.c is built with -O3 -fno-math-errno: sqrtf as one instruction);
+ * the same IEEE operations in the same order as the scalar loop, so the same bits. */
+QD_CLONES void qd_adam_update(const qd_adam *a, float *restrict p, const float *restrict grad,
+                              size_t lo, size_t hi)
+{
+    float b1 = (float)a->beta1, b2 = (float)a->beta2, wd = a->weight_decay, eps = a->eps;
+    float step = a->step_size, bc2 = a->bc2;
+    float *restrict m = a->m, *restrict v = a->v;
+    for (size_t i = lo; i < hi; i++) {
         float g = grad[i] + wd * p[i];
         m[i] = b1 * m[i] + (1.0f - b1) * g;
         v[i] = b2 * v[i] + (1.0f - b2) * g * g;
         p[i] -= step * m[i] / (sqrtf(v[i]) / bc2 + eps);
     }
+}
+
+void qd_adam_step(qd_adam *a, float *p, const float *grad)
+{
+    qd_adam_begin(a);
+    qd_adam_update(a, p, grad, 0, a->n);
 }
 
 double qd_clip_grad_norm(float *grad, size_t n, double max_norm)

@@ -70,11 +70,6 @@ void qd_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const fl
 
 /* --- activations ------------------------------------------------------------------------ */
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define QD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define QD_CLONES
-#endif
 
 /* exp(x) to about 1 ulp for x in [-87, 88], written so that loops over it vectorize:
  * x = n ln2 + r with |r| <= ln2/2 (n rounded by the 1.5 * 2^23 trick, ln2 split in two

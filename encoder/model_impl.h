@@ -7,6 +7,14 @@
 
 #include "qdup/model.h"
 
+/* Element-wise loops built for AVX-512, AVX2 and plain x86-64, the best chosen at load
+ * time (GCC's function multi-versioning; not under ASan, which it trips). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define QD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define QD_CLONES
+#endif
+
 struct qd_model {
     qd_model_hdr hdr;     /* dimensions and tokenizer settings */
     qd_vocab *vocab;      /* ids 0 .. V-1 */

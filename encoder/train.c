@@ -8,8 +8,9 @@
  *   1. each thread encodes its contiguous slice of the batch (forward, activations kept);
  *   2. thread 0 computes the loss and its gradient w.r.t. every vector of the batch;
  *   3. each thread backpropagates its slice into its own gradient buffer;
- * then thread 0 sums the buffers in thread order, clips, and takes an Adam step. The
- * slices depend only on the batch size and thread count, so a run is reproducible.
+ * then thread 0 sums the buffers in thread order and clips, and each thread takes the
+ * Adam step of its slice of the parameters. The slices depend only on the batch size
+ * and thread count, so a run is reproducible.
  */
 #include "qdup/train.h"
 
@@ -230,6 +231,16 @@ static void phase_backward(void *arg, int tid)
                              &w->bwd, &w->grads);
 }
 
+/* Thread tid's share of the Adam update, 16-float aligned. */
+static void phase_adam(void *arg, int tid)
+{
+    trainer *t = arg;
+    size_t n = t->adam.n, parts = (size_t)t->pool.n;
+    size_t lo = n * (size_t)tid / parts & ~(size_t)15;
+    size_t hi = tid + 1 == t->pool.n ? n : n * (size_t)(tid + 1) / parts & ~(size_t)15;
+    qd_adam_update(&t->adam, t->m->param_data, t->w[0].grads.data, lo, hi);
+}
+
 static int check_workers(trainer *t)
 {
     for (int i = 0; i < t->pool.n; i++)
@@ -347,7 +358,8 @@ static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
         qd_grads_add(g, &t->w[i].grads);
     if (t->o->clip > 0)
         qd_clip_grad_norm(g->data, g->nparams, t->o->clip);
-    qd_adam_step(&t->adam, t->m->param_data, g->data);
+    qd_adam_begin(&t->adam);
+    pool_run(&t->pool, phase_adam, t);
     return 0;
 }
 

@@ -42,6 +42,8 @@ typedef struct qd_adam {
     float eps;          /* added to sqrt(v_hat) */
     float weight_decay; /* L2 coefficient (0: none) */
     long step;          /* steps taken */
+    float step_size;    /* this step's lr / (1 - beta1^step) (qd_adam_begin) */
+    float bc2;          /* this step's sqrt(1 - beta2^step) */
     size_t n;           /* parameters */
     float *m;           /* (n) first moments */
     float *v;           /* (n) second moments */
@@ -51,6 +53,11 @@ int qd_adam_init(qd_adam *a, size_t n, float lr);
 void qd_adam_free(qd_adam *a);
 /* One update of params (n) with gradients grad (n). */
 void qd_adam_step(qd_adam *a, float *params, const float *grad);
+/* The same in parts, for several threads: qd_adam_begin() counts the step, then
+ * qd_adam_update() on disjoint ranges [lo, hi) covering 0 .. n, in any order or at
+ * once, gives what qd_adam_step() does. */
+void qd_adam_begin(qd_adam *a);
+void qd_adam_update(const qd_adam *a, float *params, const float *grad, size_t lo, size_t hi);
 
 /* Scales grad (n) so its L2 norm is at most max_norm, as torch.nn.utils.clip_grad_norm_
  * does; returns the norm before clipping. */
