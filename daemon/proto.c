@@ -724,54 +724,24 @@ void qd_proto_run(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n)
 /* --- replies ------------------------------------------------------------------------ */
 
 /* Copies s[0..n) with every ill-formed UTF-8 sequence replaced by U+FFFD (one per
- * maximal subpart, as tok.h decodes). */
+ * maximal subpart, as qd_utf8_decode takes them). */
 static char *utf8_repair(const char *s, size_t n, size_t *outlen)
 {
     char *o = qd_mallocarray(n + 1, 3);
     if (!o)
         return NULL;
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0, k = 0;
-    while (i < n) {
-        unsigned c = u[i];
-        size_t need = 0;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c < 0x80) {
-            o[k++] = (char)c;
-            i++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            need = 1;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            need = 2;
-            if (c == 0xE0)
-                lo = 0xA0;
-            if (c == 0xED)
-                hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            need = 3;
-            if (c == 0xF0)
-                lo = 0x90;
-            if (c == 0xF4)
-                hi = 0x8F;
-        }
-        size_t j = 1;
-        if (need) {
-            for (; j <= need && i + j < n; j++) {
-                unsigned b = u[i + j];
-                if (b < (j == 1 ? lo : 0x80) || b > (j == 1 ? hi : 0xBF))
-                    break;
-            }
-        }
-        if (need && j == need + 1) {
-            memcpy(o + k, s + i, need + 1);
-            k += need + 1;
-            i += need + 1;
-        } else {
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        int32_t cp;
+        size_t len = qd_utf8_decode((const unsigned char *)s + i, n - i, &cp);
+        if (cp < 0) {
             memcpy(o + k, "\xEF\xBF\xBD", 3);
             k += 3;
-            i += need ? j : 1; /* a maximal subpart, or the one bad byte */
+        } else {
+            memcpy(o + k, s + i, len);
+            k += len;
         }
+        i += len;
     }
     o[k] = '\0';
     *outlen = k;

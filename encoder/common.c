@@ -139,3 +139,46 @@ double qd_now(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+size_t qd_utf8_decode(const unsigned char *s, size_t n, int32_t *cp)
+{
+    unsigned b0 = s[0], lo = 0x80, hi = 0xBF;
+    size_t need;
+    int32_t c;
+    if (b0 < 0x80) {
+        *cp = (int32_t)b0;
+        return 1;
+    } else if (b0 >= 0xC2 && b0 <= 0xDF) {
+        need = 1;
+        c = (int32_t)(b0 & 0x1F);
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+        need = 2;
+        c = (int32_t)(b0 & 0x0F);
+        if (b0 == 0xE0)
+            lo = 0xA0; /* shorter forms are overlong */
+        else if (b0 == 0xED)
+            hi = 0x9F; /* ED A0..BF would be a surrogate */
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+        need = 3;
+        c = (int32_t)(b0 & 0x07);
+        if (b0 == 0xF0)
+            lo = 0x90; /* overlong */
+        else if (b0 == 0xF4)
+            hi = 0x8F; /* beyond U+10FFFF */
+    } else {
+        /* A continuation byte without a lead, C0/C1 (always overlong) or F5..FF. */
+        *cp = -1;
+        return 1;
+    }
+    for (size_t i = 1; i <= need; i++) {
+        if (i >= n || s[i] < lo || s[i] > hi) {
+            *cp = -1;
+            return i;
+        }
+        c = (c << 6) | (int32_t)(s[i] & 0x3F);
+        lo = 0x80;
+        hi = 0xBF;
+    }
+    *cp = c;
+    return need + 1;
+}

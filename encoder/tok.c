@@ -92,51 +92,14 @@ static const uint8_t category_class[30] = {
 
 /* --- UTF-8 ---------------------------------------------------------------------------- */
 
-/* Decodes the sequence that starts at s[0] (n >= 1 bytes available, s[0] >= 0x80) into
- * *cp and returns the bytes it takes. An ill-formed sequence gives U+FFFD for its
- * maximal subpart (Unicode 15, section 3.9, "U+FFFD Substitution of Maximal Subparts",
- * also what Python's and the WHATWG decoders do): the longest prefix that could still
- * begin a well-formed sequence is replaced as a whole, so a truncated "E2 82" is one
- * U+FFFD, while an overlong "C0 AF", a surrogate "ED A0 80" or any byte F5..FF give
- * one U+FFFD per byte. Never reads s[n] or beyond. */
+/* Decodes one sequence (s[0] >= 0x80) as qd_utf8_decode does, an ill-formed one as
+ * U+FFFD. */
 static size_t utf8_decode(const unsigned char *s, size_t n, int32_t *cp)
 {
-    unsigned b0 = s[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-    int32_t c;
-    if (b0 >= 0xC2 && b0 <= 0xDF) {
-        need = 1;
-        c = (int32_t)(b0 & 0x1F);
-    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-        need = 2;
-        c = (int32_t)(b0 & 0x0F);
-        if (b0 == 0xE0)
-            lo = 0xA0; /* shorter forms are overlong */
-        else if (b0 == 0xED)
-            hi = 0x9F; /* ED A0..BF would be a surrogate */
-    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-        need = 3;
-        c = (int32_t)(b0 & 0x07);
-        if (b0 == 0xF0)
-            lo = 0x90; /* overlong */
-        else if (b0 == 0xF4)
-            hi = 0x8F; /* beyond U+10FFFF */
-    } else {
-        /* A continuation byte without a lead, C0/C1 (always overlong) or F5..FF. */
+    size_t len = qd_utf8_decode(s, n, cp);
+    if (*cp < 0)
         *cp = REPLACEMENT_CHAR;
-        return 1;
-    }
-    for (size_t i = 1; i <= need; i++) {
-        if (i >= n || s[i] < lo || s[i] > hi) {
-            *cp = REPLACEMENT_CHAR;
-            return i;
-        }
-        c = (c << 6) | (int32_t)(s[i] & 0x3F);
-        lo = 0x80;
-        hi = 0xBF;
-    }
-    *cp = c;
-    return need + 1;
+    return len;
 }
 
 /* Writes cp (a valid scalar value) as UTF-8 into d; returns its length. */
@@ -164,6 +127,7 @@ static size_t utf8_encode(int32_t cp, char *d)
     d[3] = (char)(0x80 | (c & 0x3F));
     return 4;
 }
+
 
 /* Decodes text we wrote ourselves (well-formed) at s[0..n). */
 static int32_t utf8_decode_trusted(const unsigned char *s, size_t n)

@@ -235,48 +235,20 @@ static int file_crc(const char *path, uint32_t *crc, uint64_t *size)
 }
 
 /* 1 if s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code points past
- * U+10FFFY); *ctl gets 1 if it holds a C0 control character or DEL, *nul 1 if a NUL. */
+ * U+10FFFF); *ctl gets 1 if it holds a C0 control character or DEL, *nul 1 if a NUL. */
 static int utf8_ok(const char *s, size_t n, int *ctl, int *nul)
 {
     const unsigned char *p = (const unsigned char *)s;
     *ctl = *nul = 0;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = p[i];
-        if (c < 0x80) {
-            if (c == 0)
-                *nul = 1;
-            if (c < 0x20 || c == 0x7f)
-                *ctl = 1;
-            i++;
-            continue;
-        }
-        size_t len;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF)
-            len = 2;
-        else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            if (c == 0xE0)
-                lo = 0xA0;
-            if (c == 0xED)
-                hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            if (c == 0xF0)
-                lo = 0x90;
-            if (c == 0xF4)
-                hi = 0x8F;
-        } else
+    for (size_t i = 0; i < n;) {
+        int32_t cp;
+        i += qd_utf8_decode(p + i, n - i, &cp);
+        if (cp < 0)
             return 0;
-        if (n - i < len)
-            return 0;
-        if (p[i + 1] < lo || p[i + 1] > hi)
-            return 0;
-        for (size_t k = 2; k < len; k++)
-            if (p[i + k] < 0x80 || p[i + k] > 0xBF)
-                return 0;
-        i += len;
+        if (cp == 0)
+            *nul = 1;
+        if (cp < 0x20 || cp == 0x7f)
+            *ctl = 1;
     }
     return 1;
 }

@@ -51,6 +51,51 @@ static void test_hash64_known_values(void **state)
     assert_true(qd_hash64(QD_HASH64_INIT, "a", 1) == 0xaf63dc4c8601ec8cULL);
 }
 
+/* Decodes all of s (n bytes) into cps/lens; returns the number of sequences. */
+static size_t decode_all(const char *s, size_t n, int32_t *cps, size_t *lens)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; k++) {
+        lens[k] = qd_utf8_decode((const unsigned char *)s + i, n - i, &cps[k]);
+        assert_true(lens[k] >= 1 && lens[k] <= n - i);
+        i += lens[k];
+    }
+    return k;
+}
+
+static void test_utf8_decode(void **state)
+{
+    (void)state;
+    int32_t cp[16];
+    size_t len[16];
+    /* Well-formed: one to four bytes, the last scalar value. */
+    assert_int_equal(decode_all("a\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\xF4\x8F\xBF\xBF", 14, cp, len), 5);
+    int32_t want[] = {'a', 0xE9, 0x20AC, 0x1F600, 0x10FFFF};
+    size_t wlen[] = {1, 2, 3, 4, 4};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(cp[i], want[i]);
+        assert_int_equal(len[i], wlen[i]);
+    }
+    /* A truncated sequence is one maximal subpart, also at the end of the input. */
+    assert_int_equal(decode_all("\xE2\x82" "b", 3, cp, len), 2);
+    assert_int_equal(cp[0], -1);
+    assert_int_equal(len[0], 2);
+    assert_int_equal(cp[1], 'b');
+    assert_int_equal(decode_all("\xF0\x9F\x98", 3, cp, len), 1);
+    assert_int_equal(len[0], 3);
+    /* Overlong, surrogate, past U+10FFFF, stray continuation, F5..FF: one per byte. */
+    const char *bad[] = {"\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "\x80\xBF", "\xF5\xFF"};
+    size_t nbad[] = {2, 3, 4, 2, 2};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(decode_all(bad[i], nbad[i], cp, len), nbad[i]);
+        for (size_t j = 0; j < nbad[i]; j++)
+            assert_int_equal(cp[j], -1);
+    }
+    /* NUL is a code point like any other. */
+    assert_int_equal(decode_all("\0", 1, cp, len), 1);
+    assert_int_equal(cp[0], 0);
+}
+
 static void test_atomic_write_and_read(void **state)
 {
     (void)state;
@@ -85,6 +130,7 @@ int main(void)
         cmocka_unit_test(test_crc32_known_values),
         cmocka_unit_test(test_hash64_known_values),
         cmocka_unit_test(test_atomic_write_and_read),
+        cmocka_unit_test(test_utf8_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

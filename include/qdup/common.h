@@ -75,6 +75,16 @@ void qd_alloc_fail_after(long n, int sticky);
 /* Monotonic clock in seconds. */
 double qd_now(void);
 
+/* Decodes the UTF-8 sequence at s[0] (n >= 1 bytes available) and returns the bytes
+ * it takes, with the code point in *cp, or -1 in *cp for an ill-formed sequence. An
+ * ill-formed sequence takes its maximal subpart (Unicode 15, section 3.9, "U+FFFD
+ * Substitution of Maximal Subparts", what Python's and the WHATWG decoders replace as
+ * one): the longest prefix that could still begin a well-formed sequence, so a
+ * truncated "E2 82" is one, while an overlong "C0 AF", a surrogate "ED A0 80" or any
+ * byte F5..FF is one per byte. Never reads s[n] or beyond. The one UTF-8 decoder of
+ * the tokenizer, the store's checks and the daemon's replies. */
+size_t qd_utf8_decode(const unsigned char *s, size_t n, int32_t *cp);
+
 #ifdef __cplusplus
 }
 #endif
