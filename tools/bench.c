@@ -40,6 +40,7 @@
 #include "qdup/train.h"
 
 #include "bench.h"
+#include "texts.h"
 
 #define PROG "qdup-bench"
 
@@ -355,92 +356,6 @@ static const char *jstr(const json_t *o, const char *key)
 
 /* --- encode -------------------------------------------------------------------------------- */
 
-/* The questions of a dump, copied out of the reader. */
-void texts_free(texts *t)
-{
-    qd_free(t->text);
-    qd_free(t->len);
-    qd_free(t->arena);
-}
-
-int load_texts(const char *path, texts *t)
-{
-    memset(t, 0, sizeof *t);
-    char err[QD_ERRMSG_MAX];
-    qd_dump *d;
-    int rc = qd_dump_open(path, NULL, &d, err, sizeof err);
-    if (rc) {
-        fprintf(stderr, PROG ": %s\n", err);
-        return rc;
-    }
-    size_t cap = 0, used = 0, acap = 0;
-    size_t *off = NULL;
-    qd_dump_rec rec;
-    for (;;) {
-        int r = qd_dump_next(d, &rec);
-        if (r == 0)
-            break;
-        if (r == QD_ERR_FORMAT) {
-            if (t->skipped++ < 5)
-                fprintf(stderr, PROG ": warning: %s (skipped)\n", qd_dump_errmsg(d));
-            continue;
-        }
-        if (r < 0) {
-            fprintf(stderr, PROG ": %s\n", qd_dump_errmsg(d));
-            rc = r;
-            goto fail;
-        }
-        if (t->n == cap) {
-            size_t nc = cap ? cap * 2 : 4096;
-            size_t *l2 = qd_reallocarray(t->len, nc, sizeof *l2);
-            if (l2)
-                t->len = l2;
-            size_t *o2 = qd_reallocarray(off, nc, sizeof *o2);
-            if (o2)
-                off = o2;
-            if (!l2 || !o2)
-                goto nomem;
-            cap = nc;
-        }
-        if (used + rec.text_len + 1 > acap) {
-            size_t na = acap ? acap : 1 << 20;
-            while (na < used + rec.text_len + 1)
-                na *= 2;
-            char *a = qd_realloc(t->arena, na);
-            if (!a)
-                goto nomem;
-            t->arena = a;
-            acap = na;
-        }
-        memcpy(t->arena + used, rec.text, rec.text_len + 1);
-        t->len[t->n] = rec.text_len;
-        off[t->n++] = used;
-        used += rec.text_len + 1;
-    }
-    qd_dump_close(d);
-    d = NULL;
-    if (t->n == 0) {
-        fprintf(stderr, PROG ": %s: no questions\n", path);
-        rc = QD_ERR_FORMAT;
-        goto fail;
-    }
-    t->text = qd_mallocarray(t->n, sizeof *t->text);
-    if (!t->text)
-        goto nomem;
-    for (size_t i = 0; i < t->n; i++)
-        t->text[i] = t->arena + off[i];
-    qd_free(off);
-    return 0;
-nomem:
-    fprintf(stderr, PROG ": %s: out of memory\n", path);
-    rc = QD_ERR_NOMEM;
-fail:
-    qd_free(off);
-    qd_dump_close(d);
-    texts_free(t);
-    return rc;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -457,7 +372,7 @@ static int cmd_encode(const bench_opts *o)
 {
     char err[QD_ERRMSG_MAX];
     qd_model *m = NULL;
-    texts t = {0};
+    qd_texts t = {0};
     float *out = NULL;
     double *rates = NULL;
     json_t *tr = NULL;
@@ -468,7 +383,7 @@ static int cmd_encode(const bench_opts *o)
         fprintf(stderr, PROG ": %s\n", err);
         goto done;
     }
-    if (load_texts(o->input, &t) != 0)
+    if (qd_texts_load(PROG, o->input, NULL, &t) != 0)
         goto done;
     int threads = o->threads;
     if (threads <= 0) {
@@ -570,7 +485,7 @@ done:
     qd_tokseqs_free(&s);
     qd_free(rates);
     qd_free(out);
-    texts_free(&t);
+    qd_texts_free(&t);
     qd_model_free(m);
     return status;
 }

@@ -30,6 +30,7 @@
 #include "qdup/store.h"
 
 #include "bench.h"
+#include "texts.h"
 
 #define PROG "qdup-bench search"
 #define WARMUP 50
@@ -233,7 +234,7 @@ static int run(const search_opts *o)
 {
     char err[QD_ERRMSG_MAX];
     qd_store *s = NULL;
-    texts t = {0};
+    qd_texts t = {0};
     float *qv = NULL;
     size_t *pick = NULL;
     int64_t *got = NULL, *truth = NULL, *ids = NULL;
@@ -260,7 +261,7 @@ static int run(const search_opts *o)
     int blas = o->blas_threshold >= 0 ? o->blas_threshold
                                       : strcmp(info.index_spec, "Flat") == 0 ? 1 : 20;
     qd_ann_set_blas_threshold(blas);
-    if (load_texts(o->queries, &t) != 0)
+    if (qd_texts_load(PROG, o->queries, NULL, &t) != 0)
         goto done;
 
     /* The queries: n of the dump's questions, a seeded partial shuffle. */
@@ -372,7 +373,7 @@ done:
     qd_free(ids);
     qd_free(vecs);
     qd_free(lat);
-    texts_free(&t);
+    qd_texts_free(&t);
     qd_store_close(s);
     return status;
 }

@@ -32,6 +32,7 @@
 #include "qdup/model.h"
 #include "qdup/pairs.h"
 #include "qdup/train.h"
+#include "texts.h"
 
 #define PROG "qdup-eval"
 #define MAX_PAIR_FILES 64
@@ -97,10 +98,10 @@ typedef struct retr_result {
 typedef struct questions {
     size_t n;             /* questions */
     int64_t *qid;         /* (n) their ids */
-    const char **text;    /* (n) texts, NUL-terminated, in arena */
+    const char **text;    /* (n) texts, NUL-terminated */
     size_t *len;          /* (n) byte lengths */
-    char *arena;          /* the texts back to back */
     size_t skipped;       /* malformed records skipped */
+    qd_texts src;         /* the dump as read (text and len point into it) */
 } questions;
 
 static void on_pair_warning(const char *msg, void *arg)
@@ -188,9 +189,7 @@ static int eval_pair_file(const qd_model *m, const char *path, int threads, doub
 static void questions_free(questions *q)
 {
     qd_free(q->qid);
-    qd_free(q->text);
-    qd_free(q->len);
-    qd_free(q->arena);
+    qd_texts_free(&q->src);
     memset(q, 0, sizeof *q);
 }
 
@@ -229,118 +228,43 @@ static int cmp_i64(const void *a, const void *b)
 static int load_questions(const char *path, questions *q)
 {
     memset(q, 0, sizeof *q);
-    char err[QD_ERRMSG_MAX];
-    qd_dump *d;
     qd_dump_opts o = qd_dump_opts_default();
     o.format = QD_DUMP_TSV;
-    int rc = qd_dump_open(path, &o, &d, err, sizeof err);
-    if (rc) {
-        fprintf(stderr, PROG ": %s\n", err);
+    int rc = qd_texts_load(PROG, path, &o, &q->src);
+    if (rc)
         return rc;
+    q->n = q->src.n;
+    q->text = q->src.text;
+    q->len = q->src.len;
+    q->skipped = q->src.skipped;
+    q->qid = qd_mallocarray(q->n, sizeof *q->qid);
+    int64_t *sorted = qd_mallocarray(q->n, sizeof *sorted);
+    if (!q->qid || !sorted) {
+        fprintf(stderr, PROG ": %s: out of memory\n", path);
+        rc = QD_ERR_NOMEM;
+        goto fail;
     }
-    size_t cap = 0, used = 0, acap = 0;
-    size_t *off = NULL;
-    qd_dump_rec rec;
-    for (;;) {
-        int r = qd_dump_next(d, &rec);
-        if (r == 0)
-            break;
-        if (r == QD_ERR_FORMAT) {
-            if (q->skipped++ < 5)
-                fprintf(stderr, PROG ": warning: %s (skipped)\n", qd_dump_errmsg(d));
-            continue;
-        }
-        if (r < 0) {
-            fprintf(stderr, PROG ": %s\n", qd_dump_errmsg(d));
-            rc = r;
-            goto fail;
-        }
-        int64_t qid;
-        if (parse_qid(rec.id, rec.id_len, &qid)) {
+    for (size_t i = 0; i < q->n; i++)
+        if (parse_qid(q->src.id[i], q->src.id_len[i], &q->qid[i])) {
             fprintf(stderr, PROG ": %s:%" PRIu64 ": qid \"%.40s\" is not a whole number\n",
-                    path, rec.line, rec.id);
+                    path, q->src.line[i], q->src.id[i]);
             rc = QD_ERR_FORMAT;
             goto fail;
         }
-        if (q->n == cap) {
-            size_t nc = cap ? cap * 2 : 4096;
-            int64_t *qid2 = qd_reallocarray(q->qid, nc, sizeof *qid2);
-            if (qid2)
-                q->qid = qid2;
-            size_t *len2 = qd_reallocarray(q->len, nc, sizeof *len2);
-            if (len2)
-                q->len = len2;
-            size_t *off2 = qd_reallocarray(off, nc, sizeof *off2);
-            if (off2)
-                off = off2;
-            if (!qid2 || !len2 || !off2) {
-                rc = QD_ERR_NOMEM;
-                goto nomem;
-            }
-            cap = nc;
-        }
-        if (used + rec.text_len + 1 > acap) {
-            size_t na = acap ? acap : 1 << 20;
-            while (na < used + rec.text_len + 1)
-                na *= 2;
-            char *a = qd_realloc(q->arena, na);
-            if (!a) {
-                rc = QD_ERR_NOMEM;
-                goto nomem;
-            }
-            q->arena = a;
-            acap = na;
-        }
-        memcpy(q->arena + used, rec.text, rec.text_len + 1);
-        q->qid[q->n] = qid;
-        q->len[q->n] = rec.text_len;
-        off[q->n] = used;
-        used += rec.text_len + 1;
-        q->n++;
-    }
-    qd_dump_close(d);
-    d = NULL;
-    if (q->n == 0) {
-        fprintf(stderr, PROG ": %s: no questions\n", path);
-        rc = QD_ERR_FORMAT;
-        goto fail;
-    }
-    q->text = qd_mallocarray(q->n, sizeof *q->text);
-    if (!q->text) {
-        rc = QD_ERR_NOMEM;
-        goto nomem;
-    }
-    for (size_t i = 0; i < q->n; i++)
-        q->text[i] = q->arena + off[i];
-    qd_free(off);
     /* Ids must be unique: the index keys vectors by qid. */
-    int64_t *sorted = qd_mallocarray(q->n, sizeof *sorted);
-    if (!sorted) {
-        rc = QD_ERR_NOMEM;
-        goto nomem_nooff;
-    }
     memcpy(sorted, q->qid, q->n * sizeof *sorted);
     qsort(sorted, q->n, sizeof *sorted, cmp_i64);
     for (size_t i = 1; i < q->n; i++)
         if (sorted[i] == sorted[i - 1]) {
             fprintf(stderr, PROG ": %s: qid %" PRId64 " appears more than once\n", path,
                     sorted[i]);
-            qd_free(sorted);
-            questions_free(q);
-            return QD_ERR_FORMAT;
+            rc = QD_ERR_FORMAT;
+            goto fail;
         }
     qd_free(sorted);
     return 0;
-nomem:
-    qd_free(off);
-nomem_nooff:
-    fprintf(stderr, PROG ": %s: out of memory\n", path);
-    qd_dump_close(d);
-    questions_free(q);
-    return rc;
 fail:
-    qd_free(off);
-    qd_dump_close(d);
+    qd_free(sorted);
     questions_free(q);
     return rc;
 }
