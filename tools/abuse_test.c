@@ -59,6 +59,8 @@
 
 #include "qdup/common.h"
 
+#include "harness.h"
+
 #ifndef QDUP_ABUSE_MODEL
 #define QDUP_ABUSE_MODEL "tests/fixtures/fwd_plain.qdm"
 #endif
@@ -85,18 +87,6 @@ typedef struct cfg {
 
 static cfg C;
 
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "qdup-abuse: ");
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    exit(1);
-}
-
 /* Question k's text: the crash test's generator (distinct texts of the fixture words). */
 static void text_of(uint64_t k, char *buf, size_t len)
 {
@@ -104,24 +94,6 @@ static void text_of(uint64_t k, char *buf, size_t len)
     size_t n = 0;
     for (int i = 0; i < 5; i++, x /= 38)
         n += (size_t)snprintf(buf + n, len - n, "%sw%u", i ? " " : "", (unsigned)(2 + x % 38));
-}
-
-static void sleep_s(double s)
-{
-    if (s <= 0)
-        return;
-    struct timespec ts = {(time_t)s, (long)((s - floor(s)) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static const char *path_in(const char *dir, const char *name)
-{
-    static char bufs[4][PATH_MAX + 64];
-    static int next;
-    char *b = bufs[next++ % 4];
-    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
-    return b;
 }
 
 /* --- processes ----------------------------------------------------------------------- */
@@ -135,47 +107,6 @@ static void kill_live(void)
         kill(live_pid, SIGKILL);
         waitpid(live_pid, NULL, 0);
     }
-}
-
-static pid_t spawn(char *const argv[], const char *err)
-{
-    pid_t pid = fork();
-    if (pid < 0)
-        die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        int fo = open("/dev/null", O_RDWR);
-        int fe = open(err, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fo < 0 || fe < 0)
-            _exit(126);
-        dup2(fo, 0);
-        dup2(fo, 1);
-        dup2(fe, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static int wait_status(pid_t pid)
-{
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            die("waitpid: %s", strerror(errno));
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static int file_has(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    char line[4096];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f))
-        found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
 }
 
 /* A field of /proc/PID/status in KiB (-1 if unreadable). */
@@ -195,12 +126,6 @@ static long proc_kib(pid_t pid, const char *field)
         }
     fclose(f);
     return v;
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
 }
 
 /* --- sockets -------------------------------------------------------------------------- */
@@ -555,6 +480,7 @@ static double opt_num(const char *name, const char *v, double lo, double hi)
 
 int main(int argc, char **argv)
 {
+    harness_prog = "qdup-abuse";
     C.seconds = 20;
     C.hold = 1000;
     C.loris = 20;
@@ -656,7 +582,7 @@ int main(int argc, char **argv)
     char idx[PATH_MAX + 16];
     snprintf(idx, sizeof idx, "%s/qdup-index", C.bin);
     char *bargv[] = {idx, "build", "--model", C.model, "--db", db, "--quiet", dump, NULL};
-    if (wait_status(spawn(bargv, ilog)) != 0)
+    if (wait_status(spawn(bargv, NULL, NULL, ilog)) != 0)
         die("qdup-index build failed (log %s)", ilog);
 
     /* The daemon. */
@@ -669,12 +595,12 @@ int main(int argc, char **argv)
     for (int i = 0; i < C.ndargs; i++)
         dargv[na++] = C.dargs[i];
     dargv[na] = NULL;
-    pid_t dpid = live_pid = spawn((char *const *)dargv, log);
+    pid_t dpid = live_pid = spawn((char *const *)dargv, NULL, NULL, log);
     atexit(kill_live);
     char want[PATH_MAX + 64];
     snprintf(want, sizeof want, "listening on %s", sock_path);
     double t0 = qd_now();
-    while (!file_has(log, want)) {
+    while (!file_has_from(log, 0, want)) {
         int st;
         if (waitpid(dpid, &st, WNOHANG) == dpid) {
             live_pid = -1;
@@ -868,7 +794,7 @@ int main(int argc, char **argv)
     free(big_line);
     free(over_line);
     if (ok && !C.dir_given)
-        nftw(C.dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        remove_tree(C.dir);
     else
         printf("work directory kept: %s\n", C.dir);
     return ok ? 0 : 1;

@@ -78,6 +78,8 @@
 
 #include "qdup/common.h"
 
+#include "harness.h"
+
 #ifndef QDUP_CRASH_MODEL
 #define QDUP_CRASH_MODEL "tests/fixtures/fwd_plain.qdm"
 #endif
@@ -143,18 +145,6 @@ static void failf(const char *fmt, ...)
     T.failures++;
 }
 
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "qdup-crash-test: ");
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    exit(1);
-}
-
 /* --- random numbers and questions ------------------------------------------------------ */
 
 static uint64_t rng_state;
@@ -205,15 +195,6 @@ static void random_text(char *buf, size_t len)
 
 /* --- files and processes ---------------------------------------------------------------- */
 
-static const char *path_in(const char *dir, const char *name)
-{
-    static char bufs[8][PATH_MAX + 64];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
-    return b;
-}
-
 /* A path under the work directory in a local array (path_in's buffers rotate). */
 #define LOCAL_PATH(var, name)                                                           \
     char var[PATH_MAX + 64];                                                           \
@@ -230,101 +211,10 @@ static long file_size(const char *path)
     return stat(path, &st) == 0 ? (long)st.st_size : 0;
 }
 
-/* Whole file into a malloc'd NUL-terminated buffer (NULL if unreadable). */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap + 1);
-    size_t r;
-    while (b && (r = fread(b + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            char *nb = realloc(b, (cap *= 2) + 1);
-            if (!nb)
-                free(b);
-            b = nb;
-        }
-    }
-    fclose(f);
-    if (b) {
-        b[n] = '\0';
-        if (len)
-            *len = n;
-    }
-    return b;
-}
-
-/* 1 if the file holds needle after its first `from` bytes. */
-static int file_has_from(const char *path, long from, const char *needle)
-{
-    char *b = slurp(path, NULL);
-    if (!b)
-        return 0;
-    size_t n = strlen(b);
-    int found = (size_t)from <= n && strstr(b + from, needle) != NULL;
-    free(b);
-    return found;
-}
-
-/* Starts argv[0] with stdin from in (or /dev/null), stdout to out (or /dev/null),
- * stderr appended to err (or /dev/null). */
-static pid_t spawn(char *const argv[], const char *in, const char *out, const char *err)
-{
-    pid_t pid = fork();
-    if (pid < 0)
-        die("fork: %s", strerror(errno));
-    if (pid == 0) {
-        int fi = open(in ? in : "/dev/null", O_RDONLY);
-        int fo = open(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int fe = open(err ? err : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fi < 0 || fo < 0 || fe < 0)
-            _exit(126);
-        dup2(fi, 0);
-        dup2(fo, 1);
-        dup2(fe, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits for pid; its exit code, or 128 + signal. */
-static int wait_status(pid_t pid)
-{
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            die("waitpid: %s", strerror(errno));
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 /* Runs a program to completion. */
 static int run(char *const argv[], const char *in, const char *out, const char *err)
 {
     return wait_status(spawn(argv, in, out, err));
-}
-
-static void sleep_s(double s)
-{
-    if (s <= 0)
-        return;
-    struct timespec ts = {(time_t)s, (long)((s - floor(s)) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void remove_tree(const char *dir)
-{
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Removes a store's files (the database, its journal files, the FAISS file). */
@@ -1415,6 +1305,7 @@ static long opt_num(const char *name, const char *v, long lo, long hi)
 
 int main(int argc, char **argv)
 {
+    harness_prog = "qdup-crash-test";
     C.kills = 20;
     C.index_kills = 5;
     C.rows = 500;

@@ -1,0 +1,40 @@
+/*
+ * harness.h - processes and files for the programs that drive qdup's own programs as
+ * black boxes (qdup-crash-test, qdup-abuse): start, wait, look into logs, clean up.
+ */
+#ifndef QDUP_TOOLS_HARNESS_H
+#define QDUP_TOOLS_HARNESS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* The program's name, the prefix of die()'s messages; set it first thing in main. */
+extern const char *harness_prog;
+
+/* Prints "prog: message" to standard error and exits with status 1. */
+void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* Sleeps s seconds (nothing if s <= 0), through signals. */
+void sleep_s(double s);
+
+/* dir/name in one of 8 rotating static buffers (so at most 8 alive at once). */
+const char *path_in(const char *dir, const char *name);
+
+/* Starts argv[0] (a path) with standard input from `in`, output to `out` (truncated)
+ * and errors appended to `err`; NULL for any of them means /dev/null. */
+pid_t spawn(char *const argv[], const char *in, const char *out, const char *err);
+
+/* Waits for pid: its exit status, or 128 + the signal that killed it. */
+int wait_status(pid_t pid);
+
+/* The whole file in a malloc'd NUL-terminated buffer (NULL if unreadable); its length
+ * in *len if len is not NULL. */
+char *slurp(const char *path, size_t *len);
+
+/* 1 if the file holds needle after its first `from` bytes (0 if unreadable). */
+int file_has_from(const char *path, long from, const char *needle);
+
+/* Removes dir and everything under it (symbolic links are not followed). */
+void remove_tree(const char *dir);
+
+#endif
