@@ -70,7 +70,6 @@ void qd_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const fl
 
 /* --- activations ------------------------------------------------------------------------ */
 
-
 /* exp(x) to about 1 ulp for x in [-87, 88], written so that loops over it vectorize:
  * x = n ln2 + r with |r| <= ln2/2 (n rounded by the 1.5 * 2^23 trick, ln2 split in two
  * parts so n ln2 is exact), exp(r) by its Taylor polynomial of degree 7, 2^n by
