@@ -242,25 +242,16 @@ static int set_param(cfg *c, const char *v, char *err, size_t errlen)
     return 0;
 }
 
-/* Sets each --param on the opened store; names the one FAISS refuses. */
+/* Sets each --param on the opened store; names the one refused. */
 static int apply_params(const cfg *c, qd_store *store)
 {
     for (size_t i = 0; i < c->nparams; i++) {
-        const char *p = c->params[i], *eq = strchr(p, '=');
-        char name[64], *end;
-        errno = 0;
-        double v = strtod(eq + 1, &end);
-        if ((size_t)(eq - p) >= sizeof name || *end || errno) {
-            fprintf(stderr, "qdup-daemon: --param %s: expected NAME=VALUE, e.g. nprobe=16\n",
-                    p);
+        if (qd_store_set_param_text(store, c->params[i]) != 0) {
+            fprintf(stderr, "qdup-daemon: --param %s: %s\n", c->params[i],
+                    qd_store_errmsg(store));
             return -1;
         }
-        snprintf(name, sizeof name, "%.*s", (int)(eq - p), p);
-        if (qd_store_set_param(store, name, v) != 0) {
-            fprintf(stderr, "qdup-daemon: --param %s: %s\n", p, qd_store_errmsg(store));
-            return -1;
-        }
-        fprintf(stderr, "qdup-daemon: search parameter %s\n", p);
+        fprintf(stderr, "qdup-daemon: search parameter %s\n", c->params[i]);
     }
     return 0;
 }

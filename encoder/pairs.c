@@ -135,7 +135,7 @@ static long split_quoted(const char *s, const char *end, char *buf, char **field
     }
 }
 
-static int parse_int64(const char *s, size_t n, int64_t *out)
+int qd_parse_qid(const char *s, size_t n, int64_t *out)
 {
     if (n == 0 || n > 18)
         return -1;
@@ -275,8 +275,8 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
             why = "is_duplicate is not 0 or 1";
         else if (flen[c_q1] == 0 || flen[c_q2] == 0)
             why = "empty question";
-        else if ((c_id1 >= 0 && parse_int64(field[c_id1], flen[c_id1], &id1)) ||
-                 (c_id2 >= 0 && parse_int64(field[c_id2], flen[c_id2], &id2)))
+        else if ((c_id1 >= 0 && qd_parse_qid(field[c_id1], flen[c_id1], &id1)) ||
+                 (c_id2 >= 0 && qd_parse_qid(field[c_id2], flen[c_id2], &id2)))
             why = "qid is not a number";
         if (why) {
             p->skipped++;

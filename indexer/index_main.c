@@ -972,20 +972,10 @@ static int cmd_search(opts *o, int argc, char **argv)
         return 1;
     int rc = 0;
     for (int i = 0; i < o->nparams && !rc; i++) {
-        const char *eq = strchr(o->params[i], '=');
-        char name[64];
-        char *end;
-        double v = eq ? strtod(eq + 1, &end) : 0;
-        if (!eq || eq == o->params[i] || (size_t)(eq - o->params[i]) >= sizeof name ||
-            *end || eq[1] == '\0') {
-            errorf("--param %s: expected NAME=VALUE, e.g. nprobe=16", o->params[i]);
-            rc = EXIT_USAGE;
-            break;
-        }
-        snprintf(name, sizeof name, "%.*s", (int)(eq - o->params[i]), o->params[i]);
-        if (qd_store_set_param(s, name, v) != 0) {
+        int r = qd_store_set_param_text(s, o->params[i]);
+        if (r) {
             errorf("--param %s: %s", o->params[i], qd_store_errmsg(s));
-            rc = 1;
+            rc = r == QD_ERR_FORMAT ? EXIT_USAGE : 1;
         }
     }
     qd_enc_ws *ws = qd_enc_ws_new();

@@ -2190,6 +2190,19 @@ int qd_store_set_param(qd_store *s, const char *name, double value)
     return rc;
 }
 
+int qd_store_set_param_text(qd_store *s, const char *name_value)
+{
+    const char *eq = strchr(name_value, '=');
+    char name[64], *end;
+    errno = 0;
+    double v = eq ? strtod(eq + 1, &end) : 0;
+    if (!eq || eq == name_value || (size_t)(eq - name_value) >= sizeof name ||
+        eq[1] == '\0' || *end || errno)
+        return st_fail(QD_ERR_FORMAT, "expected NAME=VALUE, e.g. nprobe=16");
+    snprintf(name, sizeof name, "%.*s", (int)(eq - name_value), name_value);
+    return qd_store_set_param(s, name, v);
+}
+
 /* --- reading ---------------------------------------------------------------------------- */
 
 void qd_store_row_free(qd_store_row *r)

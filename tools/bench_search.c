@@ -212,19 +212,10 @@ static int exact_topk(const float *q, size_t nq, int dim, const int64_t *ids,
 static int set_params(qd_store *s, const search_opts *o)
 {
     for (int i = 0; i < o->nparams; i++) {
-        const char *p = o->params[i], *eq = strchr(p, '=');
-        char name[64];
-        double v;
-        if (!eq || eq == p || (size_t)(eq - p) >= sizeof name) {
-            fprintf(stderr, PROG ": --param %s: expected NAME=VALUE, e.g. nprobe=16\n", p);
-            return 2;
-        }
-        snprintf(name, sizeof name, "%.*s", (int)(eq - p), p);
-        if (parse_num("--param", eq + 1, -1e9, 1e9, &v))
-            return 2;
-        if (qd_store_set_param(s, name, v) != 0) {
-            fprintf(stderr, PROG ": --param %s: %s\n", p, qd_store_errmsg(s));
-            return 1;
+        int rc = qd_store_set_param_text(s, o->params[i]);
+        if (rc) {
+            fprintf(stderr, PROG ": --param %s: %s\n", o->params[i], qd_store_errmsg(s));
+            return rc == QD_ERR_FORMAT ? 2 : 1;
         }
     }
     return 0;

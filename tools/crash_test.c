@@ -715,6 +715,20 @@ static void settle_reply(const inflight_t *f, json_t *j)
         json_string_value(json_object_get(json_object_get(j, "error"), "message")));
 }
 
+/* Settles the writes whose replies have arrived, oldest first: fl is a ring of `ring`
+ * entries, *n of them in flight from *head. */
+static void settle_replies(conn *c, inflight_t *fl, size_t ring, size_t *head, size_t *n)
+{
+    json_t *j;
+    while ((j = conn_reply(c)) != NULL) {
+        QD_ASSERT(*n > 0);
+        settle_reply(&fl[*head], j);
+        *head = (*head + 1) % ring;
+        (*n)--;
+        json_decref(j);
+    }
+}
+
 /* Streams writes to the daemon until `secs` have passed, then kills it; takes every
  * reply that reached the socket before the kill. */
 static void stream_and_kill(daemon_t *d, double secs)
@@ -753,14 +767,7 @@ static void stream_and_kill(daemon_t *d, double secs)
         }
         double left = end - qd_now();
         conn_pump(&c, left > 0 ? (int)(left * 1000) + 1 : 0);
-        json_t *j;
-        while ((j = conn_reply(&c)) != NULL) {
-            QD_ASSERT(n > 0);
-            settle_reply(&fl[head], j);
-            head = (head + 1) % ring;
-            n--;
-            json_decref(j);
-        }
+        settle_replies(&c, fl, ring, &head, &n);
         if (c.eof || c.wfail)
             die("the daemon closed the connection before it was killed (log %s)", d->log);
     }
@@ -771,14 +778,7 @@ static void stream_and_kill(daemon_t *d, double secs)
     c.out_off = c.out_len = 0;
     while (!c.eof)
         conn_pump(&c, 1000);
-    json_t *j;
-    while ((j = conn_reply(&c)) != NULL) {
-        QD_ASSERT(n > 0);
-        settle_reply(&fl[head], j);
-        head = (head + 1) % ring;
-        n--;
-        json_decref(j);
-    }
+    settle_replies(&c, fl, ring, &head, &n);
     T.unacked += n;
     free(fl);
     conn_close(&c);

@@ -193,20 +193,6 @@ static void questions_free(questions *q)
     memset(q, 0, sizeof *q);
 }
 
-static int parse_qid(const char *s, size_t n, int64_t *out)
-{
-    if (n == 0 || n > 18)
-        return -1;
-    int64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (s[i] - '0');
-    }
-    *out = v;
-    return 0;
-}
-
 typedef struct qid_row {
     int64_t qid;   /* question id */
     size_t row;    /* its row in questions */
@@ -245,7 +231,7 @@ static int load_questions(const char *path, questions *q)
         goto fail;
     }
     for (size_t i = 0; i < q->n; i++)
-        if (parse_qid(q->src.id[i], q->src.id_len[i], &q->qid[i])) {
+        if (qd_parse_qid(q->src.id[i], q->src.id_len[i], &q->qid[i])) {
             fprintf(stderr, PROG ": %s:%" PRIu64 ": qid \"%.40s\" is not a whole number\n",
                     path, q->src.line[i], q->src.id[i]);
             rc = QD_ERR_FORMAT;

@@ -37,6 +37,10 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
                   qd_pairs **out, char *err, size_t errlen);
 void qd_pairs_free(qd_pairs *p);
 
+/* A question id as the Quora files write it: 1 to 18 decimal digits, nothing else.
+ * Returns 0 with the value in *out, or -1. */
+int qd_parse_qid(const char *s, size_t n, int64_t *out);
+
 /* --- metrics -------------------------------------------------------------------------- */
 
 /* Area under the ROC curve of scores against labels (ties count one half). */

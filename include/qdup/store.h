@@ -177,6 +177,9 @@ int qd_store_compact(qd_store *s);
 /* Sets a FAISS search parameter ("nprobe" for IVF, "efSearch" for HNSW) on the index
  * in memory (not remembered across opens). QD_ERR_INVAL if the kind has none. */
 int qd_store_set_param(qd_store *s, const char *name, double value);
+/* The same from "NAME=VALUE" text (a --param option): QD_ERR_FORMAT, with the reason in
+ * qd_store_errmsg(), if it is not of that form with a number for VALUE. */
+int qd_store_set_param_text(qd_store *s, const char *name_value);
 
 /* --- reading ------------------------------------------------------------------------ */
 
