@@ -1,0 +1,358 @@
+/*
+ * rows.c - the store's in-memory row table: every row of the questions table (row id
+ * -> external id, text, times) in three open-addressing hash tables (by row id: all
+ * rows; by external id and by text key: live rows only), so that a search resolves
+ * FAISS ids with a few hash probes and never touches SQLite. Also the text key (the
+ * hash of a question's token sequence, for exact-duplicate detection), and loading the
+ * table from SQLite at open. Only the writer changes the tables, under the store's
+ * write lock; see store_impl.h for the layout of the store.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qdup/common.h"
+#include "qdup/fileio.h"
+#include "qdup/store.h"
+#include "qdup/tok.h"
+#include "store_impl.h"
+
+/* --- row entries and hash tables ------------------------------------------------------ */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+static uint64_t id_hash(const char *id, size_t len)
+{
+    return mix64(qd_hash64(QD_HASH64_INIT, id, len));
+}
+
+st_row *st_row_new(int64_t row, const char *id, size_t id_len, const char *text,
+                       size_t text_len, uint64_t key, double created, double removed)
+{
+    st_row *r = qd_malloc(sizeof *r + id_len + text_len + 2);
+    if (!r)
+        return NULL;
+    r->row = row;
+    r->text_key = key;
+    r->id_hash = id_hash(id, id_len);
+    r->created = created;
+    r->removed = removed;
+    r->id_len = (uint32_t)id_len;
+    r->text_len = (uint32_t)text_len;
+    r->flags = 0;
+    memcpy(r->data, id, id_len);
+    r->data[id_len] = '\0';
+    memcpy(r->data + id_len + 1, text, text_len);
+    r->data[id_len + 1 + text_len] = '\0';
+    return r;
+}
+
+static uint64_t map_hash_of(enum st_key k, const st_row *r)
+{
+    switch (k) {
+    case KEY_ROW: return mix64((uint64_t)r->row);
+    case KEY_EXT: return r->id_hash;
+    case KEY_TEXT: return mix64(r->text_key);
+    }
+    return 0;
+}
+
+st_row *st_map_get_row(const st_map *m, int64_t row)
+{
+    if (!m->slot)
+        return NULL;
+    for (size_t i = mix64((uint64_t)row) & m->mask;; i = (i + 1) & m->mask) {
+        st_row *r = m->slot[i];
+        if (!r || r->row == row)
+            return r;
+    }
+}
+
+st_row *st_map_get_ext(const st_map *m, const char *id, size_t len)
+{
+    if (!m->slot)
+        return NULL;
+    uint64_t h = id_hash(id, len);
+    for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
+        st_row *r = m->slot[i];
+        if (!r || (r->id_hash == h && r->id_len == len && memcmp(r->data, id, len) == 0))
+            return r;
+    }
+}
+
+st_row *st_map_get_text(const st_map *m, uint64_t key)
+{
+    if (!m->slot)
+        return NULL;
+    for (size_t i = mix64(key) & m->mask;; i = (i + 1) & m->mask) {
+        st_row *r = m->slot[i];
+        if (!r || r->text_key == key)
+            return r;
+    }
+}
+
+/* Inserts r, which the caller knows is absent; room must have been reserved. */
+void st_map_put(st_map *m, st_row *r)
+{
+    QD_ASSERT(m->slot && (m->n + 1) * 2 <= m->mask + 1);
+    size_t i = map_hash_of(m->key, r) & m->mask;
+    while (m->slot[i])
+        i = (i + 1) & m->mask;
+    m->slot[i] = r;
+    m->n++;
+}
+
+/* Removes r (by identity) if present. */
+void st_map_del(st_map *m, const st_row *r)
+{
+    if (!m->slot)
+        return;
+    size_t i = map_hash_of(m->key, r) & m->mask;
+    while (m->slot[i] && m->slot[i] != r)
+        i = (i + 1) & m->mask;
+    if (!m->slot[i])
+        return;
+    /* Shift back the entries after it whose home slot does not lie in (i, j]. */
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & m->mask;
+        st_row *e = m->slot[j];
+        if (!e)
+            break;
+        size_t home = map_hash_of(m->key, e) & m->mask;
+        int between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!between) {
+            m->slot[i] = e;
+            i = j;
+        }
+    }
+    m->slot[i] = NULL;
+    m->n--;
+}
+
+/* Makes room for `extra` more entries. The bigger table is filled outside the lock
+ * (only the writer changes a table, and it holds wmu), and swapped in under `rw`
+ * (if not NULL) so that readers never see a half-filled one. */
+int st_map_reserve(st_map *m, size_t extra, pthread_rwlock_t *rw)
+{
+    size_t cap = m->slot ? m->mask + 1 : 0;
+    if (extra > SIZE_MAX / 4 - m->n)
+        return st_fail(QD_ERR_NOMEM, "row table: too many rows");
+    size_t need = (m->n + extra) * 2;
+    if (need <= cap)
+        return 0;
+    size_t ncap = 16;
+    while (ncap < need)
+        ncap *= 2;
+    st_row **ns = qd_calloc(ncap, sizeof *ns);
+    if (!ns)
+        return st_fail(QD_ERR_NOMEM, "row table: out of memory for %zu slots", ncap);
+    for (size_t i = 0; i < cap; i++) {
+        st_row *r = m->slot[i];
+        if (!r)
+            continue;
+        size_t k = map_hash_of(m->key, r) & (ncap - 1);
+        while (ns[k])
+            k = (k + 1) & (ncap - 1);
+        ns[k] = r;
+    }
+    st_row **old = m->slot;
+    if (rw)
+        pthread_rwlock_wrlock(rw);
+    m->slot = ns;
+    m->mask = ncap - 1;
+    if (rw)
+        pthread_rwlock_unlock(rw);
+    qd_free(old);
+    return 0;
+}
+
+void st_map_free(st_map *m)
+{
+    qd_free(m->slot);
+    m->slot = NULL;
+    m->mask = m->n = 0;
+}
+
+/* --- text keys ---------------------------------------------------------------------- */
+
+/* The hash of a text's token sequence (0: no tokens). Each token is hashed with its
+ * length in front, so "ab c" and "a bc" differ. */
+int st_text_key_tb(qd_tokbuf *tb, const char *text, size_t len, uint64_t *key)
+{
+    int rc = qd_tok_split(tb, text, len, 0);
+    if (rc)
+        return rc;
+    if (tb->n == 0) {
+        *key = 0;
+        return 0;
+    }
+    uint64_t h = QD_HASH64_INIT;
+    for (size_t i = 0; i < tb->n; i++) {
+        unsigned char l[4] = {(unsigned char)tb->len[i], (unsigned char)(tb->len[i] >> 8),
+                              (unsigned char)(tb->len[i] >> 16),
+                              (unsigned char)(tb->len[i] >> 24)};
+        h = qd_hash64(h, l, sizeof l);
+        h = qd_hash64(h, tb->text + tb->start[i], tb->len[i]);
+    }
+    h = mix64(h);
+    *key = h ? h : 1;
+    return 0;
+}
+
+uint64_t qd_store_text_key(const qd_store *s, const char *text, size_t len)
+{
+    (void)s;
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    uint64_t key = 0;
+    if (st_text_key_tb(&tb, text, len, &key) != 0)
+        key = 0;
+    qd_tokbuf_free(&tb);
+    return key;
+}
+
+/* Text keys of n items on several threads (tokenizing a million questions takes a
+ * few seconds on one core). */
+typedef struct key_job {
+    const qd_store_item *items; /* (n) */
+    uint64_t *keys;             /* (n) output */
+    size_t lo, hi;              /* this worker's range */
+    int rc;                     /* its result */
+} key_job;
+
+static void *key_worker(void *arg)
+{
+    key_job *j = arg;
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    for (size_t i = j->lo; i < j->hi && !j->rc; i++)
+        j->rc = st_text_key_tb(&tb, j->items[i].text, j->items[i].text_len, &j->keys[i]);
+    qd_tokbuf_free(&tb);
+    return NULL;
+}
+
+int st_text_keys(const qd_store_item *items, size_t n, int threads, uint64_t *keys)
+{
+    if (threads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = c > 0 ? (int)c : 1;
+    }
+    if (threads > 16)
+        threads = 16;
+    if (n < 4096)
+        threads = 1;
+    key_job jobs[16];
+    pthread_t tid[16];
+    int started[16] = {0};
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (key_job){items, keys, n * (size_t)t / (size_t)threads,
+                            n * (size_t)(t + 1) / (size_t)threads, 0};
+        if (t > 0)
+            started[t] = pthread_create(&tid[t], NULL, key_worker, &jobs[t]) == 0;
+    }
+    key_worker(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(tid[t], NULL);
+        else
+            key_worker(&jobs[t]); /* could not start a thread: do its share here */
+    }
+    for (int t = 0; t < threads; t++)
+        if (jobs[t].rc)
+            return st_fail(jobs[t].rc, "tokenizing: %s", qd_strerror(jobs[t].rc));
+    return 0;
+}
+/* Loads every row of the questions table into the row table. */
+int st_load_rows(qd_store *s)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t count = 0;
+    int rc = st_db_prepare(s, "SELECT count(*) FROM questions", &st);
+    if (rc)
+        return rc;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        count = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    if ((rc = st_map_reserve(&s->by_row, (size_t)count, NULL)) != 0 ||
+        (rc = st_map_reserve(&s->by_ext, (size_t)count, NULL)) != 0 ||
+        (rc = st_map_reserve(&s->by_text, (size_t)count, NULL)) != 0)
+        return rc;
+    rc = st_db_prepare(s, "SELECT row, ext_id, text, text_key, created, removed FROM questions "
+                       "ORDER BY row", &st);
+    if (rc)
+        return rc;
+    int src;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t row = sqlite3_column_int64(st, 0);
+        const char *id = (const char *)sqlite3_column_text(st, 1);
+        size_t id_len = (size_t)sqlite3_column_bytes(st, 1);
+        const char *text = (const char *)sqlite3_column_text(st, 2);
+        size_t text_len = (size_t)sqlite3_column_bytes(st, 2);
+        if (!id || !text) {
+            rc = st_fail(QD_ERR_NOMEM, "%s: out of memory reading row %" PRId64, s->db_path,
+                         row);
+            break;
+        }
+        double removed = sqlite3_column_type(st, 5) == SQLITE_NULL
+                             ? 0
+                             : sqlite3_column_double(st, 5);
+        if (sqlite3_column_type(st, 5) != SQLITE_NULL && removed == 0)
+            removed = 1e-9; /* a removal time of 0 would read as live */
+        st_row *r = st_row_new(row, id, id_len, text, text_len,
+                            (uint64_t)sqlite3_column_int64(st, 3),
+                            sqlite3_column_double(st, 4), removed);
+        if (!r) {
+            rc = st_fail(QD_ERR_NOMEM, "%s: out of memory for the row table", s->db_path);
+            break;
+        }
+        if (s->by_row.n == (size_t)count) {
+            /* More rows than counted: the database changed under a read-only open. */
+            if ((rc = st_map_reserve(&s->by_row, 1024, NULL)) != 0 ||
+                (rc = st_map_reserve(&s->by_ext, 1024, NULL)) != 0 ||
+                (rc = st_map_reserve(&s->by_text, 1024, NULL)) != 0) {
+                qd_free(r);
+                break;
+            }
+            count += 1024;
+        }
+        st_map_put(&s->by_row, r);
+        if (removed == 0) {
+            st_map_put(&s->by_ext, r);
+            /* Two live rows with one text cannot be added through the store; should
+             * someone have inserted them by hand, the first keeps the key. */
+            if (!st_map_get_text(&s->by_text, r->text_key))
+                st_map_put(&s->by_text, r);
+            s->live++;
+        } else {
+            s->tombs++;
+        }
+    }
+    if (!rc && src != SQLITE_DONE)
+        rc = st_dbfail(s->db, s->db_path, "reading the questions");
+    sqlite3_finalize(st);
+    return rc;
+}
+/* Copies a row table entry out. */
+int st_row_copy(const st_row *r, qd_store_row *out)
+{
+    out->row = r->row;
+    out->created = r->created;
+    out->removed = r->removed;
+    out->ext_id = qd_strndup(st_row_ext(r), r->id_len);
+    out->text = qd_strndup(st_row_text(r), r->text_len);
+    if (!out->ext_id || !out->text) {
+        qd_store_row_free(out);
+        return st_fail(QD_ERR_NOMEM, "out of memory");
+    }
+    return 0;
+}

@@ -1,0 +1,615 @@
+/*
+ * write.c - the store's write path: add (classify against the row table, encode,
+ * one SQLite transaction, then apply to memory), remove, compact and search
+ * parameters. Every change follows the four steps of store.c's design note under the
+ * writer mutex: decide reading memory only, allocate, commit, apply under the write
+ * lock. A failure after the commit (FAISS out of memory) marks the store broken.
+ */
+#include "qdup/model.h"
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "qdup/ann.h"
+#include "qdup/common.h"
+#include "qdup/store.h"
+#include "store_impl.h"
+
+/* --- adding ------------------------------------------------------------------------- */
+
+/* One item of a batch add as the writer sees it. */
+typedef struct add_plan {
+    st_row *r;        /* the new row (to be stored), or NULL */
+    st_row *old;      /* the live row it replaces, or NULL */
+    size_t vec_index; /* its row in the batch's vector array */
+} add_plan;
+
+/* Until its INSERT, a new row's id field holds -(item index + 2), so that a
+ * duplicate within the batch can name the item it collided with. */
+static int64_t batch_mark(size_t i) { return -(int64_t)i - 2; }
+static int is_batch_mark(int64_t row) { return row <= -2; }
+static size_t batch_item(int64_t row) { return (size_t)(-(row + 2)); }
+
+/* Classifies the items (filling res) and makes the rows to store (plan[i].r, which
+ * the caller frees if it does not store them). Live rows to be replaced get
+ * ROW_REPLACING, which the caller clears. The batch maps find duplicates within the
+ * batch: the first item with an id or a text that is stored claims it. Caller holds
+ * wmu. */
+static int classify(qd_store *s, const qd_store_item *items, size_t n, int replace,
+                    const uint64_t *keys, qd_store_result *res, add_plan *plan,
+                    size_t *nstore, size_t *nreplace)
+{
+    st_map bid = {.key = KEY_EXT}, btext = {.key = KEY_TEXT};
+    int rc;
+    *nstore = *nreplace = 0;
+    if ((rc = st_map_reserve(&bid, n, NULL)) != 0 || (rc = st_map_reserve(&btext, n, NULL)) != 0)
+        goto out;
+    double now = st_wall_now();
+    for (size_t i = 0; i < n; i++) {
+        const qd_store_item *it = &items[i];
+        res[i] = (qd_store_result){QD_STORE_ADDED, -1, -1};
+        plan[i] = (add_plan){0};
+        if (keys[i] == 0) {
+            res[i].status = QD_STORE_EMPTY;
+            continue;
+        }
+        st_row *b = st_map_get_ext(&bid, it->ext_id, it->ext_id_len);
+        if (b) {
+            res[i] = (qd_store_result){QD_STORE_DUP_ID, -1, b->row};
+            continue;
+        }
+        st_row *old = st_map_get_ext(&s->by_ext, it->ext_id, it->ext_id_len);
+        if (old && !replace) {
+            res[i] = (qd_store_result){QD_STORE_DUP_ID, -1, old->row};
+            continue;
+        }
+        st_row *t = st_map_get_text(&btext, keys[i]);
+        if (t) {
+            res[i] = (qd_store_result){QD_STORE_DUP_TEXT, -1, t->row};
+            continue;
+        }
+        /* A live row with this text does not count if this item or an earlier one
+         * replaces it. */
+        t = st_map_get_text(&s->by_text, keys[i]);
+        if (t && t != old && !(t->flags & ROW_REPLACING)) {
+            res[i] = (qd_store_result){QD_STORE_DUP_TEXT, -1, t->row};
+            continue;
+        }
+        st_row *r = st_row_new(batch_mark(i), it->ext_id, it->ext_id_len, it->text,
+                            it->text_len, keys[i], now, 0);
+        if (!r) {
+            rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu new rows", n);
+            goto out;
+        }
+        plan[i].r = r;
+        st_map_put(&bid, r);
+        st_map_put(&btext, r);
+        if (old) {
+            old->flags |= ROW_REPLACING;
+            plan[i].old = old;
+            res[i].status = QD_STORE_REPLACED;
+            (*nreplace)++;
+        }
+        plan[i].vec_index = (*nstore)++;
+    }
+out:
+    st_map_free(&bid);
+    st_map_free(&btext);
+    return rc;
+}
+
+/* Progress of the encoder, forwarded as phase "encode". */
+typedef struct enc_progress {
+    qd_store *s;   /* the store whose callback gets it */
+    size_t total;  /* questions being encoded */
+} enc_progress;
+
+static void enc_progress_cb(size_t done, void *arg)
+{
+    enc_progress *p = arg;
+    st_progress(p->s, "encode", done, p->total);
+}
+
+/* Encodes (or copies) the vectors of the rows to store into x (nstore, dim). When no
+ * item brings its own vector (the usual case) the encoder writes straight into x. */
+static int encode_plan(qd_store *s, const qd_store_item *items, size_t n,
+                       const add_plan *plan, size_t nstore, float *x)
+{
+    size_t dim = (size_t)s->dim, nenc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (plan[i].r && !items[i].vec)
+            nenc++;
+    int direct = nenc == nstore;
+    const char **texts = qd_mallocarray(nenc ? nenc : 1, sizeof *texts);
+    size_t *lens = qd_mallocarray(nenc ? nenc : 1, sizeof *lens);
+    float *ex = direct ? x : qd_mallocarray(nenc ? nenc * dim : 1, sizeof *ex);
+    int rc = 0;
+    if (!texts || !lens || !ex) {
+        rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu vectors", nstore);
+        goto out;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (plan[i].r && !items[i].vec) {
+            texts[k] = items[i].text;
+            lens[k++] = items[i].text_len;
+        }
+    if (nenc > 0) {
+        enc_progress ep = {s, nenc};
+        rc = qd_enc_texts_parallel(s->model, texts, lens, nenc, s->threads, 0,
+                                   s->progress ? enc_progress_cb : NULL, &ep, ex);
+        if (rc) {
+            rc = st_fail(rc, "encoding %zu questions: %s", nenc, qd_strerror(rc));
+            goto out;
+        }
+    }
+    if (!direct) {
+        k = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!plan[i].r)
+                continue;
+            const float *src = items[i].vec ? items[i].vec : ex + dim * k++;
+            memcpy(x + plan[i].vec_index * dim, src, dim * sizeof *x);
+        }
+    }
+out:
+    qd_free(texts);
+    qd_free(lens);
+    if (!direct)
+        qd_free(ex);
+    return rc;
+}
+
+/* Inserts the planned rows and marks the replaced ones removed, in one transaction
+ * that takes change number seq. Sets each new row's id. */
+static int write_add(qd_store *s, const qd_store_item *items, size_t n, add_plan *plan,
+                     const float *x, uint64_t seq, double now)
+{
+    sqlite3_stmt *ins = NULL, *rem = NULL;
+    size_t dim = (size_t)s->dim;
+    unsigned char *blob = qd_malloc(dim * sizeof(float));
+    int rc = 0;
+    if (!blob)
+        return st_fail(QD_ERR_NOMEM, "out of memory");
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = st_dbfail(s->db, s->db_path, "starting a transaction");
+        goto out;
+    }
+    if ((rc = st_db_prepare(s, "UPDATE questions SET removed = ?1, removed_seq = ?2 "
+                            "WHERE row = ?3 AND removed IS NULL", &rem)) != 0 ||
+        (rc = st_db_prepare(s, "INSERT INTO questions (ext_id, text, text_key, vec, created, "
+                            "seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", &ins)) != 0)
+        goto out;
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (!plan[i].old)
+            continue;
+        sqlite3_bind_double(rem, 1, now);
+        sqlite3_bind_int64(rem, 2, (int64_t)seq);
+        sqlite3_bind_int64(rem, 3, plan[i].old->row);
+        rc = st_db_run(s, rem);
+        if (!rc && sqlite3_changes(s->db) != 1)
+            rc = st_fail(QD_ERR_DB, "%s: row %" PRId64 " is no longer live in the database "
+                         "(changed by another program?)", s->db_path, plan[i].old->row);
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        st_row *r = plan[i].r;
+        if (!r)
+            continue;
+        st_vec_to_le(x + plan[i].vec_index * dim, dim, blob);
+        sqlite3_bind_text(ins, 1, items[i].ext_id, (int)items[i].ext_id_len, SQLITE_STATIC);
+        sqlite3_bind_text(ins, 2, items[i].text, (int)items[i].text_len, SQLITE_STATIC);
+        sqlite3_bind_int64(ins, 3, (int64_t)r->text_key);
+        sqlite3_bind_blob(ins, 4, blob, (int)(dim * sizeof(float)), SQLITE_STATIC);
+        sqlite3_bind_double(ins, 5, r->created);
+        sqlite3_bind_int64(ins, 6, (int64_t)seq);
+        rc = st_db_run(s, ins);
+        if (!rc)
+            r->row = sqlite3_last_insert_rowid(s->db);
+    }
+    if (!rc)
+        rc = st_meta_set(s, "seq", 'i', (int64_t)seq, NULL, 0);
+    if (!rc && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = st_dbfail(s->db, s->db_path, "committing");
+out:
+    if (rc)
+        st_db_rollback(s);
+    sqlite3_finalize(ins);
+    sqlite3_finalize(rem);
+    qd_free(blob);
+    return rc;
+}
+
+/* Marks the store broken after a change reached SQLite but not memory. */
+static int st_broken(qd_store *s, int rc, const char *what)
+{
+    s->broken = 1;
+    st_format(s->broken_msg, sizeof s->broken_msg,
+             "%s: %s: %s; the change is stored in the database but not in the index in "
+             "memory: reopen the index",
+             s->db_path, what, st_err);
+    return st_fail(rc, "%s", s->broken_msg);
+}
+
+/* Applies a committed add to memory. Caller holds wmu; takes the write lock. */
+static int apply_add(qd_store *s, add_plan *plan, size_t n, size_t nstore, size_t nreplace,
+                     const float *x, int64_t *ids, int64_t *old_ids, uint64_t seq, double now)
+{
+    size_t dim = (size_t)s->dim;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (plan[i].old)
+            old_ids[k++] = plan[i].old->row;
+    for (size_t i = 0; i < n; i++)
+        if (plan[i].r)
+            ids[plan[i].vec_index] = plan[i].r->row;
+
+    int rc = 0;
+    pthread_rwlock_wrlock(&s->rw);
+    for (size_t i = 0; i < n; i++) {
+        st_row *old = plan[i].old;
+        if (!old)
+            continue;
+        old->flags &= ~ROW_REPLACING;
+        old->removed = now;
+        st_map_del(&s->by_ext, old);
+        st_map_del(&s->by_text, old);
+        s->live--;
+        s->tombs++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        st_row *r = plan[i].r;
+        if (!r)
+            continue;
+        st_map_put(&s->by_row, r);
+        st_map_put(&s->by_ext, r);
+        st_map_put(&s->by_text, r);
+        plan[i].r = NULL; /* owned by the table now */
+        s->live++;
+    }
+    s->seq = seq;
+    if (nreplace > 0 && s->can_remove) {
+        rc = qd_ann_remove(s->ann, old_ids, nreplace, NULL);
+        if (rc)
+            st_fail(rc, "removing replaced rows: %s", qd_ann_errmsg(s->ann));
+    }
+    /* In chunks, for the progress of slow kinds (HNSW adds a few thousand a second). */
+    for (size_t i = 0; i < nstore && !rc; i += ST_CHUNK) {
+        size_t m = nstore - i < ST_CHUNK ? nstore - i : ST_CHUNK;
+        rc = st_ann_add_trained(s->ann, x + i * dim, ids + i, m);
+        st_progress(s, "index", i + m, nstore);
+    }
+    pthread_rwlock_unlock(&s->rw);
+    if (rc)
+        return st_broken(s, rc, "updating the index");
+    return 0;
+}
+
+static int add_common(qd_store *s, const qd_store_item *items, size_t n, int replace,
+                      qd_store_result *res, int dry)
+{
+    char why[QD_ERRMSG_MAX];
+    if (s->readonly && !dry)
+        return st_fail(QD_ERR_FORBIDDEN, "%s: opened read-only", s->db_path);
+    for (size_t i = 0; i < n; i++) {
+        if (qd_store_check_item(&items[i], why, sizeof why) != 0)
+            return st_fail(QD_ERR_INVAL, "item %zu: %s", i, why);
+        if (!items[i].vec)
+            continue;
+        /* Scores are cosine similarities only between unit vectors, and verify holds
+         * every stored vector to that. */
+        double norm = 0;
+        for (int d = 0; d < s->dim; d++) {
+            if (!isfinite(items[i].vec[d]))
+                return st_fail(QD_ERR_INVAL, "item %zu: vector component %d is not finite", i,
+                               d);
+            norm += (double)items[i].vec[d] * items[i].vec[d];
+        }
+        if (fabs(sqrt(norm) - 1.0) > 1e-3)
+            return st_fail(QD_ERR_INVAL, "item %zu: vector norm %g, expected a unit vector", i,
+                           sqrt(norm));
+    }
+    if (n == 0)
+        return 0;
+
+    uint64_t *keys = qd_mallocarray(n, sizeof *keys);
+    add_plan *plan = qd_calloc(n, sizeof *plan);
+    float *x = NULL;
+    int64_t *ids = NULL, *old_ids = NULL;
+    size_t nstore = 0, nreplace = 0;
+    int rc = 0, stored = 0;
+    if (!keys || !plan) {
+        qd_free(keys);
+        qd_free(plan);
+        return st_fail(QD_ERR_NOMEM, "out of memory for a batch of %zu", n);
+    }
+    /* Tokenizing needs no lock; keep other writers out only from here. */
+    rc = st_text_keys(items, n, s->threads, keys);
+    pthread_mutex_lock(&s->wmu);
+    if (!rc && s->broken)
+        rc = st_fail(QD_ERR_INDEX, "%s", s->broken_msg);
+    if (!rc)
+        rc = classify(s, items, n, replace, keys, res, plan, &nstore, &nreplace);
+    if (rc || dry || nstore + nreplace == 0)
+        goto out;
+
+    x = qd_mallocarray(nstore ? nstore * (size_t)s->dim : 1, sizeof *x);
+    ids = qd_mallocarray(nstore ? nstore : 1, sizeof *ids);
+    old_ids = qd_mallocarray(nreplace ? nreplace : 1, sizeof *old_ids);
+    if (!x || !ids || !old_ids) {
+        rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu vectors", nstore);
+        goto out;
+    }
+    if ((rc = encode_plan(s, items, n, plan, nstore, x)) != 0)
+        goto out;
+    /* Everything the in-memory update needs, before the commit. Training changes the
+     * index, but only an empty one (searches find nothing either way). */
+    if ((rc = st_map_reserve(&s->by_row, nstore, &s->rw)) != 0 ||
+        (rc = st_map_reserve(&s->by_ext, nstore, &s->rw)) != 0 ||
+        (rc = st_map_reserve(&s->by_text, nstore, &s->rw)) != 0)
+        goto out;
+    if (qd_ann_needs_training(s->ann)) {
+        pthread_rwlock_wrlock(&s->rw);
+        rc = qd_ann_train(s->ann, x, nstore < ST_MAX_TRAIN ? nstore : ST_MAX_TRAIN);
+        pthread_rwlock_unlock(&s->rw);
+        if (rc) {
+            rc = st_fail(rc, "training the index on %zu vectors: %s", nstore,
+                         qd_ann_errmsg(s->ann));
+            goto out;
+        }
+    }
+    double now = st_wall_now();
+    uint64_t seq = s->seq + 1;
+    if ((rc = write_add(s, items, n, plan, x, seq, now)) != 0)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        if (plan[i].r)
+            res[i].row = plan[i].r->row;
+    stored = 1;
+    rc = apply_add(s, plan, n, nstore, nreplace, x, ids, old_ids, seq, now);
+out:
+    /* Duplicates of batch items name the row the batch item got (none in a dry run or
+     * after a failure). */
+    for (size_t i = 0; i < n; i++)
+        if (is_batch_mark(res[i].other_row))
+            res[i].other_row = stored ? res[batch_item(res[i].other_row)].row : -1;
+    for (size_t i = 0; i < n; i++) {
+        if (plan[i].old)
+            plan[i].old->flags &= ~ROW_REPLACING;
+        qd_free(plan[i].r); /* NULL once the row table took it */
+    }
+    pthread_mutex_unlock(&s->wmu);
+    qd_free(keys);
+    qd_free(plan);
+    qd_free(x);
+    qd_free(ids);
+    qd_free(old_ids);
+    return rc;
+}
+
+int qd_store_add(qd_store *s, const qd_store_item *items, size_t n, int replace,
+                 qd_store_result *res)
+{
+    return add_common(s, items, n, replace, res, 0);
+}
+
+int qd_store_check(qd_store *s, const qd_store_item *items, size_t n, int replace,
+                   qd_store_result *res)
+{
+    return add_common(s, items, n, replace, res, 1);
+}
+
+/* --- removing ------------------------------------------------------------------------- */
+
+int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *lens,
+                         size_t n, int *found, size_t *nremoved)
+{
+    if (nremoved)
+        *nremoved = 0;
+    if (found)
+        memset(found, 0, n * sizeof *found);
+    if (s->readonly)
+        return st_fail(QD_ERR_FORBIDDEN, "%s: opened read-only", s->db_path);
+    if (n == 0)
+        return 0;
+    st_row **rows = qd_mallocarray(n, sizeof *rows);
+    int64_t *ids = qd_mallocarray(n, sizeof *ids);
+    sqlite3_stmt *rem = NULL;
+    size_t m = 0;
+    int rc = 0;
+    if (!rows || !ids) {
+        qd_free(rows);
+        qd_free(ids);
+        return st_fail(QD_ERR_NOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&s->wmu);
+    if (s->broken) {
+        rc = st_fail(QD_ERR_INDEX, "%s", s->broken_msg);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        st_row *r = st_map_get_ext(&s->by_ext, ext_ids[i], lens[i]);
+        if (!r || (r->flags & ROW_REMOVING))
+            continue; /* not live, or named twice */
+        r->flags |= ROW_REMOVING;
+        rows[m] = r;
+        ids[m++] = r->row;
+        if (found)
+            found[i] = 1;
+    }
+    if (m == 0)
+        goto out;
+    double now = st_wall_now();
+    uint64_t seq = s->seq + 1;
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = st_dbfail(s->db, s->db_path, "starting a transaction");
+        goto out;
+    }
+    rc = st_db_prepare(s, "UPDATE questions SET removed = ?1, removed_seq = ?2 "
+                       "WHERE row = ?3 AND removed IS NULL", &rem);
+    for (size_t i = 0; i < m && !rc; i++) {
+        sqlite3_bind_double(rem, 1, now);
+        sqlite3_bind_int64(rem, 2, (int64_t)seq);
+        sqlite3_bind_int64(rem, 3, ids[i]);
+        rc = st_db_run(s, rem);
+        if (!rc && sqlite3_changes(s->db) != 1)
+            rc = st_fail(QD_ERR_DB, "%s: row %" PRId64 " is no longer live in the database "
+                         "(changed by another program?)", s->db_path, ids[i]);
+    }
+    if (!rc)
+        rc = st_meta_set(s, "seq", 'i', (int64_t)seq, NULL, 0);
+    if (!rc && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = st_dbfail(s->db, s->db_path, "committing");
+    if (rc) {
+        st_db_rollback(s);
+        goto out;
+    }
+    pthread_rwlock_wrlock(&s->rw);
+    for (size_t i = 0; i < m; i++) {
+        rows[i]->removed = now;
+        st_map_del(&s->by_ext, rows[i]);
+        st_map_del(&s->by_text, rows[i]);
+    }
+    s->live -= m;
+    s->tombs += m;
+    s->seq = seq;
+    int arc = 0;
+    if (s->can_remove) {
+        arc = qd_ann_remove(s->ann, ids, m, NULL);
+        if (arc)
+            st_fail(arc, "removing from the index: %s", qd_ann_errmsg(s->ann));
+    }
+    pthread_rwlock_unlock(&s->rw);
+    if (arc)
+        rc = st_broken(s, arc, "updating the index");
+    else if (nremoved)
+        *nremoved = m;
+out:
+    for (size_t i = 0; i < m; i++)
+        rows[i]->flags &= ~ROW_REMOVING;
+    sqlite3_finalize(rem);
+    pthread_mutex_unlock(&s->wmu);
+    qd_free(rows);
+    qd_free(ids);
+    if (rc && found)
+        memset(found, 0, n * sizeof *found);
+    return rc;
+}
+
+int qd_store_remove(qd_store *s, const char *ext_id, size_t ext_id_len)
+{
+    size_t got = 0;
+    int rc = qd_store_remove_many(s, &ext_id, &ext_id_len, 1, NULL, &got);
+    if (rc)
+        return rc;
+    if (got == 0)
+        return st_fail(QD_ERR_NOTFOUND, "no live question with id \"%.*s\"",
+                       (int)(ext_id_len > 200 ? 200 : ext_id_len), ext_id);
+    return 0;
+}
+
+/* --- compaction and parameters -------------------------------------------------------------- */
+
+int qd_store_compact(qd_store *s)
+{
+    if (s->readonly)
+        return st_fail(QD_ERR_FORBIDDEN, "%s: opened read-only", s->db_path);
+    pthread_mutex_lock(&s->wmu);
+    int rc = 0;
+    st_row **dead = NULL;
+    size_t ndead = 0;
+    qd_ann *fresh = NULL, *old = NULL;
+    if (s->broken) {
+        rc = st_fail(QD_ERR_INDEX, "%s", s->broken_msg);
+        goto out;
+    }
+    dead = qd_mallocarray(s->tombs ? s->tombs : 1, sizeof *dead);
+    if (!dead) {
+        rc = st_fail(QD_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; s->by_row.slot && i <= s->by_row.mask; i++) {
+        st_row *r = s->by_row.slot[i];
+        if (r && r->removed != 0 && ndead < s->tombs)
+            dead[ndead++] = r;
+    }
+    /* Delete the tombstones and withdraw meta's word for the FAISS file in one
+     * transaction: a crash before the new checkpoint makes the next open rebuild,
+     * rather than load a file naming rows that no longer exist. */
+    uint64_t seq = s->seq + 1;
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = st_dbfail(s->db, s->db_path, "starting a transaction");
+        goto out;
+    }
+    rc = st_db_exec(s, "DELETE FROM questions WHERE removed IS NOT NULL");
+    if (!rc)
+        rc = st_meta_set(s, "seq", 'i', (int64_t)seq, NULL, 0);
+    if (!rc)
+        rc = st_meta_set(s, "faiss_crc", 'n', 0, NULL, 0);
+    if (!rc && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        rc = st_dbfail(s->db, s->db_path, "committing");
+    if (rc) {
+        st_db_rollback(s);
+        goto out;
+    }
+    s->vouched = 0;
+    pthread_rwlock_wrlock(&s->rw);
+    s->seq = seq;
+    pthread_rwlock_unlock(&s->rw);
+    /* The new index is built while searches go on against the old one. */
+    rc = st_build_index(s, &fresh);
+    if (rc)
+        goto out; /* tombstones stay filtered; the next open rebuilds */
+    pthread_rwlock_wrlock(&s->rw);
+    old = s->ann;
+    s->ann = fresh;
+    fresh = NULL;
+    for (size_t i = 0; i < ndead; i++)
+        st_map_del(&s->by_row, dead[i]);
+    s->tombs -= ndead;
+    pthread_rwlock_unlock(&s->rw);
+    for (size_t i = 0; i < ndead; i++)
+        qd_free(dead[i]);
+    ndead = 0;
+    rc = st_checkpoint_locked(s);
+    /* Give the freed pages back to the file system, then fold the WAL into the file. */
+    if (!rc)
+        rc = st_db_exec(s, "VACUUM");
+    if (!rc)
+        rc = st_db_exec(s, "PRAGMA wal_checkpoint(TRUNCATE)");
+out:
+    pthread_mutex_unlock(&s->wmu);
+    qd_ann_free(old);
+    qd_ann_free(fresh);
+    qd_free(dead);
+    return rc;
+}
+
+int qd_store_set_param(qd_store *s, const char *name, double value)
+{
+    pthread_mutex_lock(&s->wmu);
+    pthread_rwlock_wrlock(&s->rw);
+    int rc = qd_ann_set_param(s->ann, name, value);
+    if (rc)
+        st_fail(rc, "%s", qd_ann_errmsg(s->ann));
+    pthread_rwlock_unlock(&s->rw);
+    pthread_mutex_unlock(&s->wmu);
+    return rc;
+}
+
+int qd_store_set_param_text(qd_store *s, const char *name_value)
+{
+    const char *eq = strchr(name_value, '=');
+    char name[64], *end;
+    errno = 0;
+    double v = eq ? strtod(eq + 1, &end) : 0;
+    if (!eq || eq == name_value || (size_t)(eq - name_value) >= sizeof name ||
+        eq[1] == '\0' || *end || errno)
+        return st_fail(QD_ERR_FORMAT, "expected NAME=VALUE, e.g. nprobe=16");
+    snprintf(name, sizeof name, "%.*s", (int)(eq - name_value), name_value);
+    return qd_store_set_param(s, name, v);
+}
