@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "qdup/common.h"
+#include "qdup/input.h"
 
 /* One stored question. */
 typedef struct mrow {
@@ -389,6 +390,18 @@ static int mi_checkpoint(void *ctx)
     return 0; /* nothing is saved */
 }
 
+/* The store's item rules (qd_store_check_item, input.h), which the handler applies
+ * before an add. add itself takes any bytes, as a store opened on an old dump would
+ * hold them (the protocol tests store such texts directly). */
+static int mi_check_item(const qd_store_item *it, char *err, size_t errlen)
+{
+    return qd_input_check_question(it->ext_id, it->ext_id_len, QD_STORE_MAX_ID, it->text,
+                                   it->text_len, QD_STORE_MAX_TEXT, QD_INPUT_BLANK_OK, err,
+                                   errlen)
+               ? QD_ERR_INVAL
+               : 0;
+}
+
 static const char *mi_errmsg(void *ctx)
 {
     (void)ctx;
@@ -403,6 +416,7 @@ void qd_memidx_backend(qd_memidx *mi, qd_backend *be)
         .search = mi_search,
         .hits_free = hits_free,
         .add = mi_add,
+        .check_item = mi_check_item,
         .remove = mi_remove,
         .get = mi_get,
         .row_free = row_free,

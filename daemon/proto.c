@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "qdup/common.h"
+#include "qdup/input.h"
 
 /* Compact, one line, scores with 7 significant digits. */
 #define DUMP_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(7))
@@ -128,17 +129,15 @@ static int get_string(const qd_proto *p, qd_req *r, const char *name, size_t max
     return 0;
 }
 
-/* An external id: 1..max_id bytes without control characters (ids end up in logs and
- * in the output of tools that print one per line). */
+/* An external id, by the rules of input.h (ids end up in logs and in the output of
+ * tools that print one per line). */
 static int get_id(const qd_proto *p, qd_req *r)
 {
-    if (get_string(p, r, "id", p->lim.max_id, QD_CODE_BAD_REQUEST, &r->id, &r->id_len))
+    char why[QD_ERRMSG_MAX];
+    if (get_string(p, r, "id", SIZE_MAX, QD_CODE_BAD_REQUEST, &r->id, &r->id_len))
         return -1;
-    for (size_t i = 0; i < r->id_len; i++) {
-        unsigned char c = (unsigned char)r->id[i];
-        if (c < 0x20 || c == 0x7f)
-            return fail(r, QD_CODE_BAD_REQUEST, "\"id\" contains a control character");
-    }
+    if (qd_input_check_id(r->id, r->id_len, p->lim.max_id, why, sizeof why))
+        return fail(r, QD_CODE_BAD_REQUEST, "\"id\": %s", why);
     return 0;
 }
 

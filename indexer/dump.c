@@ -44,10 +44,10 @@
 
 #include <csv.h>
 #include <jansson.h>
-#include <utf8proc.h>
 
 #include "qdup/common.h"
 #include "qdup/fileio.h"
+#include "qdup/input.h"
 
 /* Bytes asked from read() at a time. */
 #define DUMP_CHUNK (64u * 1024u)
@@ -630,68 +630,15 @@ static int row_next(qd_dump *d)
 
 /* ------------------------------------------------------------------ checks ------- */
 
-/* Offset of the first byte of s[0..n) that does not begin a valid UTF-8 sequence
- * (overlong forms, surrogates and truncated sequences included), or n. */
-static size_t utf8_bad_at(const char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        if ((unsigned char)s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t k =
-            utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
-        if (k <= 0)
-            return i;
-        i += (size_t)k;
-    }
-    return n;
-}
-
-/* Checks an id (is_text 0) or a text (is_text 1). NULL if fine, else the reason,
+/* Checks an id and its text by the rules of input.h. NULL if fine, else the reason,
  * written into why. */
-static const char *check_field(const qd_dump *d, int is_text, const char *s, size_t n,
-                               char *why, size_t whylen)
+static const char *check_question(const qd_dump *d, const char *id, size_t id_len,
+                                  const char *text, size_t text_len, char *why, size_t whylen)
 {
-    const char *what = is_text ? "text" : "id";
-    size_t max = is_text ? d->max_text : d->max_id;
-    size_t bad;
-    if (n == 0) {
-        snprintf(why, whylen, "empty %s", what);
-        return why;
-    }
-    if (n > max) {
-        snprintf(why, whylen, "%s of %zu bytes is over the limit of %zu", what, n, max);
-        return why;
-    }
-    if (memchr(s, '\0', n)) {
-        snprintf(why, whylen, "NUL byte in the %s", what);
-        return why;
-    }
-    if ((bad = utf8_bad_at(s, n)) != n) {
-        snprintf(why, whylen, "%s is not valid UTF-8 (byte %zu)", what, bad + 1);
-        return why;
-    }
-    if (is_text) {
-        size_t i = 0;
-        while (i < n && strchr(" \t\n\r\v\f", s[i]))
-            i++;
-        if (i == n) {
-            snprintf(why, whylen, "empty text (only white space)");
-            return why;
-        }
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            unsigned char c = (unsigned char)s[i];
-            if (c < 0x20 || c == 0x7f) {
-                snprintf(why, whylen, "control character in the id (byte %zu)", i + 1);
-                return why;
-            }
-        }
-    }
-    return NULL;
+    return qd_input_check_question(id, id_len, d->max_id, text, text_len, d->max_text, 0,
+                                   why, whylen)
+               ? why
+               : NULL;
 }
 
 /* Checks id and text; fills rec or reports the record at `line`. */
@@ -699,9 +646,7 @@ static int make_rec(qd_dump *d, qd_dump_rec *rec, const char *id, size_t id_len,
                     const char *text, size_t text_len, uint64_t line)
 {
     char why[256];
-    const char *bad = check_field(d, 0, id, id_len, why, sizeof why);
-    if (!bad)
-        bad = check_field(d, 1, text, text_len, why, sizeof why);
+    const char *bad = check_question(d, id, id_len, text, text_len, why, sizeof why);
     if (bad)
         return set_msg(d, QD_ERR_FORMAT, "%s:%llu: %s", d->name, (unsigned long long)line,
                        bad);
@@ -772,9 +717,7 @@ static int quora_row(qd_dump *d)
         dump_field *id = &d->fields[1 + q], *text = &d->fields[3 + q];
         dump_event *ev = &d->ev[d->ev_n];
         char why[256], shown[64];
-        const char *bad = check_field(d, 0, id->p, id->len, why, sizeof why);
-        if (!bad)
-            bad = check_field(d, 1, text->p, text->len, why, sizeof why);
+        const char *bad = check_question(d, id->p, id->len, text->p, text->len, why, sizeof why);
         if (bad) {
             ev->is_err = 1;
             snprintf(ev->msg, sizeof ev->msg, "%s:%llu: question%d: %s", d->name,

@@ -52,6 +52,7 @@
 
 #include "qdup/ann.h"
 #include "qdup/common.h"
+#include "qdup/input.h"
 #include "qdup/tok.h"
 #include "store_impl.h"
 
@@ -153,49 +154,15 @@ void st_progress(qd_store *s, const char *phase, size_t done, size_t total)
         s->progress(phase, done, total, s->progress_arg);
 }
 
-/* 1 if s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code points past
- * U+10FFFF); *ctl gets 1 if it holds a C0 control character or DEL, *nul 1 if a NUL. */
-static int utf8_ok(const char *s, size_t n, int *ctl, int *nul)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    *ctl = *nul = 0;
-    for (size_t i = 0; i < n;) {
-        int32_t cp;
-        i += qd_utf8_decode(p + i, n - i, &cp);
-        if (cp < 0)
-            return 0;
-        if (cp == 0)
-            *nul = 1;
-        if (cp < 0x20 || cp == 0x7f)
-            *ctl = 1;
-    }
-    return 1;
-}
-
 /* --- item checks -------------------------------------------------------------------- */
 
 int qd_store_check_item(const qd_store_item *it, char *err, size_t errlen)
 {
-    int ctl, nul;
-    if (!it->ext_id || it->ext_id_len == 0)
-        return qd_errf(err, errlen, QD_ERR_INVAL, "empty id");
-    if (it->ext_id_len > QD_STORE_MAX_ID)
-        return qd_errf(err, errlen, QD_ERR_INVAL, "id of %zu bytes, over the limit of %d",
-                       it->ext_id_len, QD_STORE_MAX_ID);
-    if (!utf8_ok(it->ext_id, it->ext_id_len, &ctl, &nul))
-        return qd_errf(err, errlen, QD_ERR_INVAL, "id is not valid UTF-8");
-    if (ctl)
-        return qd_errf(err, errlen, QD_ERR_INVAL, "id holds a control character");
-    if (!it->text || it->text_len == 0)
-        return qd_errf(err, errlen, QD_ERR_INVAL, "empty text");
-    if (it->text_len > QD_STORE_MAX_TEXT)
-        return qd_errf(err, errlen, QD_ERR_INVAL, "text of %zu bytes, over the limit of %d",
-                       it->text_len, QD_STORE_MAX_TEXT);
-    if (!utf8_ok(it->text, it->text_len, &ctl, &nul))
-        return qd_errf(err, errlen, QD_ERR_INVAL, "text is not valid UTF-8");
-    if (nul)
-        return qd_errf(err, errlen, QD_ERR_INVAL, "text holds a NUL byte");
-    return 0;
+    return qd_input_check_question(it->ext_id, it->ext_id_len, QD_STORE_MAX_ID, it->text,
+                                   it->text_len, QD_STORE_MAX_TEXT, QD_INPUT_BLANK_OK, err,
+                                   errlen)
+               ? QD_ERR_INVAL
+               : 0;
 }
 
 /* --- open, create, close ------------------------------------------------------------------- */

@@ -113,10 +113,12 @@ typedef struct qd_store_item {
                             model makes), else NULL */
 } qd_store_item;
 
-/* Checks one item against the store's rules: id 1..QD_STORE_MAX_ID bytes of UTF-8
- * without control characters, text 1..QD_STORE_MAX_TEXT bytes of UTF-8 without NUL.
- * 0 or QD_ERR_INVAL with the reason in err. qd_store_add refuses a batch holding an
- * item that fails this, so callers taking items from the network check first. */
+/* Checks one item against the input rules (input.h) with the store's limits: id
+ * 1..QD_STORE_MAX_ID bytes of UTF-8 without control characters, text
+ * 1..QD_STORE_MAX_TEXT bytes of UTF-8 without NUL (a text of white space only passes
+ * here and comes back from add as QD_STORE_EMPTY). 0 or QD_ERR_INVAL with the reason
+ * in err. qd_store_add refuses a batch holding an item that fails this, so callers
+ * taking items from the network check first. */
 int qd_store_check_item(const qd_store_item *it, char *err, size_t errlen);
 
 /* What happened to each item of a batch add. */
