@@ -13,31 +13,18 @@
  * client's later lines are not taken until it is parsed, so its queue keeps request
  * order.
  *
- * Scheduling. Each client has its own queue of waiting requests, in request order,
- * and the clients with waiting requests form a ring. A free search worker builds its
- * batch by going round the ring from where the last batch stopped, taking the next
- * request of each client in turn (one per client per round, several rounds if there
- * is room), so a client with 64 requests waiting gets no more of a batch than one
- * with a single query, and a newcomer waits for one turn of the others, not for their
- * queues. A batch is capped by cost, not only by count: search_batch texts,
- * batch_results results (k for each text: what the search ranks and the reply
- * formats) and batch_bytes of question text (what the encoder reads). The first
- * request of a batch always fits; a request that does not fit ends the batch and its
- * client is asked first for the next one. A request over a cap on its own is heavy:
- * it goes alone, and with several workers at most threads - 1 heavy batches run at
- * once. So a well-behaved client's query waits for at most one batch of bounded cost
- * (a worker is always left to ordinary requests), plus its own. The writer
- * goes round the same ring with its own position: consecutive adds (one per client
- * per round) share a transaction, up to write_batch; any other write goes alone.
+ * Scheduling (sched.c, with no sockets). Each client has its own queue of waiting
+ * requests and the clients with waiting requests form a ring: a free search worker
+ * takes the next request of each client in turn into a batch capped by texts, results
+ * and text bytes (a request over a cap alone goes alone, never on every worker); the
+ * one writer batches consecutive adds the same way. This file turns those batches into
+ * pool work (take_batch, dispatch) and their results back into replies (work_done).
  *
  * Order. Each request gets a slot at the tail of its client's reply list when its
  * line is read; work fills slots in any order, and a flush writes the done slots from
- * the head, so replies leave in request order however the work finished. Only the
- * head of a client's queue may start, and only if it does not conflict with the
- * client's requests at work: a write waits until its earlier reads are done, a read
- * until its earlier writes are, so a pipelined "add, get" sees the add and "query,
- * remove" does not see the removal; reads of one client still run side by side, and
- * writes are in order anyway (one writer).
+ * the head, so replies leave in request order however the work finished. The
+ * scheduler starts a client's requests in order and keeps its reads and writes from
+ * overtaking each other (a pipelined "add, get" sees the add).
  *
  * Back-pressure and limits. A client is not read from while it has max_inflight
  * unanswered requests, or while the reply bytes it is owed pass pause_output: those
@@ -88,6 +75,7 @@
 #include <grp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +88,7 @@
 #include <uv.h>
 
 #include "qdup/common.h"
+#include "qdup/sched.h"
 
 #define READ_BUF_SIZE (64 * 1024)
 #define PARSE_INLINE_MAX 4096   /* longer lines are parsed by a worker */
@@ -114,12 +103,11 @@ enum { CLS_PARSE = -1 };
                               back-pressure never comes early for a client that reads */
 
 typedef struct client client;
-typedef struct qd_server srv_t;
 
 /* One request's place in its client's reply order. */
 typedef struct slot {
+    qd_sched_item it;    /* its place in the scheduler (it.cost: bytes of its line) */
     struct slot *next;   /* the client's next request */
-    struct slot *qnext;  /* the client's next waiting request (its queue) */
     client *c;           /* whose request (holds a reference) */
     qd_req *req;         /* the parsed request until it is run */
     char *line;          /* CLS_PARSE: a copy of the line, for a worker to parse */
@@ -130,7 +118,6 @@ typedef struct slot {
     int code;            /* the reply's qd_proto_code */
     int op;              /* the request's qd_op (QD_OP_NONE if unparsed) */
     int cls;             /* its qd_req_class, or CLS_PARSE */
-    size_t cost;         /* bytes of its line, counted in queued_bytes until done */
     size_t owed;         /* bytes counted for it in its client's `owed`: the reply's
                             estimated size until done, then its real size until
                             handed to libuv */
@@ -140,7 +127,7 @@ typedef struct slot {
 /* A connection. */
 struct client {
     uv_pipe_t pipe;      /* first: libuv hands this pointer back */
-    srv_t *srv;          /* owner */
+    qd_server *srv;          /* owner */
     client *prev, *next; /* the server's list of open clients */
     client *fnext;       /* the server's list of clients to flush */
     qd_peer peer;        /* who it is and whether it may write */
@@ -151,12 +138,7 @@ struct client {
     size_t inflight;     /* slots in head..tail */
     size_t writes;       /* uv_write requests not yet completed */
     size_t out_pending;  /* bytes of those requests */
-    size_t reads_out;    /* its reads at work (handed to a worker, not yet done) */
-    size_t writes_out;   /* its writes at work */
-    slot *wait, *wait_tail; /* its queue: requests not yet at work, oldest first
-                               (linked by qnext) */
-    client *rnext, *rprev; /* the server's ring of clients with waiting requests */
-    int in_ring;         /* 1 while on that ring */
+    qd_sched_client q;   /* its queue of requests not yet at work, and those at work */
     size_t owed;         /* reply bytes owed and not yet handed to libuv (the sum of
                             its slots' `owed`) */
     int out_paused;      /* 1 while not read because owed + unsent > pause_output */
@@ -177,12 +159,12 @@ enum { W_READ, W_WRITE, W_CHECKPOINT };
 /* A unit of pool work. */
 typedef struct work {
     uv_work_t w;         /* first */
-    srv_t *srv;          /* owner */
+    qd_server *srv;          /* owner */
     int kind;            /* W_READ, W_WRITE or W_CHECKPOINT */
     int heavy;           /* W_READ: one request over a batch cap on its own */
     size_t n;            /* requests */
     size_t cap;          /* room for requests */
-    slot **slots;        /* (cap) their slots, n used */
+    qd_sched_item **items; /* (cap) their slots' scheduler items, n used */
     qd_req **reqs;       /* (cap) the requests */
     uint64_t dirty;      /* checkpoint: writes it covers */
     int rc;              /* checkpoint: outcome */
@@ -228,17 +210,9 @@ struct qd_server {
     client *clients;        /* open clients */
     size_t nclients;        /* clients not yet closed */
     client *flush_list;     /* clients with replies to write */
-    client *rcur;           /* the ring of clients with waiting requests, as the
-                               search workers see it: the client asked first */
-    client *wcur;           /* the same ring's client the writer asks first */
-    size_t nring;           /* clients on the ring */
-    size_t queued;          /* requests waiting in the clients' queues */
-    size_t queued_bytes;    /* line bytes of requests waiting or at work */
+    qd_sched sched;         /* the clients' queues and the workers' batches */
     size_t out_total;       /* reply bytes handed to libuv and not yet written, all
                                clients */
-    int reads_running;      /* search/read work items in the pool */
-    int heavy_running;      /* those of them that are heavy (see take_reads) */
-    int write_running;      /* 1 while the writer has work in the pool */
     int ckpt_wanted;        /* the timer asked for a checkpoint */
     uint64_t dirty;         /* acknowledged writes since the last checkpoint */
     int ckpt_failed;        /* the final checkpoint failed */
@@ -258,7 +232,7 @@ struct qd_server {
 
 /* --- small helpers -------------------------------------------------------------------- */
 
-__attribute__((format(printf, 1, 2))) static void logf_(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static void qd_server_log(const char *fmt, ...)
 {
     char buf[1024];
     va_list ap;
@@ -312,7 +286,7 @@ static double *lat_copy(const lat_ring *r, size_t *n)
     return c;
 }
 
-static qd_enc_ws *ws_get(srv_t *s)
+static qd_enc_ws *ws_get(qd_server *s)
 {
     qd_enc_ws *ws = NULL;
     pthread_mutex_lock(&s->ws_mu);
@@ -322,7 +296,7 @@ static qd_enc_ws *ws_get(srv_t *s)
     return ws ? ws : qd_enc_ws_new();
 }
 
-static void ws_put(srv_t *s, qd_enc_ws *ws)
+static void ws_put(qd_server *s, qd_enc_ws *ws)
 {
     if (!ws)
         return;
@@ -348,7 +322,7 @@ static void ws_put(srv_t *s, qd_enc_ws *ws)
 static void client_flush_later(client *c);
 static void client_close(client *c);
 static void process_input(client *c);
-static void maybe_finish(srv_t *s);
+static void maybe_finish(qd_server *s);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
@@ -364,7 +338,7 @@ static void client_unref(client *c)
 static void on_client_closed(uv_handle_t *h)
 {
     client *c = (client *)h;
-    srv_t *s = c->srv;
+    qd_server *s = c->srv;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -388,105 +362,49 @@ static void slot_free(slot *sl)
     client_unref(c);
 }
 
-/* --- the ring of clients with waiting requests ----------------------------------------- */
+/* --- the scheduler's side (sched.h) --------------------------------------------------- */
 
-/* Puts c on the ring just behind the search workers' position: a client that starts
- * waiting has its turn after those already waiting have had theirs. */
-static void ring_insert(srv_t *s, client *c)
+#define SLOT_OF(item) ((slot *)((char *)(item) - offsetof(slot, it)))
+
+/* Queues a request (or a long line to parse) in its client's queue, with what the
+ * scheduler needs to batch it: `len` bytes of line. */
+static void wait_push(qd_server *s, slot *sl, size_t len)
 {
-    if (c->in_ring)
-        return;
-    c->in_ring = 1;
-    s->nring++;
-    if (!s->rcur) {
-        c->rnext = c->rprev = c;
-        s->rcur = s->wcur = c;
-        return;
+    qd_sched_item *it = &sl->it;
+    const qd_req *r = sl->req;
+    it->kind = sl->cls == CLS_PARSE       ? QD_SCHED_PARSE
+               : sl->cls == QD_REQ_WRITE ? QD_SCHED_WRITE
+                                          : QD_SCHED_READ;
+    it->joins = r && r->op == QD_OP_ADD;
+    it->cost = len;
+    /* A line to parse, a get or stats: one text's worth, its line as its bytes. */
+    it->texts = 1;
+    it->results = 1;
+    it->bytes = len;
+    if (sl->cls != CLS_PARSE && r->ntexts) {
+        it->texts = r->ntexts;
+        it->results = r->ntexts * r->k;
+        it->bytes = 0;
+        for (size_t j = 0; j < r->ntexts; j++)
+            it->bytes += r->lens[j];
     }
-    client *at = s->rcur;
-    c->rnext = at;
-    c->rprev = at->rprev;
-    at->rprev->rnext = c;
-    at->rprev = c;
-}
-
-static void ring_remove(srv_t *s, client *c)
-{
-    if (!c->in_ring)
-        return;
-    c->in_ring = 0;
-    s->nring--;
-    if (c->rnext == c) {
-        s->rcur = s->wcur = NULL;
-    } else {
-        c->rprev->rnext = c->rnext;
-        c->rnext->rprev = c->rprev;
-        if (s->rcur == c)
-            s->rcur = c->rnext;
-        if (s->wcur == c)
-            s->wcur = c->rnext;
-    }
-    c->rnext = c->rprev = NULL;
-}
-
-/* Appends a parsed request to its client's queue. */
-static void wait_push(srv_t *s, slot *sl)
-{
-    client *c = sl->c;
-    sl->qnext = NULL;
-    if (c->wait_tail)
-        c->wait_tail->qnext = sl;
-    else
-        c->wait = sl;
-    c->wait_tail = sl;
-    s->queued++;
-    ring_insert(s, c);
-}
-
-/* Takes the head of c's queue (it is going to work). */
-static slot *wait_pop(srv_t *s, client *c)
-{
-    slot *sl = c->wait;
-    c->wait = sl->qnext;
-    if (!c->wait) {
-        c->wait_tail = NULL;
-        ring_remove(s, c);
-    }
-    sl->qnext = NULL;
-    s->queued--;
-    if (sl->cls == QD_REQ_WRITE)
-        c->writes_out++;
-    else
-        c->reads_out++;
-    return sl;
+    qd_sched_push(&s->sched, &sl->c->q, it);
 }
 
 /* Drops the reads waiting in c's queue (c is closing: nobody will read the replies).
  * Its writes stay: they arrived whole and are carried out. */
 static void cancel_waiting(client *c)
 {
-    srv_t *s = c->srv;
-    slot *keep = NULL, **kp = &keep, *next;
-    c->wait_tail = NULL;
-    for (slot *sl = c->wait; sl; sl = next) {
-        next = sl->qnext;
-        if (sl->cls == QD_REQ_WRITE) {
-            *kp = sl;
-            kp = &sl->qnext;
-            c->wait_tail = sl;
-            continue;
-        }
+    qd_server *s = c->srv;
+    qd_sched_item *it = qd_sched_cancel_reads(&s->sched, &c->q), *next;
+    for (; it; it = next) {
+        next = it->next;
+        slot *sl = SLOT_OF(it);
         qd_proto_req_free(&s->proto, sl->req);
         sl->req = NULL;
         sl->cancelled = 1;
-        s->queued--;
-        s->queued_bytes -= sl->cost;
         s->cancelled++;
     }
-    *kp = NULL;
-    c->wait = keep;
-    if (!keep)
-        ring_remove(s, c);
 }
 
 static void client_close(client *c)
@@ -542,7 +460,7 @@ static void slot_forget(slot *sl)
 static void slot_done(slot *sl, char *out, size_t len, int code)
 {
     client *c = sl->c;
-    srv_t *s = c->srv;
+    qd_server *s = c->srv;
     sl->out = out;
     sl->len = len;
     sl->code = code;
@@ -614,7 +532,7 @@ static void on_write(uv_write_t *req, int status)
 /* Drops a client that does not read its replies. */
 static void client_drop(client *c, const char *whose)
 {
-    logf_("dropping client (uid %u, pid %d): %zu bytes of replies not read, over %s limit",
+    qd_server_log("dropping client (uid %u, pid %d): %zu bytes of replies not read, over %s limit",
           (unsigned)c->peer.uid, (int)c->peer.pid, c->out_pending, whose);
     c->srv->clients_dropped++;
     client_close(c);
@@ -623,7 +541,7 @@ static void client_drop(client *c, const char *whose)
 /* Writes the done slots at the head of the list (loop thread). */
 static void client_flush(client *c)
 {
-    srv_t *s = c->srv;
+    qd_server *s = c->srv;
     while (!c->closing && c->head && c->head->done) {
         wreq *w = qd_calloc(1, sizeof *w);
         if (!w) {
@@ -692,7 +610,7 @@ static void client_flush_later(client *c)
     c->srv->flush_list = c;
 }
 
-static void flush_all(srv_t *s)
+static void flush_all(qd_server *s)
 {
     while (s->flush_list) {
         client *c = s->flush_list;
@@ -715,7 +633,7 @@ static int is_blank(const char *p, size_t n)
 }
 
 /* The server's figures for a stats request. */
-static qd_proto_stats *stats_snapshot(srv_t *s)
+static qd_proto_stats *stats_snapshot(qd_server *s)
 {
     qd_proto_stats *st = qd_calloc(1, sizeof *st);
     if (!st)
@@ -729,7 +647,7 @@ static qd_proto_stats *stats_snapshot(srv_t *s)
     st->clients_dropped = s->clients_dropped;
     for (client *c = s->clients; c; c = c->next)
         st->clients_paused += !c->closing && c->out_paused;
-    st->queued = s->queued;
+    st->queued = s->sched.queued;
     st->cancelled = s->cancelled;
     st->unsaved_writes = s->dirty;
     st->checkpoints = s->checkpoints;
@@ -758,25 +676,21 @@ static int may_take(const client *c)
  * over budget and this client already has some of them (see the header). */
 static int over_budget(const client *c, size_t len)
 {
-    const srv_t *s = c->srv;
-    return c->wait && (s->queued >= s->o.max_queued ||
-                       s->queued_bytes + len > s->o.max_queued_bytes);
+    return qd_sched_over_budget(&c->srv->sched, &c->q, len);
 }
 
 /* Takes a parsed request (parsed here or by a worker): counts it, answers it at once
  * if it needs no worker, else queues it. `queued` is 1 if it already waited as a line
- * for a worker to parse (its bytes counted in queued_bytes, the budget checked). */
+ * for a worker to parse (the budget checked; its bytes no longer counted). */
 static void admit(client *c, slot *sl, qd_req *r, size_t len, int queued)
 {
-    srv_t *s = c->srv;
+    qd_server *s = c->srv;
     sl->op = r->op;
     if (r->op >= 0)
         s->requests[r->op]++;
     if (r->code == QD_CODE_FORBIDDEN)
-        logf_("forbidden: uid %u gid %u pid %d may not %s", (unsigned)c->peer.uid,
+        qd_server_log("forbidden: uid %u gid %u pid %d may not %s", (unsigned)c->peer.uid,
               (unsigned)c->peer.gid, (int)c->peer.pid, qd_proto_op_name(r->op));
-    if (queued)
-        s->queued_bytes -= len; /* counted again below if it goes on waiting */
     if (r->cls != QD_REQ_DONE && r->cls != QD_REQ_WRITE && c->closing) {
         /* Parsed for a client that has gone: a read is not worth running. */
         qd_proto_req_free(&s->proto, r);
@@ -802,17 +716,15 @@ static void admit(client *c, slot *sl, qd_req *r, size_t len, int queued)
         r->stats = stats_snapshot(s);
     sl->req = r;
     sl->cls = r->cls;
-    sl->cost = len;
     c->owed -= sl->owed;
     sl->owed = reply_estimate(r);
     c->owed += sl->owed;
-    s->queued_bytes += len;
-    wait_push(s, sl);
+    wait_push(s, sl, len);
 }
 
 static void handle_line(client *c, const char *line, size_t len)
 {
-    srv_t *s = c->srv;
+    qd_server *s = c->srv;
     if (is_blank(line, len))
         return;
     slot *sl = slot_new(c);
@@ -833,12 +745,10 @@ static void handle_line(client *c, const char *line, size_t len)
         }
         memcpy(sl->line, line, len);
         sl->cls = CLS_PARSE;
-        sl->cost = len;
         sl->owed = EST_REPLY_BASE;
         c->owed += sl->owed;
-        s->queued_bytes += len;
         c->parsing = 1;
-        wait_push(s, sl);
+        wait_push(s, sl, len);
         return;
     }
     qd_req *r;
@@ -854,7 +764,7 @@ static void handle_line(client *c, const char *line, size_t len)
  * worker); then decides whether to read more. */
 static void process_input(client *c)
 {
-    srv_t *s = c->srv;
+    qd_server *s = c->srv;
     size_t max_line = s->o.limits.max_line;
     size_t off = 0;
     while (!c->input_closed && !c->parsing && may_take(c) && off < c->in_len) {
@@ -998,7 +908,7 @@ static int peer_in_group(int fd, const struct ucred *cr, gid_t gid)
 }
 
 /* Reads the peer's credentials and decides what it may do. */
-static void peer_identify(srv_t *s, client *c)
+static void peer_identify(qd_server *s, client *c)
 {
     uv_os_fd_t fd;
     struct ucred cr;
@@ -1022,14 +932,14 @@ static void peer_identify(srv_t *s, client *c)
 
 static void on_connection(uv_stream_t *server, int status)
 {
-    srv_t *s = server->data;
+    qd_server *s = server->data;
     if (status < 0) {
-        logf_("accept: %s", uv_strerror(status));
+        qd_server_log("accept: %s", uv_strerror(status));
         return;
     }
     client *c = qd_calloc(1, sizeof *c);
     if (!c) {
-        logf_("accept: out of memory");
+        qd_server_log("accept: out of memory");
         return;
     }
     c->srv = s;
@@ -1062,7 +972,7 @@ static void on_connection(uv_stream_t *server, int status)
                  (unsigned)c->peer.uid, (unsigned)s->owner);
         refuse = msg;
         code = QD_CODE_FORBIDDEN;
-        logf_("forbidden: uid %u gid %u pid %d may not connect", (unsigned)c->peer.uid,
+        qd_server_log("forbidden: uid %u gid %u pid %d may not connect", (unsigned)c->peer.uid,
               (unsigned)c->peer.gid, (int)c->peer.pid);
     }
     if (refuse) {
@@ -1084,7 +994,7 @@ static void on_connection(uv_stream_t *server, int status)
 static void work_run(uv_work_t *req)
 {
     work *w = (work *)req;
-    srv_t *s = w->srv;
+    qd_server *s = w->srv;
     if (w->kind == W_CHECKPOINT) {
         w->rc = s->be.checkpoint(s->be.ctx);
         if (w->rc) {
@@ -1097,12 +1007,12 @@ static void work_run(uv_work_t *req)
      * other request; the rest run together. */
     size_t m = 0;
     for (size_t i = 0; i < w->n; i++) {
-        slot *sl = w->slots[i];
+        slot *sl = SLOT_OF(w->items[i]);
         if (sl->cls != CLS_PARSE) {
             w->reqs[m++] = sl->req;
             continue;
         }
-        if (qd_proto_parse(&s->proto, sl->line, sl->cost, &sl->c->peer, &sl->req))
+        if (qd_proto_parse(&s->proto, sl->line, sl->it.cost, &sl->c->peer, &sl->req))
             sl->req = NULL; /* out of memory: answered on the loop */
         qd_free(sl->line);
         sl->line = NULL;
@@ -1113,7 +1023,7 @@ static void work_run(uv_work_t *req)
     if (ws)
         qd_proto_run(&s->proto, ws, w->reqs, m);
     for (size_t i = 0, j = 0; i < w->n; i++) {
-        slot *sl = w->slots[i];
+        slot *sl = SLOT_OF(w->items[i]);
         if (sl->cls == CLS_PARSE)
             continue;
         qd_req *r = w->reqs[j];
@@ -1133,7 +1043,7 @@ static void work_run(uv_work_t *req)
 
 static void work_free(work *w)
 {
-    qd_free(w->slots);
+    qd_free(w->items);
     qd_free(w->reqs);
     qd_free(w);
 }
@@ -1141,12 +1051,12 @@ static void work_free(work *w)
 static void work_done(uv_work_t *req, int status)
 {
     work *w = (work *)req;
-    srv_t *s = w->srv;
+    qd_server *s = w->srv;
     (void)status; /* nothing is ever canceled */
     if (w->kind == W_CHECKPOINT) {
-        s->write_running = 0;
+        qd_sched_writer_done(&s->sched);
         if (w->rc) {
-            logf_("checkpoint failed: %s", w->err);
+            qd_server_log("checkpoint failed: %s", w->err);
             if (s->state != S_RUNNING)
                 s->ckpt_failed = 1;
         } else {
@@ -1157,51 +1067,41 @@ static void work_done(uv_work_t *req, int status)
         maybe_finish(s);
         return;
     }
-    if (w->kind == W_WRITE) {
-        s->write_running = 0;
-    } else {
-        s->reads_running--;
-        s->heavy_running -= w->heavy;
-    }
+    if (w->kind == W_WRITE)
+        qd_sched_writer_done(&s->sched);
+    else
+        qd_sched_reads_done(&s->sched, w->heavy);
     for (size_t i = 0; i < w->n; i++) {
-        slot *sl = w->slots[i];
+        slot *sl = SLOT_OF(w->items[i]);
+        /* The client's next request may now be free to start: the check handle's
+         * dispatch, after this round, sees it. */
+        qd_sched_item_done(&s->sched, &sl->it);
         if (sl->cls == CLS_PARSE) {
             /* A long line, parsed: queue it (or answer it), then take the client's
              * later lines. The reference keeps c while its slot may be freed. */
             client *c = sl->c;
             qd_req *r = sl->req;
             sl->req = NULL;
-            c->reads_out--;
             c->parsing = 0;
             c->refs++;
-            if (r) {
-                admit(c, sl, r, sl->cost, 1);
-            } else {
-                s->queued_bytes -= sl->cost;
+            if (r)
+                admit(c, sl, r, sl->it.cost, 1);
+            else
                 slot_reply_error(sl, QD_CODE_INTERNAL, "out of memory");
-            }
             if (!c->closing)
                 process_input(c);
             client_unref(c);
             continue;
         }
-        if (w->kind == W_WRITE) {
-            sl->c->writes_out--;
-            if (sl->code == QD_CODE_OK)
-                s->dirty++;
-        } else {
-            sl->c->reads_out--;
-        }
-        /* The client's next request may now be free to start: the check handle's
-         * dispatch, after this round, sees it. */
-        s->queued_bytes -= sl->cost;
+        if (w->kind == W_WRITE && sl->code == QD_CODE_OK)
+            s->dirty++;
         slot_done(sl, sl->out, sl->len, sl->code);
     }
     work_free(w);
     maybe_finish(s);
 }
 
-static work *work_new(srv_t *s, int kind, size_t n)
+static work *work_new(qd_server *s, int kind, size_t n)
 {
     work *w = qd_calloc(1, sizeof *w);
     if (!w)
@@ -1211,9 +1111,9 @@ static work *work_new(srv_t *s, int kind, size_t n)
     w->w.data = s;
     w->cap = n;
     if (n) {
-        w->slots = qd_mallocarray(n, sizeof *w->slots);
+        w->items = qd_mallocarray(n, sizeof *w->items);
         w->reqs = qd_mallocarray(n, sizeof *w->reqs);
-        if (!w->slots || !w->reqs) {
+        if (!w->items || !w->reqs) {
             work_free(w);
             return NULL;
         }
@@ -1221,161 +1121,64 @@ static work *work_new(srv_t *s, int kind, size_t n)
     return w;
 }
 
-static void work_add(work *w, slot *sl)
-{
-    QD_ASSERT(w->n < w->cap);
-    w->slots[w->n] = sl;
-    w->reqs[w->n] = sl->req;
-    w->n++;
-}
-
-static int work_submit(srv_t *s, work *w)
+static int work_submit(qd_server *s, work *w)
 {
     int rc = uv_queue_work(&s->loop, &w->w, work_run, work_done);
     QD_ASSERT(rc == 0); /* only fails for a NULL work callback */
     return rc;
 }
 
-/* 1 if a request of class cls must wait for the client's requests at work. */
-static int conflicts(const client *c, int cls)
+/* A batch from the scheduler into a new work item of `kind` (W_READ or W_WRITE), its
+ * requests beside their items; NULL if none is ready (or out of memory: everything
+ * stays queued for the next try). */
+static work *take_batch(qd_server *s, int kind)
 {
-    return cls == QD_REQ_WRITE ? c->reads_out > 0 : c->writes_out > 0;
-}
-
-/* c's next request if it may start now: a write for the writer (writer = 1), a read
- * (query, get, stats, check without store) for a search worker; else NULL. */
-static slot *ready_head(const client *c, int writer)
-{
-    slot *h = c->wait;
-    if (!h || (h->cls == QD_REQ_WRITE) != writer)
+    size_t lim = kind == W_READ ? s->o.search_batch : s->o.write_batch;
+    /* At most one request per text of the batch, and no more than wait. */
+    size_t cap = lim < s->sched.queued ? lim : s->sched.queued;
+    if (cap == 0)
         return NULL;
-    /* Parsing a line changes nothing: it need not wait for anything. */
-    if (h->cls != CLS_PARSE && conflicts(c, h->cls))
+    work *w = work_new(s, kind, cap);
+    if (!w)
         return NULL;
-    return h;
-}
-
-/* A batch for a free search worker: round the ring from s->rcur, the next ready read
- * of each client in turn, until the batch is full by texts, results or text bytes
- * (the first request always fits) or no client has a read ready. A request over a cap
- * on its own (heavy) goes alone, and with several workers at most threads - 1 heavy
- * batches run at once, so that one worker is always there for ordinary requests.
- * NULL if none is ready (or out of memory: everything stays queued for the next try). */
-static work *take_reads(srv_t *s)
-{
-    const qd_server_opts *o = &s->o;
-    int heavy_ok = s->heavy_running < (o->threads > 1 ? o->threads - 1 : 1);
-    work *w = NULL;
-    size_t texts = 0, results = 0, bytes = 0;
-    for (;;) {
-        int took = 0;
-        for (size_t i = s->nring; i > 0 && s->rcur; i--) {
-            client *c = s->rcur;
-            slot *h = ready_head(c, 0);
-            size_t t = 1, res = 1, b = h ? h->cost : 0; /* a line to parse, get, stats */
-            if (h && h->cls != CLS_PARSE && h->req->ntexts) {
-                const qd_req *r = h->req;
-                t = r->ntexts;
-                res = r->ntexts * r->k;
-                b = 0;
-                for (size_t j = 0; j < r->ntexts; j++)
-                    b += r->lens[j];
-            }
-            int heavy = t > o->search_batch || res > o->batch_results || b > o->batch_bytes;
-            if (!h || (heavy && !heavy_ok)) {
-                s->rcur = c->rnext;
-                continue;
-            }
-            if (w && (texts + t > o->search_batch || results + res > o->batch_results ||
-                      bytes + b > o->batch_bytes))
-                return w; /* c is first in line for the next batch */
-            if (!w) {
-                /* At most one request per text of the batch, and no more than wait. */
-                size_t cap = o->search_batch < s->queued ? o->search_batch : s->queued;
-                if (!(w = work_new(s, W_READ, cap)))
-                    return NULL;
-            }
-            s->rcur = c->rnext; /* before wait_pop, which may take c off the ring */
-            work_add(w, wait_pop(s, c));
-            if (heavy) {
-                w->heavy = 1;
-                return w;
-            }
-            texts += t;
-            results += res;
-            bytes += b;
-            took = 1;
-        }
-        if (!took)
-            return w;
+    w->n = kind == W_READ ? qd_sched_take_reads(&s->sched, w->items, cap, &w->heavy)
+                          : qd_sched_take_writes(&s->sched, w->items, cap);
+    if (w->n == 0) {
+        work_free(w);
+        return NULL;
     }
-}
-
-/* A batch for the writer, from s->wcur: a write that is not an add goes alone;
- * otherwise the next ready add of each client in turn, up to write_batch. */
-static work *take_writes(srv_t *s)
-{
-    work *w = NULL;
-    int adds = 0; /* 1 if the batch holds adds, which others may join */
-    for (;;) {
-        int took = 0;
-        for (size_t i = s->nring; i > 0 && s->wcur; i--) {
-            client *c = s->wcur;
-            slot *h = ready_head(c, 1);
-            if (!h) {
-                s->wcur = c->rnext;
-                continue;
-            }
-            int add = h->req->op == QD_OP_ADD;
-            if (w && (!adds || !add || w->n == s->o.write_batch))
-                return w;
-            if (!w) {
-                size_t cap = s->o.write_batch < s->queued ? s->o.write_batch : s->queued;
-                if (!(w = work_new(s, W_WRITE, cap)))
-                    return NULL;
-                adds = add;
-            }
-            s->wcur = c->rnext;
-            work_add(w, wait_pop(s, c));
-            took = 1;
-        }
-        if (!took)
-            return w;
-    }
+    for (size_t i = 0; i < w->n; i++)
+        w->reqs[i] = SLOT_OF(w->items[i])->req;
+    return w;
 }
 
 /* Hands waiting requests to free workers (loop thread). */
-static void dispatch(srv_t *s)
+static void dispatch(qd_server *s)
 {
     work *w;
-    while (s->reads_running < s->o.threads && (w = take_reads(s)) != NULL) {
-        s->reads_running++;
-        s->heavy_running += w->heavy;
+    while (qd_sched_reads_free(&s->sched) && (w = take_batch(s, W_READ)) != NULL)
         work_submit(s, w);
-    }
-    if (s->write_running)
+    if (s->sched.write_running)
         return;
     if (s->ckpt_wanted && s->dirty) {
         if (!(w = work_new(s, W_CHECKPOINT, 0)))
             return;
         s->ckpt_wanted = 0;
         w->dirty = s->dirty;
-        s->write_running = 1;
+        qd_sched_claim_writer(&s->sched);
         work_submit(s, w);
         return;
     }
     s->ckpt_wanted = 0;
-    if ((w = take_writes(s)) != NULL) {
-        s->write_running = 1;
+    if ((w = take_batch(s, W_WRITE)) != NULL)
         work_submit(s, w);
-    }
 }
 
 /* --- the loop's own handles ----------------------------------------------------------- */
 
 static void on_check(uv_check_t *h)
 {
-    srv_t *s = h->data;
+    qd_server *s = h->data;
     flush_all(s);
     dispatch(s);
     maybe_finish(s);
@@ -1383,7 +1186,7 @@ static void on_check(uv_check_t *h)
 
 static void on_ckpt_timer(uv_timer_t *t)
 {
-    srv_t *s = t->data;
+    qd_server *s = t->data;
     if (s->dirty) {
         s->ckpt_wanted = 1;
         /* Now, not at the next check: with no I/O the loop would sleep until the
@@ -1396,7 +1199,7 @@ static void on_ckpt_timer(uv_timer_t *t)
  * long. Closing only starts here: each stays in the list until its close callback. */
 static void on_idle_timer(uv_timer_t *t)
 {
-    srv_t *s = t->data;
+    qd_server *s = t->data;
     double now = qd_now(), rt = s->o.request_timeout_s, it = s->o.idle_timeout_s;
     size_t overdue = 0, idle = 0;
     for (client *c = s->clients; c; c = c->next) {
@@ -1423,14 +1226,14 @@ static void on_idle_timer(uv_timer_t *t)
         }
     }
     if (overdue || idle)
-        logf_("closed %zu clients whose request line was not finished within %g s and %zu "
+        qd_server_log("closed %zu clients whose request line was not finished within %g s and %zu "
               "idle for %g s", overdue, rt, idle, it);
     /* The answers go now: with no other I/O the loop would sleep before its check. */
     if (overdue)
         flush_all(s);
 }
 
-static void close_all_clients(srv_t *s)
+static void close_all_clients(qd_server *s)
 {
     for (client *c = s->clients; c; c = c->next)
         client_close(c);
@@ -1438,14 +1241,14 @@ static void close_all_clients(srv_t *s)
 
 static void on_drain_timer(uv_timer_t *t)
 {
-    srv_t *s = t->data;
+    qd_server *s = t->data;
     if (s->nclients)
-        logf_("shutdown: dropping %zu clients that did not take their replies",
+        qd_server_log("shutdown: dropping %zu clients that did not take their replies",
               s->nclients);
     close_all_clients(s);
 }
 
-static void unlink_socket(srv_t *s)
+static void unlink_socket(qd_server *s)
 {
     struct stat st;
     if (s->socket_bound && lstat(s->socket_path, &st) == 0 && st.st_dev == s->sock_dev &&
@@ -1456,10 +1259,10 @@ static void unlink_socket(srv_t *s)
 
 static void on_signal(uv_signal_t *h, int signum)
 {
-    srv_t *s = h->data;
+    qd_server *s = h->data;
     if (s->state == S_RUNNING) {
-        logf_("%s: shutting down (%zu requests queued, %zu clients)",
-              signum == SIGTERM ? "SIGTERM" : "SIGINT", s->queued, s->nclients);
+        qd_server_log("%s: shutting down (%zu requests queued, %zu clients)",
+              signum == SIGTERM ? "SIGTERM" : "SIGINT", s->sched.queued, s->nclients);
         s->state = S_DRAINING;
         uv_close((uv_handle_t *)&s->listener, NULL);
         unlink_socket(s);
@@ -1476,25 +1279,24 @@ static void on_signal(uv_signal_t *h, int signum)
             client_maybe_close(c);
         }
     } else if (s->state == S_DRAINING) {
-        logf_("second signal: dropping clients now");
+        qd_server_log("second signal: dropping clients now");
         close_all_clients(s);
     }
 }
 
 /* At shutdown, once nothing is queued, running or connected: checkpoint if needed,
  * then close the loop's own handles so that uv_run returns. */
-static void maybe_finish(srv_t *s)
+static void maybe_finish(qd_server *s)
 {
-    if (s->state != S_DRAINING || s->queued || s->reads_running || s->write_running ||
-        s->nclients || s->flush_list)
+    if (s->state != S_DRAINING || !qd_sched_idle(&s->sched) || s->nclients || s->flush_list)
         return;
     if (s->dirty && !s->ckpt_failed) {
         work *w = work_new(s, W_CHECKPOINT, 0);
         if (w) {
-            logf_("saving the index (%llu changes since the last checkpoint)",
+            qd_server_log("saving the index (%llu changes since the last checkpoint)",
                   (unsigned long long)s->dirty);
             w->dirty = s->dirty;
-            s->write_running = 1;
+            qd_sched_claim_writer(&s->sched);
             work_submit(s, w);
             return;
         }
@@ -1541,11 +1343,11 @@ static int clear_socket_path(const char *path, char *err, size_t errlen)
     if (unlink(path) != 0 && errno != ENOENT)
         return qd_errf(err, errlen, QD_ERR_IO, "cannot remove stale socket %s: %s", path,
                        strerror(errno));
-    logf_("removed stale socket %s", path);
+    qd_server_log("removed stale socket %s", path);
     return 0;
 }
 
-static int bind_socket(srv_t *s, char *err, size_t errlen)
+static int bind_socket(qd_server *s, char *err, size_t errlen)
 {
     const char *path = s->socket_path;
     struct sockaddr_un sa;
@@ -1593,7 +1395,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
         return qd_errf(err, errlen, QD_ERR_INVAL, "server option out of range");
 
     int rc = QD_ERR_NOMEM;
-    srv_t *s = qd_calloc(1, sizeof *s);
+    qd_server *s = qd_calloc(1, sizeof *s);
     if (!s)
         return qd_errf(err, errlen, QD_ERR_NOMEM, "out of memory");
     s->o = *o;
@@ -1616,6 +1418,16 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     s->proto.be = &s->be;
     s->proto.lim = o->limits;
     s->proto.search_pad = o->search_pad;
+    qd_sched_limits lim = {
+        .threads = o->threads,
+        .search_batch = o->search_batch,
+        .batch_results = o->batch_results,
+        .batch_bytes = o->batch_bytes,
+        .write_batch = o->write_batch,
+        .max_queued = o->max_queued,
+        .max_queued_bytes = o->max_queued_bytes,
+    };
+    qd_sched_init(&s->sched, &lim);
 
     /* The pool: one thread per search worker and one for the writer. libuv reads this
      * when the first work item is queued. */
@@ -1685,12 +1497,12 @@ int qd_server_run(qd_server *s)
     int rc = s->ckpt_failed ? QD_ERR_IO : 0;
     int lrc = uv_loop_close(&s->loop);
     if (lrc != 0) {
-        logf_("uv_loop_close: %s", uv_strerror(lrc));
+        qd_server_log("uv_loop_close: %s", uv_strerror(lrc));
         rc = QD_ERR_IO;
     } else {
         s->loop_ready = 0;
     }
-    logf_("stopped: %llu requests served, %llu checkpoints",
+    qd_server_log("stopped: %llu requests served, %llu checkpoints",
           (unsigned long long)(s->requests[QD_OP_QUERY] + s->requests[QD_OP_ADD] +
                                s->requests[QD_OP_REMOVE] + s->requests[QD_OP_GET] +
                                s->requests[QD_OP_CHECK] + s->requests[QD_OP_STATS] +
