@@ -45,6 +45,7 @@
 #include "qdup/common.h"
 #include "qdup/dump.h"
 #include "qdup/fileio.h"
+#include "qdup/ingest.h"
 #include "qdup/model.h"
 #include "qdup/store.h"
 #include "store_impl.h"
@@ -181,406 +182,42 @@ static void test_stop(const char *point)
     }
 }
 
-/* --- progress ----------------------------------------------------------------------- */
+/* --- progress and import (ingest.h) ------------------------------------------------------- */
 
-/* The progress line: on a terminal it is rewritten in place; with --progress and no
- * terminal, one line a second. */
-typedef struct progress {
-    int on;          /* print anything at all */
-    int tty;         /* stderr is a terminal */
-    double t0;       /* start of the current phase */
-    double last;     /* last print */
-    char phase[16];  /* current phase */
-    int dirty;       /* a line without newline is showing */
-} progress;
-
-static progress prog_state;
+static qd_ingest_progress prog_state;
 
 static void progress_clear(void)
 {
-    if (prog_state.dirty) {
-        fputs("\r\033[K", stderr);
-        prog_state.dirty = 0;
-    }
-}
-
-static void progress_cb(const char *phase, size_t done, size_t total, void *arg)
-{
-    (void)arg;
-    progress *p = &prog_state;
-    double now = qd_now();
-    if (strcmp(p->phase, phase) != 0) {
-        snprintf(p->phase, sizeof p->phase, "%s", phase);
-        p->t0 = now;
-        p->last = 0;
-    }
-    if (strcmp(phase, "encode") == 0 && done > 0)
-        test_stop("encode");
-    if (!p->on)
-        return;
-    /* The first call of a phase has no rate yet: wait for the next. */
-    if ((now - p->last < (p->tty ? 0.2 : 1.0) || now - p->t0 < 0.1) && done < total)
-        return;
-    p->last = now;
-    double el = now - p->t0;
-    double rate = el > 0 ? (double)done / el : 0;
-    double eta = rate > 0 ? (double)(total - done) / rate : 0;
-    const char *what = strcmp(phase, "encode") == 0   ? "encoding"
-                       : strcmp(phase, "index") == 0 ? "indexing"
-                                                     : phase;
-    fprintf(stderr, "%s%s: %zu/%zu rows, %.0f rows/s, ETA %.0f s%s", p->tty ? "\r\033[K" : "",
-            what, done, total, rate, eta, p->tty ? "" : "\n");
-    p->dirty = p->tty;
-    fflush(stderr);
+    qd_ingest_progress_clear(&prog_state);
 }
 
 static void progress_setup(const opts *o, qd_store *s)
 {
-    prog_state.tty = isatty(STDERR_FILENO);
-    prog_state.on = !o->quiet && (prog_state.tty || o->progress);
-    qd_store_set_progress(s, progress_cb, NULL);
+    qd_ingest_progress_init(&prog_state, o->quiet, o->progress, test_stop);
+    qd_store_set_progress(s, qd_ingest_progress_cb, &prog_state);
 }
 
-/* --- reading dumps -------------------------------------------------------------------- */
-
-/* One record read from a dump; its strings live in the arena. */
-typedef struct rec {
-    size_t id_off;    /* offset of the id in the arena */
-    size_t text_off;  /* offset of the text */
-    uint32_t id_len;  /* bytes */
-    uint32_t text_len;
-    uint32_t file;    /* index into the file list */
-    int dropped;      /* 1: not handed to the store (repeated id) */
-    uint64_t line;    /* where it starts */
-} rec;
-
-/* Every record of every dump, in order. */
-typedef struct recs {
-    char *arena;      /* ids and texts, each NUL-terminated */
-    size_t len, cap;  /* bytes used and allocated */
-    rec *r;           /* (n) records */
-    size_t n, rcap;   /* records and allocated entries */
-} recs;
-
-/* What happened to the input, for the summary. */
-typedef struct tally {
-    uint64_t read;       /* records read (malformed ones included) */
-    uint64_t indexed;    /* stored */
-    uint64_t malformed;  /* refused by the dump reader */
-    uint64_t dup_id;     /* id repeated in the input, or live without --replace */
-    uint64_t dup_text;   /* same normalized text as another question */
-    uint64_t empty;      /* no tokens */
-    uint64_t replaced;   /* replaced a live row, or an earlier record of the input */
-    uint64_t shown;      /* skip messages printed */
-    size_t max_report;   /* print at most this many */
-} tally;
-
-static void skipf(tally *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void skipf(tally *t, const char *fmt, ...)
+static qd_ingest_opts ingest_opts(const opts *o)
 {
-    if (t->shown++ >= t->max_report)
-        return;
-    progress_clear();
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-static int arena_put(recs *R, const char *s, size_t n, size_t *off)
-{
-    if (R->len + n + 1 > R->cap) {
-        size_t c = R->cap ? R->cap : 1 << 20;
-        while (c < R->len + n + 1)
-            c *= 2;
-        char *a = qd_realloc(R->arena, c);
-        if (!a)
-            return QD_ERR_NOMEM;
-        R->arena = a;
-        R->cap = c;
-    }
-    memcpy(R->arena + R->len, s, n);
-    R->arena[R->len + n] = '\0';
-    *off = R->len;
-    R->len += n + 1;
-    return 0;
-}
-
-static int recs_add(recs *R, const qd_dump_rec *d, uint32_t file)
-{
-    if (R->n == R->rcap) {
-        size_t c = R->rcap ? R->rcap * 2 : 4096;
-        rec *r = qd_reallocarray(R->r, c, sizeof *r);
-        if (!r)
-            return QD_ERR_NOMEM;
-        R->r = r;
-        R->rcap = c;
-    }
-    rec *r = &R->r[R->n];
-    memset(r, 0, sizeof *r);
-    if (arena_put(R, d->id, d->id_len, &r->id_off) || arena_put(R, d->text, d->text_len,
-                                                                 &r->text_off))
-        return QD_ERR_NOMEM;
-    r->id_len = (uint32_t)d->id_len;
-    r->text_len = (uint32_t)d->text_len;
-    r->file = file;
-    r->line = d->line;
-    R->n++;
-    return 0;
-}
-
-static void recs_free(recs *R)
-{
-    qd_free(R->arena);
-    qd_free(R->r);
-    memset(R, 0, sizeof *R);
-}
-
-/* The name a dump goes by in messages. */
-static const char *file_name(char **files, uint32_t i)
-{
-    return strcmp(files[i], "-") == 0 ? "<stdin>" : files[i];
-}
-
-/* Reads every dump into R. A malformed record is reported and skipped (fatal with
- * --strict); a dump that cannot be opened or read is fatal. Returns 0 or 1 (failed,
- * message printed). */
-static int read_dumps(const opts *o, char **files, int nfiles, recs *R, tally *t)
-{
-    char err[QD_ERRMSG_MAX];
-    qd_dump_opts dopt = qd_dump_opts_default();
-    if (o->format && qd_dump_parse_format(o->format, &dopt.format) != 0) {
-        errorf("--format %s: expected auto, quora, tsv, csv or jsonl", o->format);
-        return 1;
-    }
-    dopt.id_col = o->id_col;
-    dopt.text_col = o->text_col;
-    dopt.max_text_bytes = o->max_text;
-    int stdin_seen = 0;
-    for (int f = 0; f < nfiles; f++) {
-        if (strcmp(files[f], "-") == 0 && stdin_seen++) {
-            errorf("standard input (-) given twice");
-            return 1;
-        }
-        qd_dump *d = NULL;
-        if (qd_dump_open(files[f], &dopt, &d, err, sizeof err) != 0) {
-            progress_clear();
-            errorf("%s", err);
-            return 1;
-        }
-        double last = qd_now();
-        for (;;) {
-            qd_dump_rec dr;
-            int rc = qd_dump_next(d, &dr);
-            if (rc == 0)
-                break;
-            if (rc == QD_ERR_FORMAT) {
-                t->read++;
-                t->malformed++;
-                if (o->strict) {
-                    progress_clear();
-                    errorf("%s", qd_dump_errmsg(d));
-                    errorf("--strict: stopping at the first bad record; the index is unchanged");
-                    qd_dump_close(d);
-                    return 1;
-                }
-                skipf(t, "%s", qd_dump_errmsg(d));
-                continue;
-            }
-            if (rc < 0) {
-                progress_clear();
-                errorf("%s", qd_dump_errmsg(d));
-                qd_dump_close(d);
-                return 1;
-            }
-            t->read++;
-            if (recs_add(R, &dr, (uint32_t)f) != 0) {
-                errorf("out of memory after %zu records", R->n);
-                qd_dump_close(d);
-                return 1;
-            }
-            if (prog_state.on && (R->n & 4095) == 0 && qd_now() - last > 0.2) {
-                last = qd_now();
-                fprintf(stderr, "%sreading %s: %zu records%s", prog_state.tty ? "\r\033[K" : "",
-                        file_name(files, (uint32_t)f), R->n, prog_state.tty ? "" : "\n");
-                prog_state.dirty = prog_state.tty;
-            }
-        }
-        qd_dump_close(d);
-    }
-    progress_clear();
-    return 0;
-}
-
-/* Drops records whose id came earlier in the input: the later one is skipped, or
- * with --replace the earlier one is dropped. Returns 0 or 1 (--strict, printed). */
-static int drop_repeated_ids(const opts *o, char **files, recs *R, tally *t)
-{
-    size_t cap = 16;
-    while (cap < R->n * 2)
-        cap *= 2;
-    size_t *slot = qd_calloc(cap, sizeof *slot); /* record index + 1; 0 = empty */
-    if (!slot) {
-        errorf("out of memory");
-        return 1;
-    }
-    int rc = 0;
-    for (size_t i = 0; i < R->n && !rc; i++) {
-        rec *r = &R->r[i];
-        const char *id = R->arena + r->id_off;
-        size_t h = (size_t)qd_hash64(QD_HASH64_INIT, id, r->id_len) & (cap - 1);
-        for (;; h = (h + 1) & (cap - 1)) {
-            if (!slot[h]) {
-                slot[h] = i + 1;
-                break;
-            }
-            rec *e = &R->r[slot[h] - 1];
-            if (e->id_len != r->id_len || memcmp(R->arena + e->id_off, id, r->id_len) != 0)
-                continue;
-            if (o->replace) {
-                e->dropped = 1;
-                slot[h] = i + 1;
-                t->replaced++;
-            } else if (o->strict) {
-                errorf("%s:%" PRIu64 ": id \"%s\" repeats the one at %s:%" PRIu64,
-                       file_name(files, r->file), r->line, id, file_name(files, e->file),
-                       e->line);
-                errorf("--strict: stopping at the first bad record; the index is unchanged");
-                rc = 1;
-            } else {
-                r->dropped = 1;
-                t->dup_id++;
-                skipf(t, "%s:%" PRIu64 ": id \"%s\" repeats the one at %s:%" PRIu64
-                      " (use --replace to keep the later)",
-                      file_name(files, r->file), r->line, id, file_name(files, e->file),
-                      e->line);
-            }
-            break;
-        }
-    }
-    qd_free(slot);
-    return rc;
-}
-
-/* The message for an item the store did not take. */
-static void describe_refusal(qd_store *s, const qd_store_result *res, const rec *r,
-                             const recs *R, char **files, char *buf, size_t len)
-{
-    const char *id = R->arena + r->id_off;
-    qd_store_row other = {0};
-    int have = res->other_row >= 0 && qd_store_get_row(s, res->other_row, &other) == 0;
-    switch (res->status) {
-    case QD_STORE_DUP_ID:
-        snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\" is already in the index (row %" PRId64
-                 "); use --replace to replace it",
-                 file_name(files, r->file), r->line, id, res->other_row);
-        break;
-    case QD_STORE_DUP_TEXT:
-        if (have)
-            snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": same text as id \"%s\" (row %" PRId64
-                     ")", file_name(files, r->file), r->line, id, other.ext_id, other.row);
-        else
-            snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": same text as an earlier record",
-                     file_name(files, r->file), r->line, id);
-        break;
-    case QD_STORE_EMPTY:
-        snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": the text has no words or symbols",
-                 file_name(files, r->file), r->line, id);
-        break;
-    default:
-        buf[0] = '\0';
-    }
-    qd_store_row_free(&other);
+    return (qd_ingest_opts){.prog = prog, .format = o->format, .id_col = o->id_col,
+                            .text_col = o->text_col, .max_text = o->max_text,
+                            .max_report = o->max_report, .strict = o->strict,
+                            .replace = o->replace, .threads = o->threads, .quiet = o->quiet};
 }
 
 /* Reads the dumps and adds them to s as one batch. Returns 0 or 1 (printed). */
-static int load_and_add(qd_store *s, const opts *o, char **files, int nfiles, tally *t)
+static int load_and_add(qd_store *s, const opts *o, char **files, int nfiles,
+                        qd_ingest_tally *t)
 {
-    recs R = {0};
-    qd_store_item *items = NULL;
-    qd_store_result *res = NULL;
-    size_t *from = NULL;
-    char msg[QD_ERRMSG_MAX + 600];
-    int rc = read_dumps(o, files, nfiles, &R, t);
-    if (!rc)
-        rc = drop_repeated_ids(o, files, &R, t);
-    if (rc)
-        goto out;
-    items = qd_calloc(R.n ? R.n : 1, sizeof *items);
-    res = qd_calloc(R.n ? R.n : 1, sizeof *res);
-    from = qd_calloc(R.n ? R.n : 1, sizeof *from);
-    if (!items || !res || !from) {
-        errorf("out of memory for %zu records", R.n);
-        rc = 1;
-        goto out;
-    }
-    size_t n = 0;
-    for (size_t i = 0; i < R.n; i++) {
-        if (R.r[i].dropped)
-            continue;
-        items[n] = (qd_store_item){R.arena + R.r[i].id_off, R.r[i].id_len,
-                                   R.arena + R.r[i].text_off, R.r[i].text_len, NULL};
-        from[n++] = i;
-    }
-    if (o->strict) {
-        if (qd_store_check(s, items, n, o->replace, res) != 0) {
-            errorf("%s", qd_store_errmsg(s));
-            rc = 1;
-            goto out;
-        }
-        for (size_t i = 0; i < n; i++)
-            if (res[i].status != QD_STORE_ADDED && res[i].status != QD_STORE_REPLACED) {
-                describe_refusal(s, &res[i], &R.r[from[i]], &R, files, msg, sizeof msg);
-                errorf("%s", msg);
-                errorf("--strict: stopping at the first bad record; the index is unchanged");
-                rc = 1;
-                goto out;
-            }
-    }
-    if (qd_store_add(s, items, n, o->replace, res) != 0) {
-        progress_clear();
-        errorf("%s", qd_store_errmsg(s));
-        rc = 1;
-        goto out;
-    }
-    progress_clear();
-    for (size_t i = 0; i < n; i++) {
-        switch (res[i].status) {
-        case QD_STORE_ADDED: t->indexed++; continue;
-        case QD_STORE_REPLACED: t->indexed++; t->replaced++; continue;
-        case QD_STORE_DUP_ID: t->dup_id++; break;
-        case QD_STORE_DUP_TEXT: t->dup_text++; break;
-        case QD_STORE_EMPTY: t->empty++; break;
-        }
-        describe_refusal(s, &res[i], &R.r[from[i]], &R, files, msg, sizeof msg);
-        skipf(t, "%s", msg);
-    }
-out:
-    qd_free(items);
-    qd_free(res);
-    qd_free(from);
-    recs_free(&R);
-    return rc;
+    qd_ingest_opts io = ingest_opts(o);
+    return qd_ingest_dumps(s, &io, &prog_state, files, nfiles, t) ? 1 : 0;
 }
 
-static void print_summary(const char *cmd, const opts *o, const tally *t, int nfiles,
-                          double seconds)
+static void print_summary(const char *cmd, const opts *o, const qd_ingest_tally *t,
+                          int nfiles, double seconds)
 {
-    if (t->shown > t->max_report)
-        fprintf(stderr, "%s: ... and %" PRIu64 " more skipped records not shown "
-                "(--max-report)\n", prog, t->shown - t->max_report);
-    if (o->quiet)
-        return;
-    uint64_t skipped = t->malformed + t->dup_id + t->dup_text + t->empty;
-    fprintf(stderr,
-            "%s %s: %" PRIu64 " records read from %d file%s, %" PRIu64 " indexed, %" PRIu64
-            " skipped (%" PRIu64 " malformed, %" PRIu64 " duplicate id, %" PRIu64
-            " duplicate text, %" PRIu64 " empty), %" PRIu64 " replaced; %.2f s, %.0f "
-            "records/s\n",
-            prog, cmd, t->read, nfiles, nfiles == 1 ? "" : "s", t->indexed, skipped,
-            t->malformed, t->dup_id, t->dup_text, t->empty, t->replaced, seconds,
-            seconds > 0 ? (double)t->read / seconds : 0.0);
+    qd_ingest_opts io = ingest_opts(o);
+    qd_ingest_summary(&io, cmd, t, nfiles, seconds);
 }
 
 /* --- build ---------------------------------------------------------------------------- */
@@ -692,7 +329,7 @@ static int cmd_build(opts *o, int argc, char **argv)
         return 1;
     }
     progress_setup(o, s);
-    tally t = {.max_report = o->max_report};
+    qd_ingest_tally t;
     int rc = load_and_add(s, o, argv, argc, &t);
     if (!rc && qd_store_checkpoint(s) != 0) {
         errorf("%s", qd_store_errmsg(s));
@@ -748,7 +385,7 @@ static int cmd_add(opts *o, int argc, char **argv)
     if (!s)
         return 1;
     progress_setup(o, s);
-    tally t = {.max_report = o->max_report};
+    qd_ingest_tally t;
     int rc = load_and_add(s, o, argv, argc, &t);
     if (rc)
         errorf("add failed; %s is unchanged", o->db);

@@ -6,7 +6,7 @@
  * creates and closes a store and answers searches; write.c makes changes.
  *
  * How a change is made (add, remove, compact), always under the writer mutex `wmu`:
- *   1. work out what will happen (classification, encoding) reading only memory,
+ *   1. work out what will happen (classification) reading only memory,
  *      which no one else modifies while we hold wmu;
  *   2. allocate everything the in-memory update will need (row entries, hash-table
  *      room), so that nothing after the commit can fail for lack of memory;

@@ -135,8 +135,9 @@ struct qd_store {
     sqlite3 *db;                  /* the one connection; used only under wmu */
     int lock_fd;                  /* DB.lock, held while open for writing; -1 read-only */
     int readonly;                 /* opened read-only */
-    int threads;                  /* encoding threads for batch adds (0: all cores) */
-    qd_model *model;              /* the encoder (read-only once loaded) */
+    int threads;                  /* tokenizing threads for batch adds (0: all cores) */
+    qd_model *model;              /* the vectors' model: its fingerprint is the store's;
+                                     callers encode with it (read-only once loaded) */
     int dim;                      /* vector dimension (meta, = the model's) */
     int can_remove;               /* the index kind removes vectors (else tombstones) */
     int lossy;                    /* the index kind stores approximate vectors (SQ, PQ) */

@@ -1,11 +1,11 @@
 /*
- * write.c - the store's write path: add (classify against the row table, encode,
- * one SQLite transaction, then apply to memory), remove, compact and search
- * parameters. Every change follows the four steps of store.c's design note under the
- * writer mutex: decide reading memory only, allocate, commit, apply under the write
- * lock. A failure after the commit (FAISS out of memory) marks the store broken.
+ * write.c - the store's write path: add (classify against the row table, gather
+ * the caller's vectors, one SQLite transaction, then apply to memory), remove,
+ * compact and search parameters. Every change follows the four steps of store.c's
+ * design note under the writer mutex: decide reading memory only, allocate, commit,
+ * apply under the write lock. A failure after the commit (FAISS out of memory) marks
+ * the store broken.
  */
-#include "qdup/model.h"
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -103,66 +103,42 @@ out:
     return rc;
 }
 
-/* Progress of the encoder, forwarded as phase "encode". */
-typedef struct enc_progress {
-    qd_store *s;   /* the store whose callback gets it */
-    size_t total;  /* questions being encoded */
-} enc_progress;
-
-static void enc_progress_cb(size_t done, void *arg)
+/* The vectors of the rows to store as one (nstore, dim) array, in plan order. When
+ * the caller's vectors already lie so (qdup-index encodes the stored items into one
+ * array), that array is used as is: *x points into it and *own is NULL; else they
+ * are copied into *own, which the caller frees. QD_ERR_INVAL if a row to store came
+ * without a vector: the store takes vectors, it does not encode (ingest.h does). */
+static int plan_vectors(qd_store *s, const qd_store_item *items, size_t n,
+                        const add_plan *plan, size_t nstore, const float **x, float **own)
 {
-    enc_progress *p = arg;
-    st_progress(p->s, "encode", done, p->total);
-}
-
-/* Encodes (or copies) the vectors of the rows to store into x (nstore, dim). When no
- * item brings its own vector (the usual case) the encoder writes straight into x. */
-static int encode_plan(qd_store *s, const qd_store_item *items, size_t n,
-                       const add_plan *plan, size_t nstore, float *x)
-{
-    size_t dim = (size_t)s->dim, nenc = 0;
+    size_t dim = (size_t)s->dim;
+    const float *base = NULL;
+    int direct = 1;
+    *x = NULL;
+    *own = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (!plan[i].r)
+            continue;
+        if (!items[i].vec)
+            return st_fail(QD_ERR_INVAL, "item %zu: no vector (encode it first)", i);
+        if (!base)
+            base = items[i].vec; /* the first row to store has vec_index 0 */
+        /* Compared as addresses: base + k * dim need not point into any array. */
+        direct &= (uintptr_t)items[i].vec ==
+                  (uintptr_t)base + plan[i].vec_index * dim * sizeof *base;
+    }
+    if (direct) {
+        *x = base;
+        return 0;
+    }
+    *own = qd_mallocarray(nstore * dim, sizeof **own);
+    if (!*own)
+        return st_fail(QD_ERR_NOMEM, "out of memory for %zu vectors", nstore);
     for (size_t i = 0; i < n; i++)
-        if (plan[i].r && !items[i].vec)
-            nenc++;
-    int direct = nenc == nstore;
-    const char **texts = qd_mallocarray(nenc ? nenc : 1, sizeof *texts);
-    size_t *lens = qd_mallocarray(nenc ? nenc : 1, sizeof *lens);
-    float *ex = direct ? x : qd_mallocarray(nenc ? nenc * dim : 1, sizeof *ex);
-    int rc = 0;
-    if (!texts || !lens || !ex) {
-        rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu vectors", nstore);
-        goto out;
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (plan[i].r && !items[i].vec) {
-            texts[k] = items[i].text;
-            lens[k++] = items[i].text_len;
-        }
-    if (nenc > 0) {
-        enc_progress ep = {s, nenc};
-        rc = qd_enc_texts_parallel(s->model, texts, lens, nenc, s->threads, 0,
-                                   s->progress ? enc_progress_cb : NULL, &ep, ex);
-        if (rc) {
-            rc = st_fail(rc, "encoding %zu questions: %s", nenc, qd_strerror(rc));
-            goto out;
-        }
-    }
-    if (!direct) {
-        k = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (!plan[i].r)
-                continue;
-            const float *src = items[i].vec ? items[i].vec : ex + dim * k++;
-            memcpy(x + plan[i].vec_index * dim, src, dim * sizeof *x);
-        }
-    }
-out:
-    qd_free(texts);
-    qd_free(lens);
-    if (!direct)
-        qd_free(ex);
-    return rc;
+        if (plan[i].r)
+            memcpy(*own + plan[i].vec_index * dim, items[i].vec, dim * sizeof **own);
+    *x = *own;
+    return 0;
 }
 
 /* Inserts the planned rows and marks the replaced ones removed, in one transaction
@@ -318,7 +294,8 @@ static int add_common(qd_store *s, const qd_store_item *items, size_t n, int rep
 
     uint64_t *keys = qd_mallocarray(n, sizeof *keys);
     add_plan *plan = qd_calloc(n, sizeof *plan);
-    float *x = NULL;
+    const float *x = NULL;
+    float *own = NULL;
     int64_t *ids = NULL, *old_ids = NULL;
     size_t nstore = 0, nreplace = 0;
     int rc = 0, stored = 0;
@@ -337,14 +314,13 @@ static int add_common(qd_store *s, const qd_store_item *items, size_t n, int rep
     if (rc || dry || nstore + nreplace == 0)
         goto out;
 
-    x = qd_mallocarray(nstore ? nstore * (size_t)s->dim : 1, sizeof *x);
     ids = qd_mallocarray(nstore ? nstore : 1, sizeof *ids);
     old_ids = qd_mallocarray(nreplace ? nreplace : 1, sizeof *old_ids);
-    if (!x || !ids || !old_ids) {
+    if (!ids || !old_ids) {
         rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu vectors", nstore);
         goto out;
     }
-    if ((rc = encode_plan(s, items, n, plan, nstore, x)) != 0)
+    if ((rc = plan_vectors(s, items, n, plan, nstore, &x, &own)) != 0)
         goto out;
     /* Everything the in-memory update needs, before the commit. Training changes the
      * index, but only an empty one (searches find nothing either way). */
@@ -385,7 +361,7 @@ out:
     pthread_mutex_unlock(&s->wmu);
     qd_free(keys);
     qd_free(plan);
-    qd_free(x);
+    qd_free(own);
     qd_free(ids);
     qd_free(old_ids);
     return rc;

@@ -2,7 +2,7 @@
  * test_daemon.c - conversations with a real qdup-daemon (from QDUP_BIN) on a socket
  * under the test's scratch directory.
  *
- * The store is made here with qd_store_create/qd_store_add and the fixture model
+ * The store is made here with qd_store_create/qd_ingest_add and the fixture model
  * (vocabulary "w2".."w39", so "w3 w17 w5 w9" style texts have distinct vectors). One
  * daemon serves most tests; restarts, kills, permissions and socket-path cases start
  * their own (a store admits one writer process, so those use their own store or the
@@ -30,6 +30,7 @@
 #include <jansson.h>
 
 #include "qdup/common.h"
+#include "qdup/ingest.h"
 #include "qdup/store.h"
 #include "testutil.h"
 
@@ -359,7 +360,7 @@ static void make_store_spec(const char *db, unsigned n, const char *spec)
         items[i] = (qd_store_item){ids[i], strlen(ids[i]), texts[i], strlen(texts[i]), NULL};
     }
     qd_store_result *res = calloc(n, sizeof *res);
-    assert_int_equal(qd_store_add(s, items, n, 0, res), 0);
+    assert_int_equal(qd_ingest_add(s, items, n, 0, 1, NULL, NULL, res, err, sizeof err), 0);
     for (unsigned i = 0; i < n; i++)
         assert_int_equal(res[i].status, QD_STORE_ADDED);
     qd_store_close(s);

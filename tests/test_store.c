@@ -28,11 +28,21 @@
 #include "qdup/ann.h"
 #include "qdup/common.h"
 #include "qdup/fileio.h"
+#include "qdup/ingest.h"
 #include "qdup/model.h"
 #include "qdup/store.h"
 #include "testutil.h"
 
 /* ------------------------------------------------------------- helpers ---------- */
+
+/* Adds items as qdup-index does: the store takes vectors, and the ingest step
+ * encodes those of the items it will keep. */
+static int store_add(qd_store *s, const qd_store_item *it, size_t n, int replace,
+                     qd_store_result *res)
+{
+    char err[QD_ERRMSG_MAX];
+    return qd_ingest_add(s, it, n, replace, 2, NULL, NULL, res, err, sizeof err);
+}
 
 static const char *model_path(void)
 {
@@ -131,7 +141,7 @@ static qd_store *open_ro(const char *db)
 static void add_ok(qd_store *s, batch *b)
 {
     qd_store_result *res = calloc(b->n, sizeof *res);
-    int rc = qd_store_add(s, b->it, b->n, 0, res);
+    int rc = store_add(s, b->it, b->n, 0, res);
     if (rc)
         fail_msg("add: %s", qd_store_errmsg(s));
     for (size_t i = 0; i < b->n; i++) {
@@ -375,7 +385,7 @@ static void test_add_search_get(void **state)
     for (size_t i = 0; i < 300; i += 29)
         expect_top(s, b.text[i], b.id[i]);
     qd_store_result res[1];
-    assert_int_equal(qd_store_add(s, b.it, 1, 0, res), QD_ERR_FORBIDDEN);
+    assert_int_equal(store_add(s, b.it, 1, 0, res), QD_ERR_FORBIDDEN);
     assert_int_equal(qd_store_remove(s, "q1", 2), QD_ERR_FORBIDDEN);
     assert_int_equal(qd_store_checkpoint(s), QD_ERR_FORBIDDEN);
     verify_clean(s);
@@ -423,7 +433,7 @@ static void test_duplicates_and_replace(void **state)
     assert_int_equal(qd_store_check(s, it, n, 0, chk), 0);
     assert_int_equal(info_of(s).live, before.live); /* a dry run stores nothing */
     assert_int_equal(info_of(s).seq, before.seq);
-    assert_int_equal(qd_store_add(s, it, n, 0, res), 0);
+    assert_int_equal(store_add(s, it, n, 0, res), 0);
     const qd_store_status want[] = {QD_STORE_DUP_TEXT, QD_STORE_DUP_ID, QD_STORE_EMPTY,
                                     QD_STORE_ADDED,    QD_STORE_DUP_ID, QD_STORE_DUP_TEXT,
                                     QD_STORE_ADDED};
@@ -451,11 +461,11 @@ static void test_duplicates_and_replace(void **state)
         {"q6", 2, b.text[7], strlen(b.text[7]), NULL}, /* text of another live row */
         {"b1", 2, b.text[4], strlen(b.text[4]), NULL}, /* q4's old text: free now */
     };
-    assert_int_equal(qd_store_add(s, rep, 3, 0, res), 0);
+    assert_int_equal(store_add(s, rep, 3, 0, res), 0);
     assert_int_equal(res[0].status, QD_STORE_DUP_ID);
     assert_int_equal(res[0].other_row, row4);
     assert_int_equal(res[2].status, QD_STORE_DUP_TEXT);
-    assert_int_equal(qd_store_add(s, rep, 3, 1, res), 0);
+    assert_int_equal(store_add(s, rep, 3, 1, res), 0);
     assert_int_equal(res[0].status, QD_STORE_REPLACED);
     assert_true(res[0].row > row4);
     assert_int_equal(res[1].status, QD_STORE_DUP_TEXT);
@@ -480,16 +490,16 @@ static void test_duplicates_and_replace(void **state)
         {"ok", 2, "w3 w4", 5, NULL},
         {"b\xff", 2, "w5 w6", 5, NULL},
     };
-    assert_int_equal(qd_store_add(s, bad, 2, 0, res), QD_ERR_INVAL);
+    assert_int_equal(store_add(s, bad, 2, 0, res), QD_ERR_INVAL);
     assert_non_null(strstr(qd_store_errmsg(s), "item 1"));
     bad[1] = (qd_store_item){"b2", 2, "w5\0w6", 5, NULL};
-    assert_int_equal(qd_store_add(s, bad, 2, 0, res), QD_ERR_INVAL);
+    assert_int_equal(store_add(s, bad, 2, 0, res), QD_ERR_INVAL);
     bad[1] = (qd_store_item){"b\t2", 3, "w5 w6", 5, NULL};
-    assert_int_equal(qd_store_add(s, bad, 2, 0, res), QD_ERR_INVAL);
+    assert_int_equal(store_add(s, bad, 2, 0, res), QD_ERR_INVAL);
     char longid[QD_STORE_MAX_ID + 2];
     memset(longid, 'x', sizeof longid);
     bad[1] = (qd_store_item){longid, sizeof longid, "w5 w6", 5, NULL};
-    assert_int_equal(qd_store_add(s, bad, 2, 0, res), QD_ERR_INVAL);
+    assert_int_equal(store_add(s, bad, 2, 0, res), QD_ERR_INVAL);
     assert_int_equal(info_of(s).live, in.live);
     assert_int_equal(info_of(s).seq, in.seq);
     char err[256];
@@ -502,17 +512,27 @@ static void test_duplicates_and_replace(void **state)
     float v[64] = {0};
     v[0] = 1;
     qd_store_item pre = {"vec", 3, "w38 w38 w38 w38", 15, v};
-    assert_int_equal(qd_store_add(s, &pre, 1, 0, res), 0);
+    assert_int_equal(store_add(s, &pre, 1, 0, res), 0);
     assert_int_equal(res[0].status, QD_STORE_ADDED);
     qd_store_hits h;
     assert_int_equal(qd_store_search(s, v, 1, 1, -1, NULL, &h), 0);
     assert_string_equal(h.hit[0].row.ext_id, "vec");
     qt_assert_near(h.hit[0].score, 1.0, 1e-6);
     qd_store_hits_free(&h);
+    /* The store itself does not encode: an item it would keep must bring its vector
+     * (the batch fails, storing nothing); one it refuses needs none. */
+    qd_store_info in2 = info_of(s);
+    qd_store_item novec = {"nv1", 3, "w30 w31 w30", 11, NULL};
+    assert_int_equal(qd_store_add(s, &novec, 1, 0, res), QD_ERR_INVAL);
+    assert_non_null(strstr(qd_store_errmsg(s), "no vector"));
+    novec.ext_id = "vec"; /* a live id: refused as a duplicate */
+    assert_int_equal(qd_store_add(s, &novec, 1, 0, res), 0);
+    assert_int_equal(res[0].status, QD_STORE_DUP_ID);
+    assert_int_equal(info_of(s).seq, in2.seq);
     float nanv[64] = {0};
     nanv[dim - 1] = NAN;
     qd_store_item nanit = {"nan", 3, "w37 w37", 7, nanv};
-    assert_int_equal(qd_store_add(s, &nanit, 1, 0, res), QD_ERR_INVAL);
+    assert_int_equal(store_add(s, &nanit, 1, 0, res), QD_ERR_INVAL);
     assert_non_null(strstr(qd_store_errmsg(s), "not finite"));
     /* Given and encoded vectors in one batch land on the right rows. */
     qd_store_item mix[] = {{"m1", 2, "w36 w35 w34", 11, NULL},
@@ -520,7 +540,7 @@ static void test_duplicates_and_replace(void **state)
                            {"m3", 2, "w36 w35 w32", 11, NULL}};
     v[0] = 0;
     v[1] = 1;
-    assert_int_equal(qd_store_add(s, mix, 3, 0, res), 0);
+    assert_int_equal(store_add(s, mix, 3, 0, res), 0);
     expect_top(s, "w36 w35 w34", "m1");
     expect_top(s, "w36 w35 w32", "m3");
     assert_int_equal(qd_store_search(s, v, 1, 1, -1, NULL, &h), 0);
@@ -528,7 +548,7 @@ static void test_duplicates_and_replace(void **state)
     qd_store_hits_free(&h);
     v[1] = 2;
     mix[1].ext_id = "m4";
-    assert_int_equal(qd_store_add(s, &mix[1], 1, 0, res), QD_ERR_INVAL);
+    assert_int_equal(store_add(s, &mix[1], 1, 0, res), QD_ERR_INVAL);
     assert_non_null(strstr(qd_store_errmsg(s), "unit vector"));
     verify_clean(s);
     qd_store_close(s);
@@ -589,7 +609,7 @@ static void test_remove(void **state)
 
     /* A removed id and its text may come back, as a new row. */
     qd_store_result res;
-    assert_int_equal(qd_store_add(s, &b.it[10], 1, 0, &res), 0);
+    assert_int_equal(store_add(s, &b.it[10], 1, 0, &res), 0);
     assert_int_equal(res.status, QD_STORE_ADDED);
     assert_true(res.row > old_row);
     expect_top(s, b.text[10], "q10");
@@ -644,7 +664,7 @@ static void test_crash_replay(void **state)
         qd_store_opts o = {.threads = 1};
         qd_store_result res[60];
         if (qd_store_open(db, &o, &c, err, sizeof err) ||
-            qd_store_add(c, b2.it, b2.n, 0, res) || qd_store_remove(c, "q5", 2) ||
+            store_add(c, b2.it, b2.n, 0, res) || qd_store_remove(c, "q5", 2) ||
             qd_store_remove(c, "q210", 4))
             _exit(3);
         _exit(0);
@@ -1159,7 +1179,7 @@ static void test_concurrent_search_during_add(void **state)
         assert_int_equal(pthread_create(&th[i], NULL, searcher, &c), 0);
     for (int k = 0; k < NB; k++) {
         qd_store_result res[CB];
-        assert_int_equal(qd_store_add(s, b.it + k * CB, CB, 0, res), 0);
+        assert_int_equal(store_add(s, b.it + k * CB, CB, 0, res), 0);
         for (int i = 0; i < CB; i++)
             assert_int_equal(res[i].status, QD_STORE_ADDED);
         if (k % 5 == 4) {
@@ -1220,7 +1240,7 @@ static void test_alloc_failures(void **state)
     for (long n = 0; n < 100000 && !added; n++) {
         qd_store_info before = info_of(s);
         qd_alloc_fail_after(n, 0);
-        int rc = qd_store_add(s, more.it, more.n, 0, res);
+        int rc = store_add(s, more.it, more.n, 0, res);
         qd_alloc_fail_after(-1, 0);
         if (rc == 0) {
             added = 1;

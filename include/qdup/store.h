@@ -30,7 +30,7 @@
  * set_param) and verify and export are serialized inside the store. A search sees
  * each concurrent write entirely or not at all (a reader-writer lock over the index
  * and the in-memory row table, which searches read without touching SQLite); it waits
- * only while a committed change is applied to memory, never while a batch is encoded
+ * only while a committed change is applied to memory, never while a batch is tokenized
  * or written to SQLite. FAISS runs each search on OpenMP threads of its own: a caller
  * searching from several threads should bound that with qd_ann_set_threads(1).
  *
@@ -68,7 +68,7 @@ typedef struct qd_store qd_store;
 typedef struct qd_store_opts {
     const char *model_path; /* model to use; NULL: the path remembered in the database */
     const char *index_spec; /* create only: FAISS factory string; NULL: "Flat" */
-    int threads;            /* encoding threads for batch adds (0: all cores) */
+    int threads;            /* tokenizing threads for batch adds (0: all cores) */
     int readonly;           /* open only for reading (info, verify, export, search) */
 } qd_store_opts;
 
@@ -109,8 +109,9 @@ typedef struct qd_store_item {
     size_t ext_id_len;
     const char *text;    /* the question */
     size_t text_len;
-    const float *vec;    /* (dim) its vector if already encoded (a unit vector, as the
-                            model makes), else NULL */
+    const float *vec;    /* (dim) its vector (a unit vector, as the model makes):
+                            required for an item qd_store_add stores, may be NULL
+                            for one it refuses and in qd_store_check */
 } qd_store_item;
 
 /* Checks one item against the input rules (input.h) with the store's limits: id
@@ -136,22 +137,27 @@ typedef struct qd_store_result {
     int64_t other_row;       /* for DUP_ID / DUP_TEXT: the row it collided with, or -1 */
 } qd_store_result;
 
-/* Adds n questions in one transaction: encodes those without a vector (on
- * o->threads threads), then inserts them; with `replace`, an item whose id is live
+/* Adds n questions in one transaction; with `replace`, an item whose id is live
  * replaces that row instead of being refused. res (n) gets each item's outcome. The
- * call fails as a whole (nothing stored) on an I/O, database or index error, and with
- * QD_ERR_INVAL (the message names the item) if an item fails qd_store_check_item().
+ * store does not encode: every item it stores must bring its vector (qd_store_check
+ * says which those are; qd_ingest_add in ingest.h encodes and adds). When the vectors
+ * of the stored items lie one after another in one array, in item order, the store
+ * reads them in place; else it copies them. The call fails as a whole (nothing
+ * stored) on an I/O, database or index error, and with QD_ERR_INVAL (the message
+ * names the item) if an item fails qd_store_check_item() or a stored item has no
+ * vector.
  * An index kind that must be trained (IVF) is trained on the first batch added.
  * Within a batch the first of two items with one id or one normalized text wins. */
 int qd_store_add(qd_store *s, const qd_store_item *items, size_t n, int replace,
                  qd_store_result *res);
 
-/* What qd_store_add would do with these items, storing nothing and encoding nothing
- * (row is -1 for every item; other_row names live rows only). For --strict. */
+/* What qd_store_add would do with these items, storing nothing (vectors are not
+ * needed: row is -1 for every item; other_row names live rows only). Tells the
+ * encoder which items to encode, and serves --strict. */
 int qd_store_check(qd_store *s, const qd_store_item *items, size_t n, int replace,
                    qd_store_result *res);
 
-/* Reports progress of long calls (add: phase "encode" then "index"; open, compact:
+/* Reports progress of long calls (add: phase "index"; open, compact:
  * "rebuild"): fn(phase, done, total, arg) from the calling thread now and then. fn
  * must not call into s. NULL turns it off. */
 void qd_store_set_progress(qd_store *s,
