@@ -9,8 +9,11 @@
  * runs it as one encoding pass and one search per (k, min_score); writes (add,
  * remove, check with store) go through a single writer, round robin too, consecutive
  * adds in one transaction, so that no more than one pool thread ever waits on the
- * store's write lock. A client that does not read its replies stops being read. See
- * server.c for scheduling, back-pressure, limits, access control and shutdown.
+ * store's write lock. A client that does not read its replies stops being read.
+ * Files: server.c (the loop, dispatch to the pool, checkpoints, signals, shutdown),
+ * sched.c (the scheduling policy, no sockets: sched.h), conn.c (connections, lines,
+ * reply order, back-pressure, limits, timeouts), listen.c (the socket, access control);
+ * their shared internals are in daemon/server_impl.h.
  */
 #ifndef QDUP_SERVER_H
 #define QDUP_SERVER_H
