@@ -40,6 +40,7 @@ static const char *const code_names[QD_CODE_COUNT] = {
     [QD_CODE_BUSY] = "busy",
     [QD_CODE_FORBIDDEN] = "forbidden",
     [QD_CODE_INTERNAL] = "internal",
+    [QD_CODE_UNAVAILABLE] = "unavailable",
 };
 
 const char *qd_proto_code_name(int code)
@@ -375,6 +376,9 @@ static void fail_rc(const qd_proto *p, qd_req *r, int rc)
         break;
     case QD_ERR_FORBIDDEN:
         fail(r, QD_CODE_FORBIDDEN, "%s", detail);
+        break;
+    case QD_ERR_UNAVAILABLE:
+        fail(r, QD_CODE_UNAVAILABLE, "nothing was written, retry later: %s", detail);
         break;
     default:
         fail(r, QD_CODE_INTERNAL, "%s", detail);

@@ -7,6 +7,7 @@
  */
 #include "qdup/common.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,8 +35,20 @@ const char *qd_strerror(int rc)
     case QD_ERR_BUSY: return "busy";
     case QD_ERR_CANCELED: return "canceled";
     case QD_ERR_FORBIDDEN: return "forbidden";
+    case QD_ERR_UNAVAILABLE: return "unavailable (disk full, read-only or failing storage)";
     }
     return "unknown error";
+}
+
+int qd_err_from_errno(int e)
+{
+    switch (e) {
+    case ENOSPC:
+    case EDQUOT:
+    case EROFS:
+    case EIO: return QD_ERR_UNAVAILABLE;
+    default: return QD_ERR_IO;
+    }
 }
 
 int qd_errf(char *err, size_t errlen, int rc, const char *fmt, ...)

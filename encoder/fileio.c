@@ -92,12 +92,12 @@ int qd_fsync_dir_of(const char *path, char *err, size_t errlen)
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        return qd_errf(err, errlen, QD_ERR_IO, "%s: %s", dir, strerror(e));
+        return qd_errf(err, errlen, qd_err_from_errno(e), "%s: %s", dir, strerror(e));
     }
     int rc = 0;
     if (fsync(fd) != 0 && errno != EINVAL) {
         int e = errno;
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: fsync: %s", dir, strerror(e));
+        rc = qd_errf(err, errlen, qd_err_from_errno(e), "%s: fsync: %s", dir, strerror(e));
     }
     close(fd);
     return rc;
@@ -112,7 +112,7 @@ int qd_file_write_atomic(const char *path, const void *data, size_t len, char *e
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         int e = errno;
-        return qd_errf(err, errlen, QD_ERR_IO, "%s: %s", tmp, strerror(e));
+        return qd_errf(err, errlen, qd_err_from_errno(e), "%s: %s", tmp, strerror(e));
     }
     const char *p = data;
     size_t left = len;
@@ -124,7 +124,7 @@ int qd_file_write_atomic(const char *path, const void *data, size_t len, char *e
             int e = errno;
             close(fd);
             unlink(tmp);
-            return qd_errf(err, errlen, QD_ERR_IO, "%s: write: %s", tmp, strerror(e));
+            return qd_errf(err, errlen, qd_err_from_errno(e), "%s: write: %s", tmp, strerror(e));
         }
         p += w;
         left -= (size_t)w;
@@ -133,17 +133,17 @@ int qd_file_write_atomic(const char *path, const void *data, size_t len, char *e
         int e = errno;
         close(fd);
         unlink(tmp);
-        return qd_errf(err, errlen, QD_ERR_IO, "%s: fsync: %s", tmp, strerror(e));
+        return qd_errf(err, errlen, qd_err_from_errno(e), "%s: fsync: %s", tmp, strerror(e));
     }
     if (close(fd) != 0) {
         int e = errno;
         unlink(tmp);
-        return qd_errf(err, errlen, QD_ERR_IO, "%s: close: %s", tmp, strerror(e));
+        return qd_errf(err, errlen, qd_err_from_errno(e), "%s: close: %s", tmp, strerror(e));
     }
     if (rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);
-        return qd_errf(err, errlen, QD_ERR_IO, "%s: rename: %s", path, strerror(e));
+        return qd_errf(err, errlen, qd_err_from_errno(e), "%s: rename: %s", path, strerror(e));
     }
     return qd_fsync_dir_of(path, err, errlen);
 }

@@ -386,17 +386,20 @@ int qd_ann_save(const qd_ann *a, const char *path, char *err, size_t errlen)
     int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         e = errno;
-        return qd_errf(err, errlen, QD_ERR_IO, "%s: %s", tmp, strerror(e));
+        return qd_errf(err, errlen, qd_err_from_errno(e), "%s: %s", tmp, strerror(e));
     }
     f = fdopen(fd, "w+b");
     if (!f) {
         e = errno;
         close(fd);
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: %s", tmp, strerror(e));
+        rc = qd_errf(err, errlen, qd_err_from_errno(e), "%s: %s", tmp, strerror(e));
         goto fail;
     }
+    errno = 0;
     if (faiss_write_index(a->index, f) != 0) {
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: writing the index: %s", tmp,
+        e = errno; /* FAISS's writer fails on a short fwrite, which sets errno */
+        rc = qd_errf(err, errlen, e ? qd_err_from_errno(e) : QD_ERR_IO,
+                     "%s: writing the index: %s", tmp,
                      faiss_detail(detail, sizeof detail));
         goto fail;
     }
@@ -404,14 +407,14 @@ int qd_ann_save(const qd_ann *a, const char *path, char *err, size_t errlen)
      * exactly what reached it. */
     if (fflush(f) != 0) {
         e = errno;
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: write: %s", tmp, strerror(e));
+        rc = qd_errf(err, errlen, qd_err_from_errno(e), "%s: write: %s", tmp, strerror(e));
         goto fail;
     }
     off_t len = ftello(f);
     uint32_t crc;
     if (len < 0 || crc_of_fd(fd, (uint64_t)len, &crc) != 0) {
         e = errno;
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: reading back: %s", tmp, strerror(e));
+        rc = qd_errf(err, errlen, qd_err_from_errno(e), "%s: reading back: %s", tmp, strerror(e));
         goto fail;
     }
     unsigned char trailer[ANN_TRAILER_SIZE];
@@ -421,24 +424,24 @@ int qd_ann_save(const qd_ann *a, const char *path, char *err, size_t errlen)
     put_le64(trailer + 16, (uint64_t)len);
     if (fwrite(trailer, 1, sizeof trailer, f) != sizeof trailer || fflush(f) != 0) {
         e = errno;
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: write: %s", tmp, strerror(e));
+        rc = qd_errf(err, errlen, qd_err_from_errno(e), "%s: write: %s", tmp, strerror(e));
         goto fail;
     }
     if (fsync(fd) != 0) {
         e = errno;
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: fsync: %s", tmp, strerror(e));
+        rc = qd_errf(err, errlen, qd_err_from_errno(e), "%s: fsync: %s", tmp, strerror(e));
         goto fail;
     }
     int closed = fclose(f);
     f = NULL;
     if (closed != 0) {
         e = errno;
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: close: %s", tmp, strerror(e));
+        rc = qd_errf(err, errlen, qd_err_from_errno(e), "%s: close: %s", tmp, strerror(e));
         goto fail;
     }
     if (rename(tmp, path) != 0) {
         e = errno;
-        rc = qd_errf(err, errlen, QD_ERR_IO, "%s: rename: %s", path, strerror(e));
+        rc = qd_errf(err, errlen, qd_err_from_errno(e), "%s: rename: %s", path, strerror(e));
         goto fail;
     }
     return qd_fsync_dir_of(path, err, errlen);

@@ -77,16 +77,17 @@ const char *qd_store_errmsg(const qd_store *s)
     return st_err;
 }
 
-/* Maps an SQLite result code to a QD_ERR_* (a full disk is an I/O error to the user,
- * a locked database is busy, a file that is not a database is a format error). */
+/* Maps an SQLite result code to a QD_ERR_* (a full disk, a read-only filesystem or a
+ * failing device is the machine's fault, "unavailable": nothing was written, retry
+ * later; a locked database is busy, a file that is not a database is a format error). */
 int st_db_code(int src)
 {
     switch (src & 0xff) {
     case SQLITE_NOMEM: return QD_ERR_NOMEM;
     case SQLITE_FULL:
     case SQLITE_IOERR:
-    case SQLITE_CANTOPEN:
-    case SQLITE_READONLY: return QD_ERR_IO;
+    case SQLITE_READONLY: return QD_ERR_UNAVAILABLE;
+    case SQLITE_CANTOPEN: return QD_ERR_IO;
     case SQLITE_BUSY:
     case SQLITE_LOCKED: return QD_ERR_BUSY;
     case SQLITE_NOTADB:

@@ -1,6 +1,7 @@
 /*
  * test_common.c - error text, allocation fault injection, files and checksums.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "qdup/common.h"
@@ -10,7 +11,7 @@
 static void test_strerror_names_every_code(void **state)
 {
     (void)state;
-    for (int rc = QD_ERR_FORBIDDEN; rc <= 0; rc++)
+    for (int rc = QD_ERR_UNAVAILABLE; rc <= 0; rc++)
         assert_string_not_equal(qd_strerror(rc), "unknown error");
     assert_string_equal(qd_strerror(-999), "unknown error");
 }
@@ -120,6 +121,11 @@ static void test_atomic_write_and_read(void **state)
     assert_int_equal(qd_file_write_atomic(qt_path(qt_tmp_dir(), "no/such/dir"), "x", 1, err,
                                           sizeof err),
                      QD_ERR_IO);
+    /* The machine's faults are "unavailable" (retry later), the rest plain I/O errors. */
+    assert_int_equal(qd_err_from_errno(ENOSPC), QD_ERR_UNAVAILABLE);
+    assert_int_equal(qd_err_from_errno(EROFS), QD_ERR_UNAVAILABLE);
+    assert_int_equal(qd_err_from_errno(EIO), QD_ERR_UNAVAILABLE);
+    assert_int_equal(qd_err_from_errno(EACCES), QD_ERR_IO);
 }
 
 int main(void)

@@ -424,6 +424,50 @@ static void test_forbidden(void **state)
     json_decref(j);
 }
 
+/* A backend whose writes fail as the machine's fault (a full disk): the add and
+ * remove of the real index, replaced by these. */
+static int add_unavailable(void *ctx, const qd_store_item *items, size_t n, int replace,
+                           qd_store_result *res)
+{
+    (void)ctx, (void)items, (void)n, (void)replace, (void)res;
+    return QD_ERR_UNAVAILABLE;
+}
+
+static int remove_unavailable(void *ctx, const char *ext_id, size_t ext_id_len)
+{
+    (void)ctx, (void)ext_id, (void)ext_id_len;
+    return QD_ERR_UNAVAILABLE;
+}
+
+static void test_unavailable(void **state)
+{
+    (void)state;
+    reset_index();
+    expect_ok("{\"op\":\"add\",\"id\":\"p\",\"text\":\"w5 w6\"}");
+    qd_backend saved = be;
+    be.add = add_unavailable;
+    be.remove = remove_unavailable;
+    static const char *const writes[] = {
+        "{\"op\":\"add\",\"id\":\"q\",\"text\":\"w7 w8\"}",
+        "{\"op\":\"remove\",\"id\":\"p\"}",
+        "{\"op\":\"check\",\"id\":\"q\",\"text\":\"w7 w8\"}",
+    };
+    for (size_t i = 0; i < sizeof writes / sizeof writes[0]; i++) {
+        json_t *j = handle(writes[i]);
+        assert_string_equal(err_code(j), "unavailable");
+        const char *msg =
+            json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        assert_non_null(strstr(msg, "retry later"));
+        json_decref(j);
+    }
+    /* Reads go on, and nothing was written. */
+    expect_ok("{\"op\":\"get\",\"id\":\"p\"}");
+    expect_ok("{\"op\":\"query\",\"text\":\"w5 w6\"}");
+    be = saved;
+    expect_error("{\"op\":\"get\",\"id\":\"q\"}", "not_found");
+    expect_ok("{\"op\":\"add\",\"id\":\"q\",\"text\":\"w7 w8\"}");
+}
+
 /* --- batched runs ------------------------------------------------------------------- */
 
 static void fill_index(size_t n)
@@ -688,6 +732,7 @@ int main(void)
         cmocka_unit_test(test_stats_server_part),
         cmocka_unit_test(test_latency_percentiles),
         cmocka_unit_test(test_forbidden),
+        cmocka_unit_test(test_unavailable),
         cmocka_unit_test(test_batch_equals_single),
         cmocka_unit_test(test_group_add),
         cmocka_unit_test(test_escaping),

@@ -525,27 +525,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    if (!C.bin[0]) {
-        char self[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-        if (n <= 0)
-            die("cannot find my own directory; give --bin");
-        self[n] = '\0';
-        snprintf(C.bin, sizeof C.bin, "%s", dirname(self));
-    }
-    if (!C.model[0]) {
-        const char *fx = getenv("QDUP_FIXTURES");
-        snprintf(C.model, sizeof C.model, "%s%s", fx && *fx ? fx : QDUP_ABUSE_MODEL,
-                 fx && *fx ? "/fwd_plain.qdm" : "");
-    }
-    if (!C.dir_given) {
-        const char *tmp = getenv("TMPDIR");
-        snprintf(C.dir, sizeof C.dir, "%s/qdup-abuse.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-        if (!mkdtemp(C.dir))
-            die("mkdtemp %s: %s", C.dir, strerror(errno));
-    } else if (mkdir(C.dir, 0700) != 0 && errno != EEXIST) {
-        die("%s: %s", C.dir, strerror(errno));
-    }
+    harness_setup(C.bin, C.model, QDUP_ABUSE_MODEL, C.dir, C.dir_given);
     /* Room for every connection of ours. */
     size_t want_fds = C.hold + C.loris + C.nonreaders + C.flooders + 64;
     struct rlimit rl;

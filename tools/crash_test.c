@@ -124,7 +124,6 @@ typedef struct tally {
     uint64_t busy;            /* writes answered busy (not done) */
     uint64_t checks;          /* get checks after restarts */
     uint64_t verify_after_kill_bad; /* read-only verify right after a kill failed */
-    int failures;             /* checks that failed (besides lost writes) */
     size_t compared;          /* queries compared against a fresh index */
     size_t mismatched;        /* of them, with different results */
     int build_kills, build_old, build_new, build_torn, build_finished;
@@ -132,18 +131,6 @@ typedef struct tally {
 } tally;
 
 static tally T;
-
-static void failf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void failf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "qdup-crash-test: FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    T.failures++;
-}
 
 /* --- random numbers and questions ------------------------------------------------------ */
 
@@ -239,22 +226,6 @@ static size_t count_prefixed(const char *dir, const char *prefix)
     if (d)
         closedir(d);
     return n;
-}
-
-/* Writes a two-column dump of questions prefix<k> for k in [k0, k1). */
-static void write_dump(const char *path, const char *prefix, uint64_t k0, uint64_t k1)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        die("%s: %s", path, strerror(errno));
-    fprintf(f, "qid\tquestion\n");
-    char t[128];
-    for (uint64_t k = k0; k < k1; k++) {
-        text_of(k, t, sizeof t);
-        fprintf(f, "%s%" PRIu64 "\t%s\n", prefix, k, t);
-    }
-    if (fclose(f) != 0)
-        die("%s: %s", path, strerror(errno));
 }
 
 /* --- qdup-index ------------------------------------------------------------------------- */
@@ -921,7 +892,7 @@ static void daemon_phase(void)
     snprintf(d.sock, sizeof d.sock, "%s", path_in(C.dir, "d.sock"));
     snprintf(d.log, sizeof d.log, "%s", path_in(C.dir, "daemon.log"));
     LOCAL_PATH(init, "init.tsv");
-    write_dump(init, "q", 0, C.rows);
+    write_dump(init, "q", 0, C.rows, text_of);
     if (index_build(d.db, init, path_in(C.dir, "index.log")) != 0)
         die("qdup-index build failed (log %s)", path_in(C.dir, "index.log"));
     model_grow(C.rows);
@@ -1148,15 +1119,15 @@ static void index_phase(void)
     char dumps[2][PATH_MAX + 16];
     snprintf(dumps[0], sizeof dumps[0], "%s", path_in(C.dir, "gen0.tsv"));
     snprintf(dumps[1], sizeof dumps[1], "%s", path_in(C.dir, "gen1.tsv"));
-    write_dump(dumps[0], "g", 0, n);
-    write_dump(dumps[1], "g", n, 2 * n);
+    write_dump(dumps[0], "g", 0, n, text_of);
+    write_dump(dumps[1], "g", n, 2 * n, text_of);
 
     /* How long an uninterrupted build over an existing index takes, and an add, on a
      * scratch store: the first estimates of run_and_kill. */
     LOCAL_PATH(probe, "probe.db");
     LOCAL_PATH(probe_add, "probe-add.tsv");
     uint64_t kbase = 10 * (uint64_t)n; /* added questions: texts unlike both generations' */
-    write_dump(probe_add, "p", kbase - n, kbase);
+    write_dump(probe_add, "p", kbase - n, kbase, text_of);
     if (index_build(probe, dumps[0], log) != 0)
         die("qdup-index build failed (log %s)", log);
     double t0 = qd_now();
@@ -1212,7 +1183,7 @@ static void index_phase(void)
         snprintf(prefix, sizeof prefix, "a%d_", r);
         LOCAL_PATH(dump, "add.tsv");
         uint64_t k0 = kbase + (uint64_t)r * n, k1 = k0 + n;
-        write_dump(dump, prefix, k0, k1);
+        write_dump(dump, prefix, k0, k1, text_of);
         char *argv[] = {(char *)prog("qdup-index"), "add", "--db", (char *)db, "--quiet",
                         (char *)dump, NULL};
         int killed = run_and_kill(argv, &t_add, log);
@@ -1290,19 +1261,6 @@ static void usage(FILE *f)
             "                    restart: the run must then report lost=1 (tests the test)\n");
 }
 
-static long opt_num(const char *name, const char *v, long lo, long hi)
-{
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || *end || end == v || x < lo || x > hi) {
-        fprintf(stderr, "qdup-crash-test: --%s %s: expected a number from %ld to %ld\n", name, v,
-                lo, hi);
-        exit(2);
-    }
-    return x;
-}
-
 int main(int argc, char **argv)
 {
     harness_prog = "qdup-crash-test";
@@ -1326,14 +1284,14 @@ int main(int argc, char **argv)
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (ch) {
-        case 'k': C.kills = (int)opt_num("kills", optarg, 0, 1000000); break;
-        case 'i': C.index_kills = (int)opt_num("index-kills", optarg, 0, 100000); break;
-        case 'r': C.rows = (size_t)opt_num("rows", optarg, 1, 10000000); break;
-        case 'R': C.index_rows = (size_t)opt_num("index-rows", optarg, 1, 10000000); break;
-        case 'w': C.window = (size_t)opt_num("window", optarg, 1, 64); break;
-        case 'm': C.max_ms = (double)opt_num("max-ms", optarg, 1, 600000); break;
-        case 'q': C.queries = (size_t)opt_num("queries", optarg, 1, 100000); break;
-        case 's': C.seed = (uint64_t)opt_num("seed", optarg, 0, LONG_MAX); seed_given = 1; break;
+        case 'k': C.kills = (int)opt_long("kills", optarg, 0, 1000000); break;
+        case 'i': C.index_kills = (int)opt_long("index-kills", optarg, 0, 100000); break;
+        case 'r': C.rows = (size_t)opt_long("rows", optarg, 1, 10000000); break;
+        case 'R': C.index_rows = (size_t)opt_long("index-rows", optarg, 1, 10000000); break;
+        case 'w': C.window = (size_t)opt_long("window", optarg, 1, 64); break;
+        case 'm': C.max_ms = (double)opt_long("max-ms", optarg, 1, 600000); break;
+        case 'q': C.queries = (size_t)opt_long("queries", optarg, 1, 100000); break;
+        case 's': C.seed = (uint64_t)opt_long("seed", optarg, 0, LONG_MAX); seed_given = 1; break;
         case 'b': snprintf(C.bin, sizeof C.bin, "%s", optarg); break;
         case 'M': snprintf(C.model, sizeof C.model, "%s", optarg); break;
         case 'd': snprintf(C.dir, sizeof C.dir, "%s", optarg); C.dir_given = 1; break;
@@ -1353,33 +1311,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     atexit(kill_live);
 
-    if (!C.bin[0]) {
-        char self[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-        if (n <= 0)
-            die("cannot find my own directory; give --bin");
-        self[n] = '\0';
-        snprintf(C.bin, sizeof C.bin, "%s", dirname(self));
-    }
-    if (!C.model[0]) {
-        const char *fx = getenv("QDUP_FIXTURES");
-        if (fx && *fx)
-            snprintf(C.model, sizeof C.model, "%s/fwd_plain.qdm", fx);
-        else
-            snprintf(C.model, sizeof C.model, "%s", QDUP_CRASH_MODEL);
-    }
-    char abs_model[PATH_MAX];
-    if (!realpath(C.model, abs_model))
-        die("model %s: %s", C.model, strerror(errno));
-    snprintf(C.model, sizeof C.model, "%s", abs_model);
-    if (!C.dir_given) {
-        const char *tmp = getenv("TMPDIR");
-        snprintf(C.dir, sizeof C.dir, "%s/qdup-crash.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-        if (!mkdtemp(C.dir))
-            die("mkdtemp %s: %s", C.dir, strerror(errno));
-    } else if (mkdir(C.dir, 0700) != 0 && errno != EEXIST) {
-        die("%s: %s", C.dir, strerror(errno));
-    }
+    harness_setup(C.bin, C.model, QDUP_CRASH_MODEL, C.dir, C.dir_given);
     printf("qdup-crash-test --kills %d --index-kills %d --rows %zu --index-rows %zu --window %zu "
            "--max-ms %.0f --queries %zu --seed %" PRIu64 "\n",
            C.kills, C.index_kills, C.rows, C.index_rows, C.window, C.max_ms, C.queries, C.seed);
@@ -1391,13 +1323,13 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (C.index_kills > 0)
         index_phase();
-    int ok = T.lost == 0 && T.failures == 0 && T.mismatched == 0;
+    int ok = T.lost == 0 && harness_failures == 0 && T.mismatched == 0;
     printf("RESULT kills=%d acknowledged=%" PRIu64 " lost=%" PRIu64 " unanswered=%" PRIu64
            " compared=%zu differ=%zu build_kills=%d build_old=%d build_new=%d build_torn=%d "
            "add_kills=%d add_none=%d add_all=%d failures=%d seconds=%.1f status=%s\n",
            T.kills, T.acked, T.lost, T.unacked, T.compared, T.mismatched, T.build_kills,
            T.build_old, T.build_new, T.build_torn, T.add_kills, T.add_none, T.add_all,
-           T.failures, qd_now() - t0, ok ? "ok" : "FAILED");
+           harness_failures, qd_now() - t0, ok ? "ok" : "FAILED");
     if ((ok || C.inject_loss) && !C.keep && !C.dir_given)
         remove_tree(C.dir);
     else

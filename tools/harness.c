@@ -4,8 +4,10 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -28,6 +30,19 @@ void die(const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     exit(1);
+}
+
+int harness_failures;
+
+void failf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: FAIL: ", harness_prog);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    harness_failures++;
 }
 
 void sleep_s(double s)
@@ -123,4 +138,64 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
 void remove_tree(const char *dir)
 {
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void harness_setup(char *bin, char *model, const char *fallback, char *dir, int given)
+{
+    if (!bin[0]) {
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0)
+            die("cannot find my own directory; give --bin");
+        self[n] = '\0';
+        snprintf(bin, PATH_MAX, "%s", dirname(self));
+    }
+    if (!model[0]) {
+        const char *fx = getenv("QDUP_FIXTURES");
+        if (fx && *fx)
+            snprintf(model, PATH_MAX, "%s/fwd_plain.qdm", fx);
+        else
+            snprintf(model, PATH_MAX, "%s", fallback);
+    }
+    char abs_model[PATH_MAX];
+    if (!realpath(model, abs_model))
+        die("model %s: %s", model, strerror(errno));
+    snprintf(model, PATH_MAX, "%s", abs_model);
+    if (!given) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(dir, PATH_MAX, "%s/%s.XXXXXX", tmp && *tmp ? tmp : "/tmp", harness_prog);
+        if (!mkdtemp(dir))
+            die("mkdtemp %s: %s", dir, strerror(errno));
+    } else if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        die("%s: %s", dir, strerror(errno));
+    }
+}
+
+long opt_long(const char *name, const char *v, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "%s: --%s %s: expected a number from %ld to %ld\n", harness_prog, name,
+                v, lo, hi);
+        exit(2);
+    }
+    return x;
+}
+
+void write_dump(const char *path, const char *prefix, uint64_t k0, uint64_t k1,
+                void (*text_of)(uint64_t k, char *buf, size_t len))
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        die("%s: %s", path, strerror(errno));
+    fprintf(f, "qid\tquestion\n");
+    char t[256];
+    for (uint64_t k = k0; k < k1; k++) {
+        text_of(k, t, sizeof t);
+        fprintf(f, "%s%" PRIu64 "\t%s\n", prefix, k, t);
+    }
+    if (fclose(f) != 0)
+        die("%s: %s", path, strerror(errno));
 }

@@ -6,6 +6,7 @@
 #define QDUP_TOOLS_HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* The program's name, the prefix of die()'s messages; set it first thing in main. */
@@ -13,6 +14,11 @@ extern const char *harness_prog;
 
 /* Prints "prog: message" to standard error and exits with status 1. */
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* Checks that failed (besides a driver's own counts): failf() counts one and prints
+ * "prog: FAIL: message". */
+extern int harness_failures;
+void failf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Sleeps s seconds (nothing if s <= 0), through signals. */
 void sleep_s(double s);
@@ -36,5 +42,20 @@ int file_has_from(const char *path, long from, const char *needle);
 
 /* Removes dir and everything under it (symbolic links are not followed). */
 void remove_tree(const char *dir);
+
+/* Writes a two-column dump ("qid<TAB>question" header) of the questions prefix<k>
+ * for k in [k0, k1), the text of k from text_of; dies on failure. */
+void write_dump(const char *path, const char *prefix, uint64_t k0, uint64_t k1,
+                void (*text_of)(uint64_t k, char *buf, size_t len));
+
+/* The set-up every driver does after its options. bin: if empty, the directory of this
+ * program. model: if empty, $QDUP_FIXTURES/fwd_plain.qdm or else `fallback`; then made
+ * absolute (dies if it does not exist). dir: if not `given`, a new directory
+ * $TMPDIR/<prog>.XXXXXX, else created if missing. Each buffer holds PATH_MAX bytes. */
+void harness_setup(char *bin, char *model, const char *fallback, char *dir, int given);
+
+/* The number in v for option --name, which must lie in [lo, hi]: else a message and
+ * exit status 2 (bad usage). */
+long opt_long(const char *name, const char *v, long lo, long hi);
 
 #endif

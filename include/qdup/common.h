@@ -34,7 +34,14 @@ enum qd_err {
     QD_ERR_BUSY = -14,       /* a queue or limit is full; try again later */
     QD_ERR_CANCELED = -15,   /* stopped on request (a signal, a shutdown) */
     QD_ERR_FORBIDDEN = -16,  /* the caller may not do this */
+    QD_ERR_UNAVAILABLE = -17, /* the machine refused: disk full, read-only filesystem, I/O
+                                 error; nothing was written, retry later */
 };
+
+/* The QD_ERR_* for a failed system call's errno: QD_ERR_UNAVAILABLE for the faults of
+ * the machine rather than of the program or its input (ENOSPC, EDQUOT, EROFS, EIO),
+ * else QD_ERR_IO. For writes: a read keeps its own mapping (ENOENT is "not found"). */
+int qd_err_from_errno(int e);
 
 /* Room for one detail message ("model.qdm: truncated: expected 5469056 bytes"). */
 #define QD_ERRMSG_MAX 512

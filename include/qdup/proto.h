@@ -125,7 +125,10 @@ typedef enum qd_proto_code {
     QD_CODE_DUP_TEXT,     /* "duplicate_text": a live question has the same text */
     QD_CODE_BUSY,         /* "busy": too much queued work or too many clients */
     QD_CODE_FORBIDDEN,    /* "forbidden": this peer may not write */
-    QD_CODE_INTERNAL,     /* "internal": the store failed (I/O, memory) */
+    QD_CODE_INTERNAL,     /* "internal": the store failed (a bug, memory) */
+    QD_CODE_UNAVAILABLE,  /* "unavailable": the machine refused the write (disk full,
+                             read-only filesystem, I/O error): nothing was written, retry
+                             later; reads keep working */
     QD_CODE_COUNT,
 } qd_proto_code;
 
