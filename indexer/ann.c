@@ -85,6 +85,13 @@ static int ann_fail(int rc, const char *fmt, ...)
     return rc;
 }
 
+/* Every public call that can fail starts here, so that qd_ann_errmsg never shows
+ * an earlier call's message as if it were this one's. */
+static void ann_enter(void)
+{
+    ann_err[0] = '\0';
+}
+
 const char *qd_ann_errmsg(const qd_ann *a)
 {
     (void)a;
@@ -588,6 +595,7 @@ int qd_ann_needs_training(const qd_ann *a)
 
 int qd_ann_train(qd_ann *a, const float *x, size_t n)
 {
+    ann_enter();
     char detail[QD_ERRMSG_MAX];
     if (n == 0)
         return ann_fail(QD_ERR_INVAL, "training needs at least one vector");
@@ -607,6 +615,7 @@ int qd_ann_train(qd_ann *a, const float *x, size_t n)
 
 int qd_ann_add(qd_ann *a, const float *x, const int64_t *ids, size_t n)
 {
+    ann_enter();
     char detail[QD_ERRMSG_MAX];
     if (n == 0)
         return 0;
@@ -632,6 +641,7 @@ int qd_ann_can_remove(const qd_ann *a)
 
 int qd_ann_remove(qd_ann *a, const int64_t *ids, size_t n, size_t *nremoved)
 {
+    ann_enter();
     char detail[QD_ERRMSG_MAX];
     if (nremoved)
         *nremoved = 0;
@@ -659,6 +669,7 @@ int qd_ann_remove(qd_ann *a, const int64_t *ids, size_t n, size_t *nremoved)
 
 int qd_ann_set_param(qd_ann *a, const char *name, double value)
 {
+    ann_enter();
     char detail[QD_ERRMSG_MAX];
     if (!name || !*name)
         return ann_fail(QD_ERR_INVAL, "empty parameter name");
@@ -687,6 +698,7 @@ int qd_ann_set_param(qd_ann *a, const char *name, double value)
 int qd_ann_search(const qd_ann *a, const float *q, size_t nq, size_t k, float *scores,
                   int64_t *ids)
 {
+    ann_enter();
     char detail[QD_ERRMSG_MAX];
     if (nq == 0)
         return 0;
@@ -731,6 +743,7 @@ static int ann_has_id(const qd_ann *a, int64_t id)
 
 int qd_ann_get(const qd_ann *a, int64_t id, float *vec)
 {
+    ann_enter();
     char detail[QD_ERRMSG_MAX];
     if (!a->can_get)
         return ann_fail(QD_ERR_UNSUPPORTED,

@@ -323,6 +323,7 @@ int st_checkpoint_locked(qd_store *s)
 
 int qd_store_checkpoint(qd_store *s)
 {
+    st_enter();
     if (s->readonly)
         return st_fail(QD_ERR_FORBIDDEN, "%s: opened read-only", s->db_path);
     pthread_mutex_lock(&s->wmu);

@@ -25,11 +25,9 @@
  * "encode" (encoding under way), "built" (the new store is complete under its
  * temporary name), and the store's own points (store_impl.h).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -222,72 +220,11 @@ static void print_summary(const char *cmd, const opts *o, const qd_ingest_tally 
 
 /* --- build ---------------------------------------------------------------------------- */
 
-/* Skips "<digits>.<digits>" (a qd_tmp_path suffix: pid and counter) at *p. */
-static int skip_tmp_suffix(const char **p)
+/* Says what qd_store_sweep deleted: what killed builds and checkpoints left. */
+static void report_removed(const char *path, void *arg)
 {
-    const char *q = *p;
-    for (int part = 0; part < 2; part++) {
-        if (part && *q++ != '.')
-            return 0;
-        if (*q < '0' || *q > '9')
-            return 0;
-        while (*q >= '0' && *q <= '9')
-            q++;
-    }
-    *p = q;
-    return 1;
-}
-
-/* 1 if name is a file a killed build or checkpoint of the store `base` left behind:
- * "<base>.tmp.P.N" with "", "-wal", "-shm", "-journal", ".faiss", ".lock" or
- * ".faiss.tmp.P.N" after it, or "<base>.faiss.tmp.P.N". */
-static int is_leftover(const char *name, const char *base)
-{
-    size_t bl = strlen(base);
-    if (strncmp(name, base, bl) != 0)
-        return 0;
-    const char *p = name + bl;
-    if (strncmp(p, ".faiss.tmp.", 11) == 0) {
-        p += 11;
-        return skip_tmp_suffix(&p) && *p == '\0';
-    }
-    if (strncmp(p, ".tmp.", 5) != 0)
-        return 0;
-    p += 5;
-    if (!skip_tmp_suffix(&p))
-        return 0;
-    static const char *const rest[] = {"", "-wal", "-shm", "-journal", ".faiss", ".lock"};
-    for (size_t i = 0; i < sizeof rest / sizeof *rest; i++)
-        if (strcmp(p, rest[i]) == 0)
-            return 1;
-    if (strncmp(p, ".faiss.tmp.", 11) == 0) {
-        p += 11;
-        return skip_tmp_suffix(&p) && *p == '\0';
-    }
-    return 0;
-}
-
-/* Deletes what killed builds and checkpoints left beside db_path (is_leftover). Only
- * called while holding DB's writer lock, so no live process is still using them. */
-static void sweep_leftovers(const char *db_path)
-{
-    char copy[PATH_MAX], copy2[PATH_MAX], path[PATH_MAX * 2];
-    snprintf(copy, sizeof copy, "%s", db_path);
-    snprintf(copy2, sizeof copy2, "%s", db_path);
-    const char *dir = dirname(copy);
-    const char *base = basename(copy2);
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!is_leftover(e->d_name, base))
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (unlink(path) == 0)
-            fprintf(stderr, "%s: removed %s, left by an interrupted build\n", prog, path);
-    }
-    closedir(d);
+    (void)arg;
+    fprintf(stderr, "%s: removed %s, left by an interrupted build\n", prog, path);
 }
 
 static int cmd_build(opts *o, int argc, char **argv)
@@ -314,7 +251,7 @@ static int cmd_build(opts *o, int argc, char **argv)
         errorf("%s", err);
         return 1;
     }
-    sweep_leftovers(o->db);
+    qd_store_sweep(o->db, 1, report_removed, NULL);
     if (qd_tmp_path(o->db, tmp, sizeof tmp) != 0) {
         errorf("%s: path too long", o->db);
         qd_store_unlock(lock);

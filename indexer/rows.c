@@ -211,6 +211,7 @@ int st_text_key_tb(qd_tokbuf *tb, const char *text, size_t len, uint64_t *key)
 
 uint64_t qd_store_text_key(const qd_store *s, const char *text, size_t len)
 {
+    st_enter();
     (void)s;
     qd_tokbuf tb;
     qd_tokbuf_init(&tb);

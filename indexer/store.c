@@ -250,6 +250,7 @@ static void st_kind(qd_store *s)
 int qd_store_create(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
                     size_t errlen)
 {
+    st_enter();
     qd_store *s = NULL;
     int created = 0, rc;
     *out = NULL;
@@ -345,9 +346,11 @@ fail:
     }
     if (created) {
         char p[ST_PATH_MAX];
-        static const char *const suffix[] = {"", "-wal", "-shm", "-journal", ".faiss"};
+        /* Everything but the lock, which this process holds until st_free. */
+        static const char *const suffix[] = {QD_STORE_SUFFIXES};
         for (size_t i = 0; i < sizeof suffix / sizeof *suffix; i++)
-            if (st_path_with(p, sizeof p, db_path, suffix[i]) == 0)
+            if (strcmp(suffix[i], QD_STORE_LOCK_SUFFIX) != 0 &&
+                st_path_with(p, sizeof p, db_path, suffix[i]) == 0)
                 unlink(p);
     }
     st_free(s);
@@ -358,6 +361,7 @@ fail:
 int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
                   size_t errlen)
 {
+    st_enter();
     qd_store *s = NULL;
     char meta_model[ST_PATH_MAX];
     int rc;
@@ -380,7 +384,7 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
         rc = qd_store_lock(db_path, &s->lock_fd, err, errlen);
         if (rc)
             goto fail;
-        st_sweep_faiss_tmp(db_path);
+        qd_store_sweep(db_path, 0, NULL, NULL);
     }
     int flags = (s->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) |
                 SQLITE_OPEN_NOMUTEX;
@@ -502,6 +506,7 @@ fail:
 
 void qd_store_close(qd_store *s)
 {
+    st_enter();
     if (!s)
         return;
     if (!s->readonly && !s->broken) {
@@ -537,6 +542,7 @@ void qd_store_hits_free(qd_store_hits *h)
 
 int qd_store_get(qd_store *s, const char *ext_id, size_t ext_id_len, qd_store_row *row)
 {
+    st_enter();
     memset(row, 0, sizeof *row);
     pthread_rwlock_rdlock(&s->rw);
     const st_row *r = st_map_get_ext(&s->by_ext, ext_id, ext_id_len);
@@ -549,6 +555,7 @@ int qd_store_get(qd_store *s, const char *ext_id, size_t ext_id_len, qd_store_ro
 
 int qd_store_get_row(qd_store *s, int64_t row_id, qd_store_row *row)
 {
+    st_enter();
     memset(row, 0, sizeof *row);
     pthread_rwlock_rdlock(&s->rw);
     const st_row *r = st_map_get_row(&s->by_row, row_id);
@@ -593,6 +600,7 @@ static int collect(qd_store *s, const float *scores, const int64_t *ids, size_t 
 int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_score,
                     const char *const *exclude, qd_store_hits *out)
 {
+    st_enter();
     for (size_t i = 0; i < nq; i++)
         out[i] = (qd_store_hits){0, NULL};
     if (k == 0 || k > QD_STORE_MAX_K)
@@ -666,6 +674,7 @@ out:
 
 int qd_store_get_info(qd_store *s, qd_store_info *info)
 {
+    st_enter();
     memset(info, 0, sizeof *info);
     char wal[ST_PATH_MAX];
     pthread_rwlock_rdlock(&s->rw);

@@ -58,6 +58,13 @@ void qd_store_set_test_hook(void (*fn)(const char *point));
 /* Detail of the last failing store call in this thread (qd_store_errmsg). */
 extern _Thread_local char st_err[QD_ERRMSG_MAX];
 
+/* Every public store call that can fail starts with this: qd_store_errmsg then
+ * never shows an earlier call's message as if it were this one's. */
+static inline void st_enter(void)
+{
+    st_err[0] = '\0';
+}
+
 /* Records a message in st_err and returns rc. */
 int st_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Maps an SQLite result code to a QD_ERR_*. */
@@ -194,8 +201,6 @@ int st_file_exists(const char *path);
 uint64_t st_file_size(const char *path);
 /* CRC-32 and size of a whole file. QD_ERR_NOTFOUND if it does not exist. */
 int st_file_crc(const char *path, uint32_t *crc, uint64_t *size);
-/* Deletes leftover temporary FAISS files of killed checkpoints beside db_path. */
-void st_sweep_faiss_tmp(const char *db_path);
 
 /* Runs every statement of a constant SQL text (no parameters) in turn. */
 int st_db_exec(qd_store *s, const char *sql);

@@ -276,13 +276,53 @@ int st_db_check_ours(sqlite3 *db, const char *path)
 
 /* --- files and locks ------------------------------------------------------------------ */
 
-/* Deletes "<db>.faiss.tmp.P.N" files beside db_path: checkpoints of a process killed
- * before their rename (qd_file_write_atomic's temporary names). Without this a daemon
- * killed during checkpoints leaves one FAISS-sized file per kill. Called only with the
- * writer lock held, so no live process is still writing one. */
-void st_sweep_faiss_tmp(const char *db_path)
+/* Skips "<digits>.<digits>" (a qd_tmp_path suffix: pid and counter) at *p. */
+static int skip_tmp_suffix(const char **p)
 {
-    char dir[ST_PATH_MAX], prefix[ST_PATH_MAX], path[2 * ST_PATH_MAX];
+    const char *q = *p;
+    for (int part = 0; part < 2; part++) {
+        if (part && *q++ != '.')
+            return 0;
+        if (*q < '0' || *q > '9')
+            return 0;
+        while (*q >= '0' && *q <= '9')
+            q++;
+    }
+    *p = q;
+    return 1;
+}
+
+/* 1 if name is one of the leftovers qd_store_sweep deletes beside the store `base`. */
+static int is_leftover(const char *name, const char *base, int builds)
+{
+    size_t bl = strlen(base);
+    if (strncmp(name, base, bl) != 0)
+        return 0;
+    const char *p = name + bl;
+    if (strncmp(p, ".faiss.tmp.", 11) == 0) {
+        p += 11;
+        return skip_tmp_suffix(&p) && *p == '\0';
+    }
+    if (!builds || strncmp(p, ".tmp.", 5) != 0)
+        return 0;
+    p += 5;
+    if (!skip_tmp_suffix(&p))
+        return 0;
+    static const char *const rest[] = {QD_STORE_SUFFIXES};
+    for (size_t i = 0; i < sizeof rest / sizeof *rest; i++)
+        if (strcmp(p, rest[i]) == 0)
+            return 1;
+    if (strncmp(p, ".faiss.tmp.", 11) == 0) {
+        p += 11;
+        return skip_tmp_suffix(&p) && *p == '\0';
+    }
+    return 0;
+}
+
+void qd_store_sweep(const char *db_path, int builds,
+                    void (*removed)(const char *path, void *arg), void *arg)
+{
+    char dir[ST_PATH_MAX], path[2 * ST_PATH_MAX];
     const char *slash = strrchr(db_path, '/');
     const char *base = slash ? slash + 1 : db_path;
     if (!slash)
@@ -290,36 +330,26 @@ void st_sweep_faiss_tmp(const char *db_path)
     else
         snprintf(dir, sizeof dir, "%.*s", slash == db_path ? 1 : (int)(slash - db_path),
                  db_path);
-    int plen = snprintf(prefix, sizeof prefix, "%s.faiss.tmp.", base);
-    if (plen <= 0 || (size_t)plen >= sizeof prefix)
-        return;
     DIR *d = opendir(dir);
     if (!d)
         return;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        const char *p = e->d_name;
-        if (strncmp(p, prefix, (size_t)plen) != 0)
-            continue;
-        /* Only "P.N" after the prefix, both decimal: nothing else is ours. */
-        p += plen;
-        size_t a = strspn(p, "0123456789");
-        if (a == 0 || p[a] != '.')
-            continue;
-        size_t b = strspn(p + a + 1, "0123456789");
-        if (b == 0 || p[a + 1 + b] != '\0')
+        if (!is_leftover(e->d_name, base, builds))
             continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
+        if (unlink(path) == 0 && removed)
+            removed(path, arg);
     }
     closedir(d);
 }
 
 int qd_store_lock(const char *db_path, int *fd, char *err, size_t errlen)
 {
+    st_enter();
     char path[ST_PATH_MAX];
     *fd = -1;
-    if (st_path_with(path, sizeof path, db_path, ".lock"))
+    if (st_path_with(path, sizeof path, db_path, QD_STORE_LOCK_SUFFIX))
         return qd_errf(err, errlen, QD_ERR_RANGE, "%s: path too long", db_path);
     int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (f < 0) {
@@ -359,7 +389,8 @@ void qd_store_unlock(int fd)
 
 void qd_store_discard(const char *db_path)
 {
-    static const char *const suffix[] = {"", "-wal", "-shm", "-journal", ".faiss", ".lock"};
+    st_enter();
+    static const char *const suffix[] = {QD_STORE_SUFFIXES};
     char path[ST_PATH_MAX];
     for (size_t i = 0; i < sizeof suffix / sizeof *suffix; i++)
         if (st_path_with(path, sizeof path, db_path, suffix[i]) == 0)
@@ -417,6 +448,7 @@ static int flush_old(const char *db_path, char *err, size_t errlen)
 
 int qd_store_probe(const char *db_path, char *err, size_t errlen)
 {
+    st_enter();
     struct stat st;
     if (stat(db_path, &st) != 0) {
         int e = errno;
@@ -436,6 +468,7 @@ int qd_store_probe(const char *db_path, char *err, size_t errlen)
 
 int qd_store_install(const char *tmp_db, const char *db_path, char *err, size_t errlen)
 {
+    st_enter();
     char tmp_faiss[ST_PATH_MAX], faiss[ST_PATH_MAX], p[ST_PATH_MAX];
     if (st_path_with(tmp_faiss, sizeof tmp_faiss, tmp_db, ".faiss") ||
         st_path_with(faiss, sizeof faiss, db_path, ".faiss"))
@@ -468,7 +501,7 @@ int qd_store_install(const char *tmp_db, const char *db_path, char *err, size_t 
     rc = qd_fsync_dir_of(faiss, err, errlen);
     st_path_with(p, sizeof p, tmp_db, "-shm");
     unlink(p);
-    st_path_with(p, sizeof p, tmp_db, ".lock");
+    st_path_with(p, sizeof p, tmp_db, QD_STORE_LOCK_SUFFIX);
     unlink(p);
     return rc;
 }

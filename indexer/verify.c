@@ -279,6 +279,7 @@ out:
 
 int qd_store_verify(qd_store *s, FILE *report, size_t max_report, uint64_t *problems)
 {
+    st_enter();
     vreport v = {report, max_report, 0};
     if (problems)
         *problems = 0;
@@ -337,6 +338,7 @@ static int put_json_string(FILE *out, const char *s, size_t n)
 
 int qd_store_export(qd_store *s, FILE *out)
 {
+    st_enter();
     size_t dim = (size_t)s->dim;
     float *x = qd_mallocarray(dim, sizeof *x);
     if (!x)

@@ -370,12 +370,14 @@ out:
 int qd_store_add(qd_store *s, const qd_store_item *items, size_t n, int replace,
                  qd_store_result *res)
 {
+    st_enter();
     return add_common(s, items, n, replace, res, 0);
 }
 
 int qd_store_check(qd_store *s, const qd_store_item *items, size_t n, int replace,
                    qd_store_result *res)
 {
+    st_enter();
     return add_common(s, items, n, replace, res, 1);
 }
 
@@ -384,6 +386,7 @@ int qd_store_check(qd_store *s, const qd_store_item *items, size_t n, int replac
 int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *lens,
                          size_t n, int *found, size_t *nremoved)
 {
+    st_enter();
     if (nremoved)
         *nremoved = 0;
     if (found)
@@ -478,6 +481,7 @@ out:
 
 int qd_store_remove(qd_store *s, const char *ext_id, size_t ext_id_len)
 {
+    st_enter();
     size_t got = 0;
     int rc = qd_store_remove_many(s, &ext_id, &ext_id_len, 1, NULL, &got);
     if (rc)
@@ -492,6 +496,7 @@ int qd_store_remove(qd_store *s, const char *ext_id, size_t ext_id_len)
 
 int qd_store_compact(qd_store *s)
 {
+    st_enter();
     if (s->readonly)
         return st_fail(QD_ERR_FORBIDDEN, "%s: opened read-only", s->db_path);
     pthread_mutex_lock(&s->wmu);
@@ -567,6 +572,7 @@ out:
 
 int qd_store_set_param(qd_store *s, const char *name, double value)
 {
+    st_enter();
     pthread_mutex_lock(&s->wmu);
     pthread_rwlock_wrlock(&s->rw);
     int rc = qd_ann_set_param(s->ann, name, value);
@@ -579,6 +585,7 @@ int qd_store_set_param(qd_store *s, const char *name, double value)
 
 int qd_store_set_param_text(qd_store *s, const char *name_value)
 {
+    st_enter();
     const char *eq = strchr(name_value, '=');
     char name[64], *end;
     errno = 0;

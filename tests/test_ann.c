@@ -220,6 +220,8 @@ static void test_flat_exact(void **state)
     assert_true(strstr(qd_ann_errmsg(a), "not in the index") != NULL);
     assert_int_equal(qd_ann_get(a, base_id[501], v), 0);
     assert_memory_equal(v, base + 501 * DIM, sizeof v);
+    /* The message belongs to the call that failed: a later success clears it. */
+    assert_string_equal(qd_ann_errmsg(a), "");
     size_t nremoved = 99;
     assert_int_equal(qd_ann_remove(a, NULL, 0, &nremoved), 0);
     assert_int_equal(nremoved, 0);

@@ -360,6 +360,15 @@ static void test_add_search_get(void **state)
     assert_int_equal(qd_store_get(s, "nope", 4, &r), QD_ERR_NOTFOUND);
     assert_non_null(strstr(qd_store_errmsg(s), "nope"));
     assert_int_equal(qd_store_get_row(s, 123456, &r), QD_ERR_NOTFOUND);
+    /* Each message belongs to the call that raised it: a later call that succeeds
+     * leaves none, one that fails its own. */
+    assert_non_null(strstr(qd_store_errmsg(s), "123456"));
+    assert_int_equal(qd_store_get(s, "q42", 3, &r), 0);
+    qd_store_row_free(&r);
+    assert_string_equal(qd_store_errmsg(s), "");
+    assert_int_equal(qd_store_get(s, "nope", 4, &r), QD_ERR_NOTFOUND);
+    assert_int_equal(qd_store_checkpoint(s), 0);
+    assert_string_equal(qd_store_errmsg(s), "");
     /* A batch search sees the same as single searches. */
     float q[3 * 64];
     int dim = qd_model_dim(qd_store_model(s));

@@ -77,6 +77,7 @@
 #include <jansson.h>
 
 #include "qdup/common.h"
+#include "qdup/store.h" /* QD_STORE_SUFFIXES only: this test links no store code */
 
 #include "harness.h"
 
@@ -207,7 +208,7 @@ static int run(char *const argv[], const char *in, const char *out, const char *
 /* Removes a store's files (the database, its journal files, the FAISS file). */
 static void remove_store(const char *db)
 {
-    static const char *const sfx[] = {"", "-wal", "-shm", ".faiss", ".lock"};
+    static const char *const sfx[] = {QD_STORE_SUFFIXES};
     char p[PATH_MAX + 16];
     for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
         snprintf(p, sizeof p, "%s%s", db, sfx[i]);

@@ -152,8 +152,9 @@ void qd_ann_set_threads(int n);
  * sets it from qdup-daemon's --blas-threshold). */
 void qd_ann_set_blas_threshold(int nq);
 
-/* Detail of the last qd_ann call that failed in the calling thread ("" if none); a
- * may be NULL. Valid until the next failing qd_ann call in this thread. */
+/* Detail of the failure of the last qd_ann call in the calling thread: every call
+ * that can fail clears it on entry, so it is "" after a success and never an earlier
+ * call's message. a may be NULL. Valid until the next qd_ann call in this thread. */
 const char *qd_ann_errmsg(const qd_ann *a);
 
 #ifdef __cplusplus

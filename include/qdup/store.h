@@ -95,7 +95,9 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
  * qd_store_checkpoint() first to see its errors. */
 void qd_store_close(qd_store *s);
 
-/* Detail of the last failure of a call on s in the calling thread ("" if none). s may
+/* Detail of the failure of the last store call in the calling thread: every qd_store
+ * call clears it on entry, so it is "" after a success and never an earlier call's
+ * message (constructors, probe and install also give it in their err buffer). s may
  * be NULL. */
 const char *qd_store_errmsg(const qd_store *s);
 
@@ -297,9 +299,25 @@ int qd_store_probe(const char *db_path, char *err, size_t errlen);
  * exists and is not a qdup store (it is not replaced). */
 int qd_store_install(const char *tmp_db, const char *db_path, char *err, size_t errlen);
 
-/* Deletes the files of a store that is not open (db_path and its -wal, -shm, .faiss
- * and .lock files); for discarding a failed build. Missing files are ignored. */
+/* The files of a store, as suffixes of its database file's name DB ("" is DB itself):
+ * SQLite's journal files, the FAISS file and the writer lock. The one list of them,
+ * for an array initializer: `static const char *const sfx[] = {QD_STORE_SUFFIXES};`.
+ * QD_STORE_LOCK_SUFFIX is the last. */
+#define QD_STORE_LOCK_SUFFIX ".lock"
+#define QD_STORE_SUFFIXES "", "-wal", "-shm", "-journal", ".faiss", QD_STORE_LOCK_SUFFIX
+
+/* Deletes the files of a store that is not open (db_path + each QD_STORE_SUFFIXES);
+ * for discarding a failed build. Missing files are ignored. */
 void qd_store_discard(const char *db_path);
+
+/* Deletes the temporary files that killed processes left beside the store at db_path
+ * (the caller holds its writer lock, so no live process is still writing one): the
+ * checkpoints' "DB.faiss.tmp.P.N" (qd_file_write_atomic's names: pid and counter),
+ * and with `builds` also the stores of killed builds, "DB.tmp.P.N" followed by one of
+ * QD_STORE_SUFFIXES or by ".faiss.tmp.P.N". removed(path, arg), if not NULL, is told
+ * each file deleted. qd_store_open sweeps checkpoints; qdup-index build everything. */
+void qd_store_sweep(const char *db_path, int builds,
+                    void (*removed)(const char *path, void *arg), void *arg);
 
 #ifdef __cplusplus
 }
