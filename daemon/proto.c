@@ -354,10 +354,12 @@ int qd_proto_parse(const qd_proto *p, const char *line, size_t len, const qd_pee
 
 /* --- running ------------------------------------------------------------------------ */
 
-/* Maps a backend failure to an error on r, with the backend's detail. */
-static void fail_rc(const qd_proto *p, qd_req *r, int rc)
+/* Maps a failure to an error on r, with the detail of whoever raised it: the backend's
+ * message for a failed backend call (fail_be), NULL for a failure of proto's own (an
+ * allocation, the encoder), which gets the code's static text: another call's message
+ * left in the backend must never describe it. */
+static void fail_rc(qd_req *r, int rc, const char *detail)
 {
-    const char *detail = p->be->errmsg ? p->be->errmsg(p->be->ctx) : NULL;
     if (!detail || !*detail)
         detail = qd_strerror(rc);
     switch (rc) {
@@ -384,6 +386,18 @@ static void fail_rc(const qd_proto *p, qd_req *r, int rc)
         fail(r, QD_CODE_INTERNAL, "%s", detail);
         break;
     }
+}
+
+/* A failure the backend returned, with its message. */
+static void fail_be(const qd_proto *p, qd_req *r, int rc)
+{
+    fail_rc(r, rc, p->be->errmsg ? p->be->errmsg(p->be->ctx) : NULL);
+}
+
+/* A failure of proto's own. */
+static void fail_own(qd_req *r, int rc)
+{
+    fail_rc(r, rc, NULL);
 }
 
 static int is_zero(const float *v, int dim)
@@ -419,18 +433,22 @@ static int encode(const qd_proto *p, qd_enc_ws *ws, const char *const *texts,
 }
 
 /* Searches nq vectors q with one backend call, padded to p->search_pad queries when
- * that is cheaper (see proto.h); out (nq) gets the results. */
+ * that is cheaper (see proto.h); out (nq) gets the results. On failure *by_be says
+ * whether the backend raised it (1) or an allocation here (0). */
 static int search(const qd_proto *p, const float *q, size_t nq, size_t k, float min_score,
-                  const char *const *exclude, qd_store_hits *out)
+                  const char *const *exclude, qd_store_hits *out, int *by_be)
 {
     size_t pad = (nq >= 2 && nq < p->search_pad && !exclude) ? p->search_pad : nq;
+    *by_be = 1;
     if (pad == nq)
         return p->be->search(p->be->ctx, q, nq, k, min_score, exclude, out);
     size_t dim = (size_t)qd_model_dim(p->be->model);
     float *qp = qd_mallocarray(pad, dim * sizeof(float));
     qd_store_hits *hp = qd_calloc(pad, sizeof *hp);
     int rc = QD_ERR_NOMEM;
+    *by_be = 0;
     if (qp && hp) {
+        *by_be = 1;
         memcpy(qp, q, nq * dim * sizeof(float));
         for (size_t i = nq; i < pad; i++)
             memcpy(qp + i * dim, q, dim * sizeof(float));
@@ -500,7 +518,8 @@ static void run_searches(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t
             memcpy(q + nq * dim, vec + first[j] * dim, r->ntexts * dim * sizeof(float));
             nq += r->ntexts;
         }
-        rc = search(p, q, nq, k, ms, NULL, res);
+        int by_be;
+        rc = search(p, q, nq, k, ms, NULL, res, &by_be);
         if (rc)
             for (size_t t = 0; t < nq; t++)
                 hits_release(p, &res[t]);
@@ -511,7 +530,10 @@ static void run_searches(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t
                 continue;
             done[j] = 1;
             if (rc) {
-                fail_rc(p, r, rc);
+                if (by_be)
+                    fail_be(p, r, rc);
+                else
+                    fail_own(r, rc);
                 continue;
             }
             for (size_t t = 0; t < r->ntexts; t++) {
@@ -530,7 +552,7 @@ fail:
     if (rc)
         for (size_t i = 0; i < n; i++)
             if (reqs[i]->cls == QD_REQ_SEARCH && reqs[i]->code == QD_CODE_OK)
-                fail_rc(p, reqs[i], rc);
+                fail_own(reqs[i], rc); /* an allocation or the encoder */
     qd_free(texts);
     qd_free(lens);
     qd_free(first);
@@ -579,7 +601,7 @@ static void run_adds(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n)
     for (size_t i = 0; i < m; i++) {
         qd_req *r = who[i];
         if (rc) {
-            fail_rc(p, r, rc);
+            fail_be(p, r, rc);
             continue;
         }
         switch (res[i].status) {
@@ -603,7 +625,7 @@ fail:
     if (rc)
         for (size_t i = 0; i < n; i++)
             if (reqs[i]->code == QD_CODE_OK)
-                fail_rc(p, reqs[i], rc);
+                fail_own(reqs[i], rc); /* an allocation or the encoder */
     qd_free(texts);
     qd_free(lens);
     qd_free(items);
@@ -618,7 +640,7 @@ static void run_check(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
     float *vec = NULL;
     int rc = encode(p, ws, r->texts, r->lens, 1, &vec);
     if (rc) {
-        fail_rc(p, r, rc);
+        fail_own(r, rc);
         return;
     }
     if (is_zero(vec, qd_model_dim(p->be->model))) {
@@ -627,14 +649,18 @@ static void run_check(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
     }
     r->hits = qd_calloc(1, sizeof *r->hits);
     if (!r->hits) {
-        fail_rc(p, r, QD_ERR_NOMEM);
+        fail_own(r, QD_ERR_NOMEM);
         goto out;
     }
     /* The post's own id is excluded: re-checking a stored post must not find itself. */
     const char *exclude[1] = {r->id};
-    rc = search(p, vec, 1, r->k, r->min_score, exclude, r->hits);
+    int by_be;
+    rc = search(p, vec, 1, r->k, r->min_score, exclude, r->hits, &by_be);
     if (rc) {
-        fail_rc(p, r, rc);
+        if (by_be)
+            fail_be(p, r, rc);
+        else
+            fail_own(r, rc);
         goto out;
     }
     if (!r->store) {
@@ -650,7 +676,7 @@ static void run_check(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
     }
     rc = p->be->add(p->be->ctx, &item, 1, 0, &res);
     if (rc) {
-        fail_rc(p, r, rc);
+        fail_be(p, r, rc);
         goto out;
     }
     switch (res.status) {
@@ -680,20 +706,21 @@ static void run_one(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
     case QD_OP_REMOVE:
         rc = p->be->remove(p->be->ctx, r->id, r->id_len);
         if (rc)
-            fail_rc(p, r, rc);
+            fail_be(p, r, rc);
         break;
     case QD_OP_GET:
         rc = p->be->get(p->be->ctx, r->id, r->id_len, &r->got);
         if (rc)
-            fail_rc(p, r, rc);
+            fail_be(p, r, rc);
         else
             r->have_got = 1;
         break;
     case QD_OP_STATS:
         r->info = qd_calloc(1, sizeof *r->info);
-        rc = r->info ? p->be->info(p->be->ctx, r->info) : QD_ERR_NOMEM;
-        if (rc)
-            fail_rc(p, r, rc);
+        if (!r->info)
+            fail_own(r, QD_ERR_NOMEM);
+        else if ((rc = p->be->info(p->be->ctx, r->info)) != 0)
+            fail_be(p, r, rc);
         break;
     case QD_OP_CHECK:
         run_check(p, ws, r);

@@ -723,6 +723,123 @@ static void test_alloc_failures(void **state)
     }
 }
 
+/* --- who said it ---------------------------------------------------------------------- */
+
+/* A backend that delegates to the real one, notes whether a call failed, can fail
+ * stats on demand, and whose message is always one left over from some earlier call:
+ * proto must use it for the failures the backend returns and for no others. */
+static qd_backend inner;
+static int be_failed, fail_info;
+#define STALE "message left from an earlier backend call"
+
+static int w_search(void *ctx, const float *q, size_t nq, size_t k, float min_score,
+                    const char *const *exclude, qd_store_hits *out)
+{
+    int rc = inner.search(ctx, q, nq, k, min_score, exclude, out);
+    be_failed |= rc != 0;
+    return rc;
+}
+
+static int w_add(void *ctx, const qd_store_item *items, size_t n, int replace,
+                 qd_store_result *res)
+{
+    int rc = inner.add(ctx, items, n, replace, res);
+    be_failed |= rc != 0;
+    return rc;
+}
+
+static int w_remove(void *ctx, const char *id, size_t len)
+{
+    int rc = inner.remove(ctx, id, len);
+    be_failed |= rc != 0;
+    return rc;
+}
+
+static int w_get(void *ctx, const char *id, size_t len, qd_store_row *row)
+{
+    int rc = inner.get(ctx, id, len, row);
+    be_failed |= rc != 0;
+    return rc;
+}
+
+static int w_info(void *ctx, qd_store_info *info)
+{
+    int rc = fail_info ? QD_ERR_IO : inner.info(ctx, info);
+    be_failed |= rc != 0;
+    return rc;
+}
+
+static const char *w_errmsg(void *ctx)
+{
+    (void)ctx;
+    return STALE;
+}
+
+static const char *err_message(json_t *j)
+{
+    return json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+}
+
+static void test_errors_attributed(void **state)
+{
+    (void)state;
+    fill_index(20);
+    inner = be;
+    qd_backend wrapped = be;
+    wrapped.search = w_search;
+    wrapped.add = w_add;
+    wrapped.remove = w_remove;
+    wrapped.get = w_get;
+    wrapped.info = w_info;
+    wrapped.errmsg = w_errmsg;
+    proto.be = &wrapped;
+
+    /* A failure the backend returns carries its message. */
+    fail_info = 1;
+    json_t *j = handle("{\"op\":\"stats\"}");
+    assert_string_equal(err_code(j), "internal");
+    assert_non_null(strstr(err_message(j), STALE));
+    json_decref(j);
+    fail_info = 0;
+
+    /* Failures of the handler's own (its allocations) never do. */
+    static const char *const lines[] = {
+        "{\"op\":\"query\",\"texts\":[\"w3 w4\",\"w5\"],\"k\":3}",
+        "{\"op\":\"add\",\"id\":\"wa\",\"text\":\"w11 w12 w13\"}",
+        "{\"op\":\"check\",\"id\":\"wb\",\"text\":\"w14 w15\",\"k\":2}",
+        "{\"op\":\"stats\"}",
+    };
+    size_t own = 0;
+    for (size_t l = 0; l < sizeof lines / sizeof lines[0]; l++) {
+        for (long n = 0; n < 400; n++) {
+            char *out = NULL;
+            size_t len = 0;
+            be_failed = 0;
+            qd_alloc_fail_after(n, 0);
+            int rc = qd_proto_handle(&proto, ws, lines[l], strlen(lines[l]), &writer, &out, &len);
+            qd_alloc_fail_after(-1, 0);
+            if (rc)
+                continue;
+            j = json_loadb(out, len, 0, NULL);
+            assert_non_null(j);
+            qd_free(out);
+            int ok = json_is_true(json_object_get(j, "ok"));
+            if (!ok && !be_failed) {
+                own++;
+                if (strstr(err_message(j), STALE))
+                    fail_msg("%s, allocation %ld failing: the handler's own failure was "
+                             "described by the backend's old message: %s", lines[l], n,
+                             err_message(j));
+            }
+            json_decref(j);
+            if (ok)
+                break;
+        }
+    }
+    assert_true(own > 0); /* the handler's own failures were reached */
+    proto.be = &be;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -739,6 +856,7 @@ int main(void)
         cmocka_unit_test(test_reply_limit),
         cmocka_unit_test(test_random_lines),
         cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_errors_attributed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
