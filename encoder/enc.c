@@ -2,22 +2,21 @@
  * enc.c - encoding questions with a loaded model: per-thread workspaces, and a
  * parallel driver for large dumps.
  *
- * qd_enc_texts_parallel() gives each worker thread chunks of the input in turn (an
- * atomic cursor), tokenizes a chunk, sorts it by length and encodes it in batches of
+ * qd_enc_texts_parallel() runs workers with qd_parallel_for, each taking chunks of the
+ * input in turn (an atomic cursor), tokenizes a chunk, sorts it by length and encodes it in batches of
  * similar lengths, writing each vector to its question's row of the output. OpenBLAS
  * is kept single-threaded: parallelism comes from the workers, which keeps every
  * product on one core with its cache and makes results independent of BLAS threading.
  */
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "lstm_impl.h"
 #include "model_impl.h"
 #include "qdup/common.h"
 #include "qdup/model.h"
+#include "qdup/parallel.h"
 
 struct qd_enc_ws {
     qd_tokbuf tb;      /* tokenizer scratch */
@@ -84,9 +83,8 @@ typedef struct par_job {
     atomic_size_t next;         /* first question of the next chunk to take */
     atomic_size_t done;         /* questions encoded so far */
     atomic_int rc;              /* first error, 0 if none */
-    pthread_mutex_t mu;         /* guards finished, with cv */
-    pthread_cond_t cv;          /* signalled when a worker ends */
-    int finished;               /* workers that have returned */
+    void (*progress)(size_t done, void *arg); /* called by worker 0 only, or NULL */
+    void *progress_arg;         /* its argument */
 } par_job;
 
 /* Orders question indices of the qd_tokseqs `ctx` longest first, ties by index. */
@@ -127,8 +125,13 @@ static int encode_chunk(par_job *j, qd_enc_ws *ws, uint32_t *sel, size_t lo, siz
     return 0;
 }
 
-static void *par_worker(void *arg)
+/* One worker (qd_parallel_for): takes chunks from the shared cursor until none is
+ * left or another worker failed. Worker 0 runs on the caller's thread, so it alone
+ * reports progress, between its chunks, and the callback never runs concurrently. */
+static void par_worker(size_t begin, size_t end, int worker, void *arg)
 {
+    (void)begin;
+    (void)end;
     par_job *j = arg;
     size_t chunk = j->batch * CHUNK_BATCHES;
     qd_enc_ws *ws = qd_enc_ws_new();
@@ -140,6 +143,8 @@ static void *par_worker(void *arg)
             break;
         size_t hi = lo + chunk < j->n ? lo + chunk : j->n;
         rc = encode_chunk(j, ws, sel, lo, hi);
+        if (rc == 0 && worker == 0 && j->progress && hi < j->n)
+            j->progress(atomic_load(&j->done), j->progress_arg);
     }
     if (rc) {
         int zero = 0;
@@ -147,11 +152,6 @@ static void *par_worker(void *arg)
     }
     qd_free(sel);
     qd_enc_ws_free(ws);
-    pthread_mutex_lock(&j->mu);
-    j->finished++;
-    pthread_cond_signal(&j->cv);
-    pthread_mutex_unlock(&j->mu);
-    return NULL;
 }
 
 int qd_enc_texts_parallel(const qd_model *m, const char *const *texts, const size_t *lens,
@@ -162,55 +162,19 @@ int qd_enc_texts_parallel(const qd_model *m, const char *const *texts, const siz
         return 0;
     if (n > UINT32_MAX)
         return QD_ERR_RANGE;
-    if (nthreads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        nthreads = c > 0 ? (int)c : 1;
-    }
     if (batch == 0)
         batch = 256;
     qd_blas_single_thread();
 
-    par_job j = {.m = m, .texts = texts, .lens = lens, .n = n, .batch = batch, .out = out};
+    par_job j = {.m = m, .texts = texts, .lens = lens, .n = n, .batch = batch, .out = out,
+                 .progress = progress, .progress_arg = arg};
     atomic_init(&j.next, 0);
     atomic_init(&j.done, 0);
     atomic_init(&j.rc, 0);
-    pthread_mutex_init(&j.mu, NULL);
-    pthread_cond_init(&j.cv, NULL);
-
-    pthread_t *tids = qd_calloc((size_t)nthreads, sizeof *tids);
-    if (!tids)
-        return QD_ERR_NOMEM;
-    int started = 0;
-    for (; started < nthreads; started++)
-        if (pthread_create(&tids[started], NULL, par_worker, &j) != 0)
-            break;
-    if (started == 0) {
-        qd_free(tids);
-        return QD_ERR_NOMEM;
-    }
-    /* Report progress from this thread while the workers run. */
-    pthread_mutex_lock(&j.mu);
-    while (j.finished < started) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&j.cv, &j.mu, &ts);
-        if (progress && j.finished < started) {
-            pthread_mutex_unlock(&j.mu);
-            progress(atomic_load(&j.done), arg);
-            pthread_mutex_lock(&j.mu);
-        }
-    }
-    pthread_mutex_unlock(&j.mu);
-    for (int i = 0; i < started; i++)
-        pthread_join(tids[i], NULL);
-    qd_free(tids);
-    pthread_mutex_destroy(&j.mu);
-    pthread_cond_destroy(&j.cv);
+    /* No more workers than chunks; each worker pulls chunks from the cursor. */
+    size_t chunk = batch * CHUNK_BATCHES;
+    int workers = qd_parallel_workers((n + chunk - 1) / chunk, nthreads);
+    qd_parallel_for((size_t)workers, workers, par_worker, &j);
     if (progress && atomic_load(&j.rc) == 0)
         progress(n, arg);
     return atomic_load(&j.rc);

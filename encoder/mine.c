@@ -21,6 +21,7 @@
 #include "mine_impl.h"
 #include "model_impl.h"
 #include "qdup/common.h"
+#include "qdup/parallel.h"
 #include "train_impl.h"
 
 /* Anchors scored per GEMM. */
@@ -175,21 +176,18 @@ typedef struct mine_job {
     size_t ndups;
     size_t D;              /* vector width */
     uint64_t seed;         /* this epoch's seed */
-    int nthreads;          /* threads sharing the anchors */
-    float **S, **Q;        /* (nthreads) per-thread scratch */
+    float **S, **Q;        /* (workers) per-worker scratch */
 } mine_job;
 
-void qd_miner_job_run(void *arg, int tid)
+/* One worker's share of the anchors (qd_parallel_for). */
+static void mine_share(size_t lo, size_t hi, int worker, void *arg)
 {
     mine_job *j = arg;
-    size_t lo = j->ndups * (size_t)tid / (size_t)j->nthreads;
-    size_t hi = j->ndups * (size_t)(tid + 1) / (size_t)j->nthreads;
-    mine_range(j->mn, j->dups, lo, hi, j->D, j->seed, j->S[tid], j->Q[tid]);
+    mine_range(j->mn, j->dups, lo, hi, j->D, j->seed, j->S[worker], j->Q[worker]);
 }
 
 int qd_miner_mine(qd_miner *mn, const qd_model *m, const uint32_t *dups, size_t ndups,
-                  uint64_t seed, int nthreads,
-                  void (*run_all)(void *ctx, void (*fn)(void *, int), void *arg), void *ctx)
+                  uint64_t seed, int nthreads)
 {
     size_t D = qd_model_out_dim(&m->hdr);
     if (!mn->vec) {
@@ -202,6 +200,7 @@ int qd_miner_mine(qd_miner *mn, const qd_model *m, const uint32_t *dups, size_t 
     if (rc)
         return rc;
     float *S[QD_MINE_MAX_THREADS] = {0}, *Q[QD_MINE_MAX_THREADS] = {0};
+    nthreads = qd_parallel_workers(ndups, nthreads);
     if (nthreads > QD_MINE_MAX_THREADS)
         nthreads = QD_MINE_MAX_THREADS;
     for (int i = 0; i < nthreads && rc == 0; i++) {
@@ -211,8 +210,8 @@ int qd_miner_mine(qd_miner *mn, const qd_model *m, const uint32_t *dups, size_t 
             rc = QD_ERR_NOMEM;
     }
     if (rc == 0) {
-        mine_job j = {mn, dups, ndups, D, seed, nthreads, S, Q};
-        run_all(ctx, qd_miner_job_run, &j);
+        mine_job j = {mn, dups, ndups, D, seed, S, Q};
+        qd_parallel_for(ndups, nthreads, mine_share, &j);
     }
     for (int i = 0; i < nthreads; i++) {
         qd_free(S[i]);

@@ -33,13 +33,9 @@ int qd_miner_init(qd_miner *mn, const qd_pairs *train, size_t top);
 void qd_miner_free(qd_miner *mn);
 
 /* Encodes the pool with m and mines a negative for every anchor of dups (pair
- * indices), on nthreads threads: run_all(ctx, fn, arg) must run fn(arg, tid) for tid
- * 0 .. nthreads-1 and wait. The draws depend only on seed and the pair. */
+ * indices), on nthreads threads (qd_parallel_for; 0: one per core). The draws depend
+ * only on seed and the pair. */
 int qd_miner_mine(qd_miner *mn, const qd_model *m, const uint32_t *dups, size_t ndups,
-                  uint64_t seed, int nthreads,
-                  void (*run_all)(void *ctx, void (*fn)(void *, int), void *arg), void *ctx);
-
-/* The per-thread work of qd_miner_mine (exposed for run_all implementations). */
-void qd_miner_job_run(void *arg, int tid);
+                  uint64_t seed, int nthreads);
 
 #endif

@@ -4,7 +4,7 @@
  *
  * Every training question is tokenized once, up front, into one qd_tokseqs; a batch is
  * then only a list of question indices (sel), which the forward pass takes as is. A
- * step runs in three phases on a small pool of threads (the caller is thread 0):
+ * step runs in three phases on a few threads (qd_parallel_for; the caller is thread 0):
  *   1. each thread encodes its contiguous slice of the batch (forward, activations kept);
  *   2. thread 0 computes the loss and its gradient w.r.t. every vector of the batch;
  *   3. each thread backpropagates its slice into its own gradient buffer;
@@ -15,7 +15,6 @@
 #include "qdup/train.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -25,6 +24,7 @@
 #include "pretrain_impl.h"
 #include "model_impl.h"
 #include "qdup/common.h"
+#include "qdup/parallel.h"
 #include "train_impl.h"
 
 int qd_train_recipe(const char *name, qd_train_opts *o)
@@ -67,105 +67,6 @@ int qd_train_recipe(const char *name, qd_train_opts *o)
     return QD_ERR_INVAL;
 }
 
-/* --- a pool of worker threads running one function at a time --------------------------- */
-
-typedef struct pool {
-    int n;                    /* threads, the caller included */
-    pthread_t *tids;          /* (n - 1) workers */
-    pthread_mutex_t mu;       /* guards everything below */
-    pthread_cond_t go;        /* a new job, or stop */
-    pthread_cond_t done;      /* a worker finished the job */
-    unsigned gen;             /* job counter */
-    int pending;              /* workers still running the current job */
-    int stop;                 /* workers exit */
-    void (*fn)(void *arg, int tid); /* the job */
-    void *arg;                /* its argument */
-} pool;
-
-typedef struct pool_worker {
-    pool *p;   /* the pool */
-    int tid;   /* 1 .. n-1 */
-} pool_worker;
-
-static pool_worker pool_workers[256];
-
-static void *pool_main(void *arg)
-{
-    pool_worker *w = arg;
-    pool *p = w->p;
-    unsigned seen = 0;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (!p->stop && p->gen == seen)
-            pthread_cond_wait(&p->go, &p->mu);
-        if (p->stop)
-            break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
-        p->fn(p->arg, w->tid);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0)
-            pthread_cond_signal(&p->done);
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
-}
-
-static int pool_start(pool *p, int n)
-{
-    memset(p, 0, sizeof *p);
-    if (n > 256)
-        n = 256;
-    p->n = n;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->go, NULL);
-    pthread_cond_init(&p->done, NULL);
-    p->tids = qd_calloc((size_t)n, sizeof *p->tids);
-    if (!p->tids)
-        return QD_ERR_NOMEM;
-    for (int i = 1; i < n; i++) {
-        pool_workers[i] = (pool_worker){p, i};
-        if (pthread_create(&p->tids[i], NULL, pool_main, &pool_workers[i]) != 0) {
-            p->n = i; /* run with the threads we have */
-            break;
-        }
-    }
-    return 0;
-}
-
-/* Runs fn(arg, tid) on every thread, the caller as tid 0, and waits for all. */
-static void pool_run(pool *p, void (*fn)(void *, int), void *arg)
-{
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->arg = arg;
-    p->pending = p->n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    fn(arg, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0)
-        pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
-}
-
-static void pool_stop(pool *p)
-{
-    if (!p->tids)
-        return;
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    for (int i = 1; i < p->n; i++)
-        pthread_join(p->tids[i], NULL);
-    qd_free(p->tids);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->go);
-    pthread_cond_destroy(&p->done);
-}
-
 /* --- the training state ------------------------------------------------------------------ */
 
 typedef struct worker {
@@ -196,14 +97,16 @@ typedef struct trainer {
     float *pos, *neg, *dpos, *dneg; /* (B), (M): pair cosines and their gradients */
     qd_adam adam;         /* optimizer state */
     worker *w;            /* (threads) */
-    pool pool;            /* the threads */
+    int threads;          /* workers of each phase (qd_parallel_for), the caller is 0 */
     qd_rng rng;           /* shuffling */
     uint64_t dropout_seed; /* this step's dropout draws */
 } trainer;
 
 /* Phase 1: forward over this thread's slice. */
-static void phase_forward(void *arg, int tid)
+static void phase_forward(size_t begin, size_t end, int tid, void *arg)
 {
+    (void)begin;
+    (void)end;
     trainer *t = arg;
     worker *w = &t->w[tid];
     size_t H = qd_model_out_dim(&t->m->hdr);
@@ -218,8 +121,10 @@ static void phase_forward(void *arg, int tid)
 }
 
 /* Phase 3: backward over this thread's slice into its own gradients. */
-static void phase_backward(void *arg, int tid)
+static void phase_backward(size_t begin, size_t end, int tid, void *arg)
 {
+    (void)begin;
+    (void)end;
     trainer *t = arg;
     worker *w = &t->w[tid];
     size_t H = qd_model_out_dim(&t->m->hdr);
@@ -232,18 +137,27 @@ static void phase_backward(void *arg, int tid)
 }
 
 /* Thread tid's share of the Adam update, 16-float aligned. */
-static void phase_adam(void *arg, int tid)
+static void phase_adam(size_t begin, size_t end, int tid, void *arg)
 {
+    (void)begin;
+    (void)end;
     trainer *t = arg;
-    size_t n = t->adam.n, parts = (size_t)t->pool.n;
+    size_t n = t->adam.n, parts = (size_t)t->threads;
     size_t lo = n * (size_t)tid / parts & ~(size_t)15;
-    size_t hi = tid + 1 == t->pool.n ? n : n * (size_t)(tid + 1) / parts & ~(size_t)15;
+    size_t hi = tid + 1 == t->threads ? n : n * (size_t)(tid + 1) / parts & ~(size_t)15;
     qd_adam_update(&t->adam, t->m->param_data, t->w[0].grads.data, lo, hi);
+}
+
+/* Runs a phase on every worker, the caller as worker 0, and waits for all: worker
+ * tid's slice is t->w[tid], fixed by the batch size and thread count alone. */
+static void run_phase(trainer *t, qd_parallel_fn phase)
+{
+    qd_parallel_for((size_t)t->threads, t->threads, phase, t);
 }
 
 static int check_workers(trainer *t)
 {
-    for (int i = 0; i < t->pool.n; i++)
+    for (int i = 0; i < t->threads; i++)
         if (t->w[i].rc)
             return t->w[i].rc;
     return 0;
@@ -339,17 +253,17 @@ static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
     t->nsel = 2 * B + 2 * M + N;
     t->dropout_seed = qd_rng_next(&t->rng);
     /* Contiguous slices, one per thread. */
-    int n = t->pool.n;
+    int n = t->threads;
     for (int i = 0; i < n; i++) {
         t->w[i].lo = t->nsel * (size_t)i / (size_t)n;
         t->w[i].n = t->nsel * (size_t)(i + 1) / (size_t)n - t->w[i].lo;
     }
-    pool_run(&t->pool, phase_forward, t);
+    run_phase(t, phase_forward);
     int rc = check_workers(t);
     if (rc)
         return rc;
     *loss = batch_loss(t, B, M, N);
-    pool_run(&t->pool, phase_backward, t);
+    run_phase(t, phase_backward);
     rc = check_workers(t);
     if (rc)
         return rc;
@@ -359,7 +273,7 @@ static int train_step(trainer *t, size_t first, size_t B, size_t M, float *loss)
     if (t->o->clip > 0)
         qd_clip_grad_norm(g->data, g->nparams, t->o->clip);
     qd_adam_begin(&t->adam);
-    pool_run(&t->pool, phase_adam, t);
+    run_phase(t, phase_adam);
     return 0;
 }
 
@@ -470,23 +384,16 @@ static int valid_auc(const qd_model *m, const qd_pairs *valid, int threads, doub
 
 /* --- the loop ------------------------------------------------------------------------------ */
 
-/* qd_miner_mine's way of running a job on every thread of the pool. */
-static void run_on_pool(void *ctx, void (*fn)(void *, int), void *arg)
-{
-    pool_run(ctx, fn, arg);
-}
-
 static void trainer_free(trainer *t)
 {
     if (t->w) {
-        for (int i = 0; i < t->pool.n; i++) {
+        for (int i = 0; i < t->threads; i++) {
             qd_fwd_free(&t->w[i].fwd);
             qd_bwd_free(&t->w[i].bwd);
             qd_grads_free(&t->w[i].grads);
         }
         qd_free(t->w);
     }
-    pool_stop(&t->pool);
     qd_tokseqs_free(&t->seqs);
     qd_free(t->dups);
     qd_free(t->nondups);
@@ -620,18 +527,14 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
         goto fail_nomem;
     t.adam.weight_decay = o->weight_decay;
 
-    int threads = o->threads;
-    if (threads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = c > 0 ? (int)c : 1;
-    }
+    /* 0 threads: one per core (at most QD_PARALLEL_MAX). */
+    int threads = qd_parallel_workers(SIZE_MAX, o->threads);
     qd_blas_single_thread();
-    if (pool_start(&t.pool, threads))
-        goto fail_nomem;
-    t.w = qd_calloc((size_t)t.pool.n, sizeof *t.w);
+    t.threads = threads;
+    t.w = qd_calloc((size_t)t.threads, sizeof *t.w);
     if (!t.w)
         goto fail_nomem;
-    for (int i = 0; i < t.pool.n; i++) {
+    for (int i = 0; i < t.threads; i++) {
         qd_fwd_init(&t.w[i].fwd);
         qd_bwd_init(&t.w[i].bwd);
         if (qd_grads_init(&t.w[i].grads, &hdr))
@@ -655,8 +558,7 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
             /* Mine with the weights after the first epoch: a random model's neighbours
              * are random anyway. */
             rc = qd_miner_mine(&t.miner, t.m, t.dups, t.ndups,
-                               o->seed * 1000003u + (uint64_t)epoch, t.pool.n, run_on_pool,
-                               &t.pool);
+                               o->seed * 1000003u + (uint64_t)epoch, t.threads);
             if (rc) {
                 qd_free(best);
                 rc = qd_errf(err, errlen, rc, "mining negatives: %s", qd_strerror(rc));

@@ -31,6 +31,7 @@
 #include "qdup/dump.h"
 #include "qdup/model.h"
 #include "qdup/pairs.h"
+#include "qdup/parallel.h"
 #include "qdup/train.h"
 #include "texts.h"
 
@@ -402,21 +403,25 @@ static void bm25_job_fail(bm25_job *j, int rc, const char *msg)
     pthread_mutex_unlock(&j->mu);
 }
 
-static void *bm25_worker(void *arg)
+/* One worker (qd_parallel_for): its own index, then queries from the shared cursor. */
+static void bm25_worker(size_t begin, size_t end, int worker, void *arg)
 {
+    (void)begin;
+    (void)end;
+    (void)worker;
     bm25_job *j = arg;
     char err[QD_ERRMSG_MAX];
     qd_bm25 *b;
     int rc = qd_bm25_open(&b, err, sizeof err);
     if (rc) {
         bm25_job_fail(j, rc, err);
-        return NULL;
+        return;
     }
     rc = qd_bm25_add(b, j->qs->qid, j->qs->text, j->qs->len, j->qs->n);
     if (rc) {
         bm25_job_fail(j, rc, qd_bm25_errmsg(b));
         qd_bm25_close(b);
-        return NULL;
+        return;
     }
     for (;;) {
         size_t i = atomic_fetch_add(&j->next, 1);
@@ -434,39 +439,25 @@ static void *bm25_worker(void *arg)
         j->rank[i] = qd_eval_rank(ids, found, j->q->self[i], j->q->target[i]);
     }
     qd_bm25_close(b);
-    return NULL;
 }
 
 static int retrieve_bm25(const questions *qs, const queries *q, int threads, retr_result *res)
 {
     double t0 = qd_now();
-    if (threads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = c > 0 ? (int)c : 1;
-    }
+    threads = qd_parallel_workers(q->n, threads);
     bm25_job j = {.qs = qs, .q = q};
     atomic_init(&j.next, 0);
     atomic_init(&j.rc, 0);
     pthread_mutex_init(&j.mu, NULL);
     j.rank = qd_calloc(q->n, sizeof *j.rank);
-    pthread_t *tids = qd_calloc((size_t)threads, sizeof *tids);
-    if (!j.rank || !tids) {
+    if (!j.rank) {
         fprintf(stderr, PROG ": out of memory\n");
-        qd_free(j.rank);
-        qd_free(tids);
         pthread_mutex_destroy(&j.mu);
         return QD_ERR_NOMEM;
     }
     phase("BM25: %zu queries on %d threads, each with its own SQLite FTS5 index", q->n,
           threads);
-    int started = 0;
-    for (; started < threads; started++)
-        if (pthread_create(&tids[started], NULL, bm25_worker, &j) != 0)
-            break;
-    if (started == 0)
-        bm25_worker(&j); /* no thread could start: do the work here */
-    for (int i = 0; i < started; i++)
-        pthread_join(tids[i], NULL);
+    qd_parallel_for((size_t)threads, threads, bm25_worker, &j);
     int rc = atomic_load(&j.rc);
     if (rc) {
         fprintf(stderr, PROG ": BM25: %s\n", j.msg);
@@ -477,7 +468,6 @@ static int retrieve_bm25(const questions *qs, const queries *q, int threads, ret
         res->seconds = qd_now() - t0;
     }
     qd_free(j.rank);
-    qd_free(tids);
     pthread_mutex_destroy(&j.mu);
     return rc;
 }
