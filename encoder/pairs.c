@@ -42,6 +42,7 @@ void qd_pairs_free(qd_pairs *p)
     qd_free(p->dup);
     qd_free(p->qid1);
     qd_free(p->qid2);
+    qd_free(p->grade);
     qd_free(p->arena);
     qd_free(p);
 }
@@ -184,7 +185,7 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
 
     char *field[PAIRS_MAX_COLS + 1];
     size_t flen[PAIRS_MAX_COLS + 1];
-    int c_q1 = -1, c_q2 = -1, c_dup = -1, c_id1 = -1, c_id2 = -1;
+    int c_q1 = -1, c_q2 = -1, c_dup = -1, c_id1 = -1, c_id2 = -1, c_grade = -1;
     size_t ncols = 0, lineno = 0, used = 0, warned = 0;
     int rows_mode = ROWS_DETECT;
     char *pos = data, *end = data + len;
@@ -251,6 +252,7 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
                             : !strcmp(name, "is_duplicate") ? &c_dup
                             : !strcmp(name, "qid1")         ? &c_id1
                             : !strcmp(name, "qid2")         ? &c_id2
+                            : !strcmp(name, "relevance")    ? &c_grade
                                                             : NULL;
                 if (slot)
                     *slot = (int)i;
@@ -261,6 +263,10 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
                              "(a Quora pair file has: id qid1 qid2 question1 question2 "
                              "is_duplicate)",
                              path, lineno);
+                goto fail;
+            }
+            if (c_grade >= 0 && !(p->grade = qd_calloc(maxrows, sizeof *p->grade))) {
+                rc = qd_errf(err, errlen, QD_ERR_NOMEM, "%s: out of memory", path);
                 goto fail;
             }
             ncols = nf;
@@ -278,6 +284,9 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
         else if ((c_id1 >= 0 && qd_parse_qid(field[c_id1], flen[c_id1], &id1)) ||
                  (c_id2 >= 0 && qd_parse_qid(field[c_id2], flen[c_id2], &id2)))
             why = "qid is not a number";
+        else if (c_grade >= 0 && (flen[c_grade] != 1 || field[c_grade][0] < '0' ||
+                                  field[c_grade][0] > '9'))
+            why = "relevance is not a digit";
         if (why) {
             p->skipped++;
             if (warn && warned++ < PAIRS_MAX_WARNINGS) {
@@ -301,6 +310,8 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
         p->dup[i] = field[c_dup][0] == '1';
         p->qid1[i] = id1;
         p->qid2[i] = id2;
+        if (p->grade)
+            p->grade[i] = (int8_t)(field[c_grade][0] - '0');
     }
     if (ncols == 0) {
         rc = qd_errf(err, errlen, QD_ERR_FORMAT, "%s: empty file (no header)", path);
@@ -411,4 +422,54 @@ double qd_best_threshold(const float *scores, const uint8_t *labels, size_t n, d
     qd_free(v);
     *acc = (double)best / (double)n;
     return thr;
+}
+
+typedef struct ranked {
+    int64_t group; /* the list the pair belongs to (qid1) */
+    float s;       /* its score */
+    size_t i;      /* its place in the file, for ties */
+    uint8_t rel;   /* 1 if relevant */
+} ranked;
+
+/* By group, then best score first, then file order. */
+static int cmp_ranked(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    if (x->group != y->group)
+        return (x->group > y->group) - (x->group < y->group);
+    if (x->s != y->s)
+        return (x->s < y->s) - (x->s > y->s);
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+double qd_map(const float *scores, const int64_t *group, const int8_t *grade, size_t n,
+              int min_grade, size_t *ngroups)
+{
+    if (ngroups)
+        *ngroups = 0;
+    ranked *v = qd_mallocarray(n + 1, sizeof *v);
+    if (!v)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        v[i] = (ranked){group[i], scores[i], i, grade[i] >= min_grade};
+    qsort(v, n, sizeof *v, cmp_ranked);
+    double sum = 0;
+    size_t groups = 0;
+    for (size_t i = 0; i < n;) {
+        size_t hits = 0;
+        double ap = 0;
+        size_t j = i;
+        for (; j < n && v[j].group == v[i].group; j++)
+            if (v[j].rel)
+                ap += (double)++hits / (double)(j - i + 1);
+        if (hits) {
+            sum += ap / (double)hits;
+            groups++;
+        }
+        i = j;
+    }
+    qd_free(v);
+    if (ngroups)
+        *ngroups = groups;
+    return groups ? sum / (double)groups : 0;
 }

@@ -24,6 +24,7 @@
 #include "pretrain_impl.h"
 #include "model_impl.h"
 #include "qdup/common.h"
+#include "qdup/finetune.h"
 #include "qdup/parallel.h"
 #include "train_impl.h"
 
@@ -434,21 +435,30 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
     rc = build_vocab(o, train, &vocab);
     if (rc)
         return qd_errf(err, errlen, rc, "building the vocabulary: %s", qd_strerror(rc));
-    qd_model_hdr hdr = {
-        .emb_dim = o->emb_dim,
-        .hidden = o->hidden,
-        .vocab = (uint32_t)qd_vocab_size(vocab),
-        .dirs = 1,
-        .pool = o->pool,
-        .tok = {.max_tokens = o->max_tokens,
-                .ngram_min = o->ngram_buckets ? o->ngram_min : 0,
-                .ngram_max = o->ngram_buckets ? o->ngram_max : 0,
-                .ngram_buckets = o->ngram_buckets},
-    };
-    rc = qd_model_new(&hdr, vocab, &t.m, err, errlen);
-    if (rc)
-        return rc;
-    init_weights(t.m, &rng);
+    if (o->init) {
+        /* Fine-tuning: the starting model, with the words it lacks. */
+        rc = qd_finetune_extend(o->init, vocab, o->max_tokens, &t.m, &result->words_added, err, errlen);
+        qd_vocab_free(vocab);
+        if (rc)
+            return rc;
+    } else {
+        qd_model_hdr fresh = {
+            .emb_dim = o->emb_dim,
+            .hidden = o->hidden,
+            .vocab = (uint32_t)qd_vocab_size(vocab),
+            .dirs = 1,
+            .pool = o->pool,
+            .tok = {.max_tokens = o->max_tokens,
+                    .ngram_min = o->ngram_buckets ? o->ngram_min : 0,
+                    .ngram_max = o->ngram_buckets ? o->ngram_max : 0,
+                    .ngram_buckets = o->ngram_buckets},
+        };
+        rc = qd_model_new(&fresh, vocab, &t.m, err, errlen);
+        if (rc)
+            return rc;
+        init_weights(t.m, &rng);
+    }
+    qd_model_hdr hdr = t.m->hdr;
     result->vocab = hdr.vocab;
     if (o->pretrain_epochs > 0) {
         /* Word vectors from every question there is text for, labelled or not. */

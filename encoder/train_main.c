@@ -11,6 +11,7 @@
 
 #include "qdup/common.h"
 #include "qdup/dump.h"
+#include "qdup/finetune.h"
 #include "qdup/model.h"
 #include "qdup/pairs.h"
 #include "qdup/train.h"
@@ -79,6 +80,23 @@ static const char usage[] =
     "  --patience N          stop after N epochs without a better validation AUC\n"
     "                        (0: never stop early)\n"
     "  --quiet               no progress output\n"
+    "\n"
+    "fine-tuning (teaching a trained model a forum: its words and its duplicates):\n"
+    "  --init MODEL          start from MODEL's shape and weights instead of a new\n"
+    "                        model; words of --train and --vocab-corpus it lacks (seen\n"
+    "                        --min-count times) are added, each starting from the\n"
+    "                        n-grams MODEL read it with. Without --recipe the recipe\n"
+    "                        is finetune: the default recipe with --epochs 5\n"
+    "                        --patience 2 --lr 0.001 --batch 32 --hard-negatives 64\n"
+    "                        (chosen on the SemEval dev split, see BENCHMARKS.md)\n"
+    "  --duplicate-grades G  for a graded --train file (a 7th column relevance): the\n"
+    "                        grades that count as duplicates, e.g. 2 or 1,2 (default:\n"
+    "                        its is_duplicate column); --valid is scored by its\n"
+    "                        is_duplicate column\n"
+    "  --mix-pairs FILE      pairs to mix into --train, e.g. the starting model's own\n"
+    "                        training pairs, so that it keeps what it knew\n"
+    "  --mix X               how many: X times the number of --train pairs, drawn at\n"
+    "                        random (default 1 when --mix-pairs is given)\n"
     "  -h, --help            this help\n";
 
 typedef struct progress_state {
@@ -230,12 +248,41 @@ static int load_corpus(const char *path, corpus *c, char *err, size_t errlen)
     return rc < 0 ? rc : 0;
 }
 
+/* --duplicate-grades: the training pairs' labels from their grades. */
+static int prepare_grades(qd_pairs *p, const char *path, unsigned grades, char *err,
+                          size_t errlen)
+{
+    if (qd_finetune_relabel(p, grades) != 0)
+        return qd_errf(err, errlen, QD_ERR_INVAL, "%s: --duplicate-grades needs a graded file "
+                       "(a column named relevance), this one has none", path);
+    return 0;
+}
+
+/* --mix-pairs: *train becomes itself plus share times as many pairs of path. */
+static int mix_in(qd_pairs **train, const char *path, float share, uint64_t seed, char *err,
+                  size_t errlen)
+{
+    qd_pairs *other, *mixed;
+    int rc = qd_pairs_load(path, on_warning, NULL, &other, err, errlen);
+    if (rc)
+        return rc;
+    rc = qd_finetune_mix(*train, other, share, seed, &mixed);
+    qd_pairs_free(other);
+    if (rc)
+        return qd_errf(err, errlen, rc, "mixing in %s: %s", path, qd_strerror(rc));
+    fprintf(stderr, "qdup-train: %zu training pairs with %zu of %s mixed in\n", mixed->n,
+            mixed->n - (*train)->n, path);
+    qd_pairs_free(*train);
+    *train = mixed;
+    return 0;
+}
+
 enum {
     OPT_TRAIN = 256, OPT_VALID, OPT_OUT, OPT_RECIPE, OPT_EPOCHS, OPT_THREADS, OPT_SEED,
     OPT_BATCH, OPT_LR, OPT_MARGIN, OPT_EMB, OPT_HIDDEN, OPT_MIN_COUNT, OPT_MAX_TOKENS,
     OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
     OPT_LOSS, OPT_TEMP, OPT_POOL, OPT_MINE, OPT_CORPUS, OPT_PRETRAIN, OPT_DROPOUT,
-    OPT_LRDECAY,
+    OPT_LRDECAY, OPT_INIT, OPT_GRADES, OPT_MIX_PAIRS, OPT_MIX,
 };
 
 int main(int argc, char **argv)
@@ -271,23 +318,36 @@ int main(int argc, char **argv)
         {"pretrain", required_argument, 0, OPT_PRETRAIN},
         {"dropout", required_argument, 0, OPT_DROPOUT},
         {"lr-decay", required_argument, 0, OPT_LRDECAY},
+        {"init", required_argument, 0, OPT_INIT},
+        {"duplicate-grades", required_argument, 0, OPT_GRADES},
+        {"mix-pairs", required_argument, 0, OPT_MIX_PAIRS},
+        {"mix", required_argument, 0, OPT_MIX},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     /* Two passes: the recipe first, so that other options override it wherever they
      * stand on the command line. */
-    const char *recipe = "default";
-    for (int i = 1; i < argc - 1; i++)
-        if (strcmp(argv[i], "--recipe") == 0)
+    const char *recipe = NULL;
+    int finetune = 0;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--recipe") == 0 && i + 1 < argc)
             recipe = argv[i + 1];
         else if (strncmp(argv[i], "--recipe=", 9) == 0)
             recipe = argv[i] + 9;
+        else if (strcmp(argv[i], "--init") == 0 || strncmp(argv[i], "--init=", 7) == 0)
+            finetune = 1;
     qd_train_opts o;
-    if (qd_train_recipe(recipe, &o) != 0) {
+    if (!recipe && finetune)
+        qd_finetune_recipe(&o);
+    else if (qd_train_recipe(recipe ? recipe : "default", &o) != 0) {
         fprintf(stderr, "qdup-train: --recipe: unknown recipe \"%s\" (seed, default)\n", recipe);
         return 2;
     }
     const char *train_path = NULL, *valid_path = NULL, *out_path = NULL, *corpus_path = NULL;
+    const char *init_path = NULL, *mix_path = NULL;
+    unsigned grades = 0;
+    int max_tokens_set = 0;
+    float mix = 1;
     progress_state st = {.tty = isatty(2)};
     long v;
     int c;
@@ -334,6 +394,7 @@ int main(int argc, char **argv)
         case OPT_MAX_TOKENS:
             if (parse_long("--max-tokens", optarg, 1, 65536, &v)) return 2;
             o.max_tokens = (uint32_t)v;
+            max_tokens_set = 1;
             break;
         case OPT_NGRAMS: {
             unsigned a, b, n;
@@ -378,6 +439,18 @@ int main(int argc, char **argv)
             }
             break;
         case OPT_CORPUS: corpus_path = optarg; break;
+        case OPT_INIT: init_path = optarg; break;
+        case OPT_MIX_PAIRS: mix_path = optarg; break;
+        case OPT_MIX:
+            if (parse_float("--mix", optarg, 0, 1000, &mix)) return 2;
+            break;
+        case OPT_GRADES:
+            if (qd_finetune_parse_grades(optarg, &grades) || grades == 0) {
+                fprintf(stderr, "qdup-train: --duplicate-grades: expected grades 0-9 separated "
+                                "by commas (e.g. 2 or 1,2), got \"%s\"\n", optarg);
+                return 2;
+            }
+            break;
         case OPT_DROPOUT:
             if (parse_float("--dropout", optarg, 0, 0.9, &o.dropout)) return 2;
             break;
@@ -413,11 +486,30 @@ int main(int argc, char **argv)
 
     char err[QD_ERRMSG_MAX];
     qd_pairs *train = NULL, *valid = NULL;
+    qd_model *init = NULL;
     if (qd_pairs_load(train_path, on_warning, NULL, &train, err, sizeof err) != 0 ||
-        qd_pairs_load(valid_path, on_warning, NULL, &valid, err, sizeof err) != 0) {
+        qd_pairs_load(valid_path, on_warning, NULL, &valid, err, sizeof err) != 0 ||
+        (init_path && qd_model_load(init_path, &init, err, sizeof err) != 0) ||
+        (grades && prepare_grades(train, train_path, grades, err, sizeof err) != 0) ||
+        (mix_path && mix_in(&train, mix_path, mix, o.seed, err, sizeof err) != 0)) {
         fprintf(stderr, "qdup-train: %s\n", err);
         qd_pairs_free(train);
+        qd_pairs_free(valid);
+        qd_model_free(init);
         return 1;
+    }
+    if (init) {
+        /* The starting model's shape and tokenizer, whatever the recipe says. */
+        const qd_model_hdr *ih = qd_model_header(init);
+        o.init = init;
+        o.emb_dim = ih->emb_dim;
+        o.hidden = ih->hidden;
+        o.pool = ih->pool;
+        if (!max_tokens_set)
+            o.max_tokens = ih->tok.max_tokens;
+        o.ngram_min = ih->tok.ngram_min;
+        o.ngram_max = ih->tok.ngram_max;
+        o.ngram_buckets = ih->tok.ngram_buckets;
     }
     if (!st.quiet)
         fprintf(stderr,
@@ -431,6 +523,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "qdup-train: %s\n", err);
             qd_pairs_free(train);
             qd_pairs_free(valid);
+            qd_model_free(init);
             return 1;
         }
         o.corpus = (const char *const *)cp.texts;
@@ -443,6 +536,7 @@ int main(int argc, char **argv)
     qd_pairs_free(train);
     qd_pairs_free(valid);
     corpus_free(&cp);
+    qd_model_free(init);
     if (rc) {
         fprintf(stderr, "\nqdup-train: %s\n", err);
         return 1;
@@ -457,6 +551,9 @@ int main(int argc, char **argv)
            "%.1f s, %.0f pairs/s\n",
            out_path, qd_model_fingerprint(m), r.vocab, r.best_epoch, r.epochs_run,
            r.best_valid_auc, r.seconds, r.pairs_per_s);
+    if (init_path)
+        printf("fine-tuned from %s: %zu words added to its vocabulary\n", init_path,
+               r.words_added);
     qd_model_free(m);
     return 0;
 }

@@ -72,7 +72,10 @@ static const char usage[] =
     "  -h, --help        this help\n"
     "\n"
     "JSON keys: \"test\" and each --pairs base name hold acc_at_0_7,\n"
-    "acc_at_valid_threshold, auc (and pairs, duplicates, skipped); \"retrieval\" and\n"
+    "acc_at_valid_threshold, auc (and pairs, duplicates, skipped; for a graded file,\n"
+    "one with a 7th column relevance, also map: SemEval-2016 Task 3's mean average\n"
+    "precision over the qid1 groups, relevant = relevance >= 1, and map_groups);\n"
+    "\"retrieval\" and\n"
     "\"bm25\" hold recall_at_1, recall_at_10, mrr_at_10 (and queries, seconds); \"valid\"\n"
     "holds the threshold; \"model\" the path and fingerprint.\n"
     "Exit status: 0 on success, 1 if a file cannot be used, 2 for bad options.\n";
@@ -87,6 +90,8 @@ typedef struct pair_result {
     double acc07;         /* accuracy at cosine 0.7 */
     double acc_thr;       /* accuracy at the valid threshold */
     double auc;           /* ROC AUC */
+    double map;           /* graded files: MAP over qid1 groups (relevant: grade >= 1) */
+    size_t map_groups;    /* groups with a relevant pair; 0 for a file without grades */
 } pair_result;
 
 /* Retrieval results of one method. */
@@ -180,6 +185,8 @@ static int eval_pair_file(const qd_model *m, const char *path, int threads, doub
     pr->acc07 = qd_accuracy_at(s, p->dup, p->n, 0.7);
     pr->acc_thr = qd_accuracy_at(s, p->dup, p->n, thr);
     pr->auc = qd_auc(s, p->dup, p->n);
+    if (p->grade)
+        pr->map = qd_map(s, p->qid1, p->grade, p->n, 1, &pr->map_groups);
     qd_free(s);
     qd_pairs_free(p);
     return 0;
@@ -476,10 +483,15 @@ static int retrieve_bm25(const questions *qs, const queries *q, int threads, ret
 
 static json_t *pair_json(const pair_result *p)
 {
-    return json_pack("{s:f, s:f, s:f, s:I, s:I, s:I}", "acc_at_0_7", p->acc07,
-                     "acc_at_valid_threshold", p->acc_thr, "auc", p->auc, "pairs",
-                     (json_int_t)p->n, "duplicates", (json_int_t)p->dups, "skipped",
-                     (json_int_t)p->skipped);
+    json_t *o = json_pack("{s:f, s:f, s:f, s:I, s:I, s:I}", "acc_at_0_7", p->acc07,
+                          "acc_at_valid_threshold", p->acc_thr, "auc", p->auc, "pairs",
+                          (json_int_t)p->n, "duplicates", (json_int_t)p->dups, "skipped",
+                          (json_int_t)p->skipped);
+    if (o && p->map_groups) {
+        json_object_set_new(o, "map", json_real(p->map));
+        json_object_set_new(o, "map_groups", json_integer((json_int_t)p->map_groups));
+    }
+    return o;
 }
 
 static json_t *retr_json(const retr_result *r)
@@ -698,6 +710,8 @@ int main(int argc, char **argv)
         for (size_t i = 0; i <= npairs; i++) {
             printf("%-*s %7zu %8.4f %10.4f %8.4f", w, pr[i].key, pr[i].n, pr[i].acc07,
                    pr[i].acc_thr, pr[i].auc);
+            if (pr[i].map_groups)
+                printf("  MAP %.4f over %zu qid1 groups", pr[i].map, pr[i].map_groups);
             if (pr[i].skipped)
                 printf("  (%zu rows skipped)", pr[i].skipped);
             putchar('\n');

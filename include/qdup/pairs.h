@@ -6,6 +6,7 @@
  * which questions are the same). The shared split files are plain TSV; quoted files
  * (the original release: RFC 4180 quoting with tab as delimiter, fields spanning lines)
  * are recognized and read by the rules of the dump readers (dump.h, quoting AUTO).
+ * A graded file (../shared/data/semeval) adds a column `relevance`, one digit per pair.
  */
 #ifndef QDUP_PAIRS_H
 #define QDUP_PAIRS_H
@@ -26,6 +27,8 @@ typedef struct qd_pairs {
     uint8_t *dup;      /* (n) 1 if the pair is labelled a duplicate */
     int64_t *qid1;     /* (n) question ids, or -1 when the file has none */
     int64_t *qid2;     /* (n) */
+    int8_t *grade;     /* (n) the graded files' 7th column `relevance` (0 .. 9, e.g. SemEval's
+                          2 PerfectMatch, 1 Relevant, 0 Irrelevant), or NULL without one */
     size_t skipped;    /* malformed rows skipped while loading */
     char *arena;       /* every text, back to back */
 } qd_pairs;
@@ -50,6 +53,12 @@ double qd_accuracy_at(const float *scores, const uint8_t *labels, size_t n, doub
 /* The threshold maximizing accuracy (midpoint between neighbouring scores); its
  * accuracy in *acc. */
 double qd_best_threshold(const float *scores, const uint8_t *labels, size_t n, double *acc);
+/* Mean average precision as SemEval-2016 Task 3 scores it: the pairs sharing a group
+ * (qid1) are one ranked list, by score best first (ties in file order); a pair is
+ * relevant when grade >= min_grade; the mean is over the groups with at least one
+ * relevant pair, whose count goes to *ngroups if not NULL (0 groups: MAP 0). */
+double qd_map(const float *scores, const int64_t *group, const int8_t *grade, size_t n,
+              int min_grade, size_t *ngroups);
 
 #ifdef __cplusplus
 }

@@ -66,6 +66,10 @@ typedef struct qd_train_opts {
     int pretrain_epochs;    /* skip-gram pre-training of the embeddings on the training
                                questions and the corpus, in epochs (0: none) */
     uint64_t seed;          /* initialization and shuffling */
+    const qd_model *init;   /* fine-tuning (finetune.h): start from this model's shape and
+                               weights, its vocabulary extended with the words of the
+                               training pairs and the corpus it lacks (seen min_count
+                               times), instead of a new model; NULL: a new model */
 } qd_train_opts;
 
 /* Fills o with a named recipe: "seed" (the course's settings: E = H = 128, batch 256,
@@ -98,6 +102,7 @@ typedef struct qd_train_result {
     double seconds;       /* training time (validation included) */
     double pairs_per_s;   /* duplicate pairs per second over the run, validation excluded */
     size_t vocab;         /* vocabulary size, reserved ids included */
+    size_t words_added;   /* fine-tuning: words added to the starting model's vocabulary */
 } qd_train_result;
 
 /* Trains a new model on train (valid may be NULL: then no early stopping and the last
