@@ -484,6 +484,11 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    if (init_path && o.pretrain_epochs > 0) {
+        fprintf(stderr, "qdup-train: --pretrain would overwrite the word vectors --init "
+                        "starts from: use one or the other\n");
+        return 2;
+    }
     char err[QD_ERRMSG_MAX];
     qd_pairs *train = NULL, *valid = NULL;
     qd_model *init = NULL;
