@@ -20,6 +20,10 @@
 
 /* Fixed part of the header that version 1 defines; header_size may be larger. */
 #define HDR_FIXED 80
+/* Version 3 adds the scoring section's byte size (u64) at offset 80. */
+#define HDR_FIXED_V3 88
+/* Scoring section: 9 fixed 4-byte fields, the weights, 2 per isotonic point. */
+#define SCORING_BYTES(nfeat, npoints) (4 * (9 + (size_t)(nfeat) + 2 * (size_t)(npoints)))
 /* A model file larger than this is refused before it is read. */
 #define MODEL_MAX_BYTES ((size_t)8 << 30)
 
@@ -140,6 +144,7 @@ int qd_model_new(const qd_model_hdr *hdr, qd_vocab *vocab, qd_model **out, char 
     }
     m->hdr = *hdr;
     m->vocab = vocab;
+    qd_model_scoring_default(&m->scoring);
     m->nparams = qd_model_nparams(hdr);
     m->param_data = qd_calloc(m->nparams, sizeof(float));
     if (!m->param_data) {
@@ -169,8 +174,8 @@ void qd_model_free(qd_model *m)
 /* Checks and decodes the fixed header; on success *hdr_size, *vocab_bytes and *nparams
  * hold the sizes of the sections that follow. */
 static int parse_header(const uint8_t *d, size_t len, const char *name, qd_model_hdr *h,
-                        size_t *hdr_size, size_t *vocab_bytes, size_t *nparams, char *err,
-                        size_t errlen)
+                        size_t *hdr_size, size_t *vocab_bytes, size_t *nparams,
+                        size_t *scoring_bytes, char *err, size_t errlen)
 {
     if (len < 16 || memcmp(d, QD_MODEL_MAGIC, 8) != 0) {
         if (len >= 8 && memcmp(d, QD_MODEL_MAGIC, 8) == 0)
@@ -204,6 +209,10 @@ static int parse_header(const uint8_t *d, size_t len, const char *name, qd_model
         return qd_errf(err, errlen, QD_ERR_FORMAT,
                        "%s: truncated: %zu bytes, the header alone has %" PRIu32, name, len,
                        hsize);
+    if (version >= 3 && hsize < HDR_FIXED_V3)
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "%s: header size %" PRIu32
+                       " is below %d, which format version 3 needs", name, hsize,
+                       HDR_FIXED_V3);
     if (version == 1 && get_u32(d + 40) != QD_POOL_MEAN)
         return qd_errf(err, errlen, QD_ERR_FORMAT,
                        "%s: format version 1 has mean pooling only, the header says %" PRIu32,
@@ -245,7 +254,12 @@ static int parse_header(const uint8_t *d, size_t len, const char *name, qd_model
         return qd_errf(err, errlen, QD_ERR_FORMAT,
                        "%s: vocabulary section of %" PRIu64 " bytes cannot hold %" PRIu64
                        " words", name, vbytes, words);
-    uint64_t total = (uint64_t)hsize + vbytes + np * sizeof(float) + 4;
+    uint64_t sbytes = version >= 3 ? get_u64(d + 80) : 0;
+    if (version >= 3 && (sbytes < SCORING_BYTES(0, 0) || sbytes > SCORING_BYTES(
+                             QD_HEAD_NFEAT, QD_HEAD_MAX_POINTS) || sbytes % 4))
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "%s: scoring section of %" PRIu64
+                       " bytes is not a size it can have", name, sbytes);
+    uint64_t total = (uint64_t)hsize + vbytes + np * sizeof(float) + sbytes + 4;
     if (len != total)
         return qd_errf(err, errlen, QD_ERR_FORMAT,
                        "%s: %s: the header implies %" PRIu64 " bytes (%zu weights), the file has "
@@ -254,7 +268,70 @@ static int parse_header(const uint8_t *d, size_t len, const char *name, qd_model
     *hdr_size = hsize;
     *vocab_bytes = (size_t)vbytes;
     *nparams = want;
+    *scoring_bytes = (size_t)sbytes;
     return 0;
+}
+
+/* Reads the scoring section (n bytes at p) into s, checking every field. */
+static int parse_scoring(const uint8_t *p, size_t n, const char *name, qd_model_scoring *s,
+                         char *err, size_t errlen)
+{
+    memset(s, 0, sizeof *s);
+    s->fitted = 1;
+    s->fusion = get_f32(p);
+    s->bm25.k1 = get_f32(p + 4);
+    s->bm25.b = get_f32(p + 8);
+    s->candidates = get_u32(p + 12);
+    s->min_p = get_f32(p + 16);
+    s->head.features = get_u32(p + 20);
+    uint32_t nfeat = get_u32(p + 24);
+    if (nfeat > QD_HEAD_NFEAT)
+        return qd_errf(err, errlen, QD_ERR_UNSUPPORTED, "%s: the duplicate head reads %" PRIu32
+                       " features; this build knows %d", name, nfeat, QD_HEAD_NFEAT);
+    if (n < SCORING_BYTES(nfeat, 0))
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "%s: scoring section too short", name);
+    const uint8_t *q = p + 28;
+    for (uint32_t i = 0; i < nfeat; i++, q += 4)
+        s->head.w[i] = get_f32(q);
+    s->head.bias = get_f32(q);
+    s->head.npoints = get_u32(q + 4);
+    q += 8;
+    if (s->head.npoints > QD_HEAD_MAX_POINTS ||
+        n != SCORING_BYTES(nfeat, s->head.npoints))
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "%s: scoring section of %zu bytes does not "
+                       "hold %" PRIu32 " isotonic points", name, n, s->head.npoints);
+    for (uint32_t i = 0; i < s->head.npoints; i++, q += 4)
+        s->head.x[i] = get_f32(q);
+    for (uint32_t i = 0; i < s->head.npoints; i++, q += 4)
+        s->head.y[i] = get_f32(q);
+    char why[QD_ERRMSG_MAX];
+    if (qd_model_scoring_check(s, why, sizeof why) != 0)
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "%s: %s", name, why);
+    return 0;
+}
+
+/* The fingerprint of a version 3 file: that of the version 1 or 2 file of the same
+ * encoder (the header with the older version number and no scoring size, the
+ * vocabulary and weights, their CRC-32), computed without building that file. */
+static void set_encoder_fingerprint(qd_model *m, const uint8_t *d, size_t hsize, size_t body)
+{
+    /* The header in five pieces: bytes 8..11 and 80..87 replaced. */
+    uint8_t ver[4], zero[8] = {0};
+    put_u32(ver, m->hdr.pool == QD_POOL_MEAN ? 1 : 2);
+    const uint8_t *piece[5] = {d, ver, d + 12, zero, d + 88};
+    size_t plen[5] = {8, 4, 80 - 12, 8, hsize - 88};
+    uint32_t crc = 0;
+    uint64_t f = QD_HASH64_INIT;
+    for (int i = 0; i < 5; i++) {
+        crc = qd_crc32(crc, piece[i], plen[i]);
+        f = qd_hash64(f, piece[i], plen[i]);
+    }
+    crc = qd_crc32(crc, d + hsize, body);
+    f = qd_hash64(f, d + hsize, body);
+    uint8_t c[4];
+    put_u32(c, crc);
+    f = qd_hash64(f, c, 4);
+    snprintf(m->fingerprint, sizeof m->fingerprint, "%016" PRIx64, f);
 }
 
 int qd_model_load_mem(const void *data, size_t len, const char *name, qd_model **out,
@@ -264,8 +341,8 @@ int qd_model_load_mem(const void *data, size_t len, const char *name, qd_model *
     const uint8_t *d = data;
     qd_model_hdr h;
     memset(&h, 0, sizeof h);
-    size_t hsize = 0, vbytes = 0, np = 0;
-    int rc = parse_header(d, len, name, &h, &hsize, &vbytes, &np, err, errlen);
+    size_t hsize = 0, vbytes = 0, np = 0, sbytes = 0;
+    int rc = parse_header(d, len, name, &h, &hsize, &vbytes, &np, &sbytes, err, errlen);
     if (rc)
         return rc;
     uint32_t stored = get_u32(d + len - 4), computed = qd_crc32(0, d, len - 4);
@@ -316,7 +393,16 @@ int qd_model_load_mem(const void *data, size_t len, const char *name, qd_model *
         }
         m->param_data[i] = w;
     }
-    set_fingerprint(m, d, len);
+    if (sbytes) {
+        rc = parse_scoring(end + 4 * np, sbytes, name, &m->scoring, err, errlen);
+        if (rc) {
+            qd_model_free(m);
+            return rc;
+        }
+        set_encoder_fingerprint(m, d, hsize, vbytes + 4 * np);
+    } else {
+        set_fingerprint(m, d, len);
+    }
     *out = m;
     return 0;
 }
@@ -346,13 +432,16 @@ int qd_model_serialize(const qd_model *m, uint8_t **data, size_t *len)
         qd_vocab_word(m->vocab, (int32_t)id, &n);
         vbytes += 1 + n;
     }
-    size_t total = QD_MODEL_HEADER_SIZE + vbytes + m->nparams * sizeof(float) + 4;
+    const qd_model_scoring *sc = &m->scoring;
+    size_t sbytes = sc->fitted ? SCORING_BYTES(QD_HEAD_NFEAT, sc->head.npoints) : 0;
+    size_t total = QD_MODEL_HEADER_SIZE + vbytes + m->nparams * sizeof(float) + sbytes + 4;
     uint8_t *d = qd_calloc(1, total);
     if (!d)
         return QD_ERR_NOMEM;
     memcpy(d, QD_MODEL_MAGIC, 8);
-    /* A course model is written as version 1, which every qdup reads. */
-    put_u32(d + 8, m->hdr.pool == QD_POOL_MEAN ? 1 : QD_MODEL_VERSION);
+    /* A course model is written as version 1, which every qdup reads; version 3 only
+     * when there is a scoring section. */
+    put_u32(d + 8, sbytes ? 3 : m->hdr.pool == QD_POOL_MEAN ? 1 : 2);
     put_u32(d + 12, QD_MODEL_HEADER_SIZE);
     put_u32(d + 16, QD_MODEL_ENDIAN);
     put_f32(d + 20, QD_MODEL_FLOATCHECK);
@@ -367,6 +456,8 @@ int qd_model_serialize(const qd_model *m, uint8_t **data, size_t *len)
     put_u32(d + 56, m->hdr.tok.ngram_buckets);
     put_u64(d + 64, vbytes);
     put_u64(d + 72, m->nparams);
+    if (sbytes)
+        put_u64(d + 80, sbytes);
     uint8_t *p = d + QD_MODEL_HEADER_SIZE;
     for (uint32_t id = QD_TOK_NRESERVED; id < m->hdr.vocab; id++) {
         size_t n;
@@ -377,6 +468,25 @@ int qd_model_serialize(const qd_model *m, uint8_t **data, size_t *len)
     }
     for (size_t i = 0; i < m->nparams; i++, p += 4)
         put_f32(p, m->param_data[i]);
+    if (sbytes) {
+        put_f32(p, sc->fusion);
+        put_f32(p + 4, sc->bm25.k1);
+        put_f32(p + 8, sc->bm25.b);
+        put_u32(p + 12, sc->candidates);
+        put_f32(p + 16, sc->min_p);
+        put_u32(p + 20, sc->head.features);
+        put_u32(p + 24, QD_HEAD_NFEAT);
+        p += 28;
+        for (int i = 0; i < QD_HEAD_NFEAT; i++, p += 4)
+            put_f32(p, sc->head.w[i]);
+        put_f32(p, sc->head.bias);
+        put_u32(p + 4, sc->head.npoints);
+        p += 8;
+        for (uint32_t i = 0; i < sc->head.npoints; i++, p += 4)
+            put_f32(p, sc->head.x[i]);
+        for (uint32_t i = 0; i < sc->head.npoints; i++, p += 4)
+            put_f32(p, sc->head.y[i]);
+    }
     put_u32(p, qd_crc32(0, d, total - 4));
     *data = d;
     *len = total;
@@ -391,7 +501,10 @@ int qd_model_save(qd_model *m, const char *path, char *err, size_t errlen)
     if (rc)
         return qd_errf(err, errlen, rc, "%s: %s", path, qd_strerror(rc));
     rc = qd_file_write_atomic(path, data, len, err, errlen);
-    if (rc == 0)
+    if (rc == 0 && m->scoring.fitted)
+        set_encoder_fingerprint(m, data, QD_MODEL_HEADER_SIZE, len - QD_MODEL_HEADER_SIZE -
+                                4 - SCORING_BYTES(QD_HEAD_NFEAT, m->scoring.head.npoints));
+    else if (rc == 0)
         set_fingerprint(m, data, len);
     qd_free(data);
     return rc;
@@ -404,6 +517,54 @@ const qd_vocab *qd_model_vocab(const qd_model *m) { return m->vocab; }
 qd_params *qd_model_params(qd_model *m) { return &m->p; }
 const qd_params *qd_model_cparams(const qd_model *m) { return &m->p; }
 const char *qd_model_fingerprint(const qd_model *m) { return m->fingerprint; }
+const qd_model_scoring *qd_model_get_scoring(const qd_model *m) { return &m->scoring; }
+
+/* --- scoring ----------------------------------------------------------------------- */
+
+void qd_model_scoring_default(qd_model_scoring *s)
+{
+    memset(s, 0, sizeof *s);
+    s->fusion = 0.6f;
+    s->bm25.k1 = 0.9f;
+    s->bm25.b = 0.4f;
+    s->candidates = 200;
+    /* Platt scaling of the cosine, fitted on the shared valid.tsv with the shared
+     * default model (qdup-train's fit there chose these); its operating point. */
+    s->head.features = 1;
+    s->head.w[QD_HEAD_COSINE] = QD_MODEL_DEFAULT_PLATT_W;
+    s->head.bias = QD_MODEL_DEFAULT_PLATT_B;
+    s->min_p = QD_MODEL_DEFAULT_MIN_P;
+}
+
+int qd_model_scoring_check(const qd_model_scoring *s, char *err, size_t errlen)
+{
+    if (!(s->fusion >= 0 && s->fusion <= 1))
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "fusion weight %g is outside 0..1",
+                       (double)s->fusion);
+    if (!(s->bm25.k1 >= 0 && s->bm25.k1 <= 100))
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "BM25 k1 %g is outside 0..100",
+                       (double)s->bm25.k1);
+    if (!(s->bm25.b >= 0 && s->bm25.b <= 1))
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "BM25 b %g is outside 0..1",
+                       (double)s->bm25.b);
+    if (s->candidates < 1 || s->candidates > QD_MODEL_MAX_CANDIDATES)
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "%" PRIu32 " candidates, outside 1..%d",
+                       s->candidates, QD_MODEL_MAX_CANDIDATES);
+    if (!(s->min_p >= 0 && s->min_p <= 1))
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "operating point min_p %g is outside 0..1",
+                       (double)s->min_p);
+    return qd_head_check(&s->head, err, errlen);
+}
+
+int qd_model_set_scoring(qd_model *m, const qd_model_scoring *s, char *err, size_t errlen)
+{
+    int rc = qd_model_scoring_check(s, err, errlen);
+    if (rc)
+        return rc;
+    m->scoring = *s;
+    m->scoring.fitted = 1;
+    return 0;
+}
 int qd_model_dim(const qd_model *m) { return (int)qd_model_out_dim(&m->hdr); }
 
 size_t qd_model_out_dim(const qd_model_hdr *h)

@@ -21,7 +21,9 @@ struct qd_model {
     float *param_data;    /* (nparams) every weight, in file order */
     size_t nparams;       /* floats in param_data */
     qd_params p;          /* named views into param_data */
-    char fingerprint[17]; /* hex FNV-1a of the file bytes; "" until saved or loaded */
+    char fingerprint[17]; /* hex FNV-1a of the encoder's file bytes (version 1 or 2
+                             form); "" until saved or loaded */
+    qd_model_scoring scoring; /* ranking and duplicate decision (fitted or defaults) */
 };
 
 /* Embedding rows: vocabulary ids followed by n-gram buckets. */

@@ -12,6 +12,7 @@
 #include "qdup/common.h"
 #include "qdup/dump.h"
 #include "qdup/finetune.h"
+#include "qdup/fit.h"
 #include "qdup/model.h"
 #include "qdup/pairs.h"
 #include "qdup/train.h"
@@ -34,6 +35,10 @@ static const char usage[] =
     "anchor. Only A is the anchor unless --symmetric: then each P_i is also an anchor\n"
     "against the A's, and the two directions' losses are summed.\n"
     "After each epoch the validation ROC AUC is measured; the best epoch is kept.\n"
+    "Then the model's scoring is fitted on the validation pairs and stored in it: the\n"
+    "fusion weight, BM25's k1 and b and the candidates re-scored per query (by\n"
+    "retrieval MRR@10), the duplicate head P(duplicate | pair) and its operating point\n"
+    "min_p (the p that maximizes validation accuracy).\n"
     "\n"
     "options:\n"
     "  --train FILE          training pairs (required)\n"
@@ -79,6 +84,10 @@ static const char usage[] =
     "  --clip X              clip gradients to global norm X (0: no clipping)\n"
     "  --patience N          stop after N epochs without a better validation AUC\n"
     "                        (0: never stop early)\n"
+    "  --refit MODEL         train nothing: re-fit MODEL's scoring on --valid (with\n"
+    "                        --train's questions as documents) and write it to --out;\n"
+    "                        the vectors and the fingerprint stay the same\n"
+    "  --no-fit              keep the default scoring (no fit after training)\n"
     "  --quiet               no progress output\n"
     "\n"
     "fine-tuning (teaching a trained model a forum: its words and its duplicates):\n"
@@ -282,8 +291,49 @@ enum {
     OPT_BATCH, OPT_LR, OPT_MARGIN, OPT_EMB, OPT_HIDDEN, OPT_MIN_COUNT, OPT_MAX_TOKENS,
     OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
     OPT_LOSS, OPT_TEMP, OPT_POOL, OPT_MINE, OPT_CORPUS, OPT_PRETRAIN, OPT_DROPOUT,
-    OPT_LRDECAY, OPT_INIT, OPT_GRADES, OPT_MIX_PAIRS, OPT_MIX,
+    OPT_LRDECAY, OPT_INIT, OPT_GRADES, OPT_MIX_PAIRS, OPT_MIX, OPT_REFIT, OPT_NOFIT,
 };
+
+/* Fits m's scoring on the pairs and stores it in m; prints what was measured. */
+static int fit_and_set(qd_model *m, const qd_pairs *train, const qd_pairs *valid, int threads,
+                       int quiet)
+{
+    char err[QD_ERRMSG_MAX];
+    qd_model_scoring sc;
+    qd_fit_report r;
+    if (!quiet)
+        fprintf(stderr, "qdup-train: fitting the ranking and the duplicate head on the "
+                        "validation pairs\n");
+    int rc = qd_fit_scoring(m, train, valid, threads, &sc, &r, err, sizeof err);
+    if (rc == 0)
+        rc = qd_model_set_scoring(m, &sc, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "qdup-train: %s\n", err);
+        return rc;
+    }
+    static const char *const forms[] = {"platt", "logistic", "isotonic", "logistic+isotonic"};
+    if (!quiet) {
+        fprintf(stderr,
+                "qdup-train: ranking (valid MRR@10 over %zu queries, %zu documents): cosine "
+                "%.4f, BM25 %.4f, fused %.4f with a = %.2f, k1 = %.2f, b = %.2f, %u "
+                "candidates\n",
+                r.queries, r.documents, r.mrr_cosine, r.mrr_bm25, r.mrr_fused,
+                (double)sc.fusion, (double)sc.bm25.k1, (double)sc.bm25.b, sc.candidates);
+        static const size_t cand[QD_FIT_NCAND] = QD_FIT_CANDIDATES;
+        fprintf(stderr, "qdup-train: best fused MRR@10 by candidates:");
+        for (int i = 0; i < QD_FIT_NCAND; i++)
+            fprintf(stderr, " %zu: %.4f", cand[i], r.mrr_by_cand[i]);
+        fputc('\n', stderr);
+        fprintf(stderr, "qdup-train: duplicate head: 5-fold Brier");
+        for (int i = 0; i < 4; i++)
+            fprintf(stderr, " %s %.5f", forms[i], r.head.cv_brier[i]);
+        fprintf(stderr, "; kept %s; min_p %.4f (valid accuracy %.4f, ECE %.4f, Brier %.4f); "
+                        "%.1f s\n",
+                qd_head_form(&sc.head), (double)sc.min_p, r.acc_at_min_p, r.ece, r.brier,
+                r.seconds);
+    }
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -322,6 +372,8 @@ int main(int argc, char **argv)
         {"duplicate-grades", required_argument, 0, OPT_GRADES},
         {"mix-pairs", required_argument, 0, OPT_MIX_PAIRS},
         {"mix", required_argument, 0, OPT_MIX},
+        {"refit", required_argument, 0, OPT_REFIT},
+        {"no-fit", no_argument, 0, OPT_NOFIT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -348,6 +400,8 @@ int main(int argc, char **argv)
     unsigned grades = 0;
     int max_tokens_set = 0;
     float mix = 1;
+    const char *refit_path = NULL;
+    int fit = 1;
     progress_state st = {.tty = isatty(2)};
     long v;
     int c;
@@ -451,6 +505,8 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case OPT_REFIT: refit_path = optarg; break;
+        case OPT_NOFIT: fit = 0; break;
         case OPT_DROPOUT:
             if (parse_float("--dropout", optarg, 0, 0.9, &o.dropout)) return 2;
             break;
@@ -503,6 +559,26 @@ int main(int argc, char **argv)
         qd_model_free(init);
         return 1;
     }
+    if (refit_path) {
+        qd_model *rm = NULL;
+        int status = 1;
+        if (qd_model_load(refit_path, &rm, err, sizeof err) != 0)
+            fprintf(stderr, "qdup-train: %s\n", err);
+        else if (fit_and_set(rm, train, valid, o.threads, st.quiet) == 0) {
+            if (qd_model_save(rm, out_path, err, sizeof err) != 0)
+                fprintf(stderr, "qdup-train: %s\n", err);
+            else {
+                printf("wrote %s: fingerprint %s (the encoder of %s, scoring re-fitted)\n",
+                       out_path, qd_model_fingerprint(rm), refit_path);
+                status = 0;
+            }
+        }
+        qd_model_free(rm);
+        qd_pairs_free(train);
+        qd_pairs_free(valid);
+        qd_model_free(init);
+        return status;
+    }
     if (init) {
         /* The starting model's shape and tokenizer, whatever the recipe says. */
         const qd_model_hdr *ih = qd_model_header(init);
@@ -538,9 +614,14 @@ int main(int argc, char **argv)
     qd_model *m = NULL;
     qd_train_result r;
     int rc = qd_train(&o, train, valid, on_progress, &st, &m, &r, err, sizeof err);
+    corpus_free(&cp);
+    if (rc == 0 && fit && fit_and_set(m, train, valid, o.threads, st.quiet) != 0) {
+        qd_model_free(m);
+        rc = QD_ERR_INVAL;
+        snprintf(err, sizeof err, "no model written");
+    }
     qd_pairs_free(train);
     qd_pairs_free(valid);
-    corpus_free(&cp);
     qd_model_free(init);
     if (rc) {
         fprintf(stderr, "\nqdup-train: %s\n", err);

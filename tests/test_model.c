@@ -258,11 +258,114 @@ static void test_load_survives_allocation_failures(void **state)
     free(d);
 }
 
+/* Version 3: a model with fitted scoring round-trips it exactly, keeps its encoder's
+ * fingerprint, and version 1 and 2 files load with the default scoring. */
+static void test_scoring_version3(void **state)
+{
+    (void)state;
+    const char *names[2] = {"fwd_plain.qdm", "fwd_pool.qdm"};
+    for (int f = 0; f < 2; f++) {
+        size_t len;
+        uint8_t *d = (uint8_t *)qt_read_file(qt_path(qt_fixtures_dir(), names[f]), &len);
+        qd_model *m;
+        assert_int_equal(load(d, len, &m), 0);
+        uint32_t old_version;
+        memcpy(&old_version, d + 8, 4);
+        assert_true(old_version == 1 || old_version == 2);
+        /* No scoring in the file: the defaults, not fitted. */
+        const qd_model_scoring *sc = qd_model_get_scoring(m);
+        qd_model_scoring def;
+        qd_model_scoring_default(&def);
+        assert_int_equal(sc->fitted, 0);
+        assert_memory_equal(sc, &def, sizeof def);
+        char fp[17];
+        strcpy(fp, qd_model_fingerprint(m));
+
+        qd_model_scoring s = def;
+        s.fusion = 0.35f;
+        s.bm25.k1 = 1.1f;
+        s.bm25.b = 0.65f;
+        s.candidates = 123;
+        s.min_p = 0.42f;
+        s.head.features = 0x5;
+        s.head.w[0] = 7.5f;
+        s.head.w[2] = 1.25f;
+        s.head.bias = -4.0f;
+        s.head.npoints = 3;
+        float xs[3] = {0.1f, 0.5f, 0.9f}, ys[3] = {0.05f, 0.4f, 0.95f};
+        memcpy(s.head.x, xs, sizeof xs);
+        memcpy(s.head.y, ys, sizeof ys);
+        assert_int_equal(qd_model_set_scoring(m, &s, err, sizeof err), 0);
+        uint8_t *d3;
+        size_t len3;
+        assert_int_equal(qd_model_serialize(m, &d3, &len3), 0);
+        uint32_t v3;
+        memcpy(&v3, d3 + 8, 4);
+        assert_int_equal(v3, 3);
+        qd_model *m3;
+        assert_int_equal(load(d3, len3, &m3), 0);
+        const qd_model_scoring *got = qd_model_get_scoring(m3);
+        assert_int_equal(got->fitted, 1);
+        s.fitted = 1;
+        assert_memory_equal(got, &s, sizeof s);
+        /* Same encoder, same fingerprint, whatever the scoring. */
+        assert_string_equal(qd_model_fingerprint(m3), fp);
+        const char *path = qt_path(qt_tmp_dir(), "v3.qdm");
+        assert_int_equal(qd_model_save(m3, path, err, sizeof err), 0);
+        assert_string_equal(qd_model_fingerprint(m3), fp);
+        /* Byte-exact round trip of the version 3 file. */
+        uint8_t *d4;
+        size_t len4;
+        assert_int_equal(qd_model_serialize(m3, &d4, &len4), 0);
+        assert_int_equal(len4, len3);
+        assert_memory_equal(d3, d4, len3);
+
+        /* A bad value in the scoring section is refused by name. */
+        size_t at = len3 - 4 - (4 * (9 + QD_HEAD_NFEAT + 2 * 3)); /* the section's start */
+        float bad = 1.5f;
+        memcpy(d4 + at, &bad, 4); /* fusion */
+        reseal(d4, len4);
+        expect_refusal(d4, len4, QD_ERR_FORMAT, "fusion");
+        memcpy(d4, d3, len3);
+        put32(d4 + at + 12, 0); /* candidates */
+        reseal(d4, len4);
+        expect_refusal(d4, len4, QD_ERR_FORMAT, "candidates");
+        memcpy(d4, d3, len3);
+        put32(d4 + at + 20, 0x2); /* a head without the cosine */
+        reseal(d4, len4);
+        expect_refusal(d4, len4, QD_ERR_FORMAT, "cosine");
+        memcpy(d4, d3, len3);
+        put32(d4 + 80, 4 * (9 + QD_HEAD_NFEAT + 2 * 2)); /* section size lies */
+        reseal(d4, len4);
+        expect_refusal(d4, len4, QD_ERR_FORMAT, "");
+        /* Every prefix of a version 3 file is refused too. */
+        for (size_t cut = len3 - 80; cut < len3; cut++) {
+            uint8_t *c = malloc(cut);
+            memcpy(c, d3, cut);
+            qd_model *x = (qd_model *)0x1;
+            assert_int_not_equal(load(c, cut, &x), 0);
+            assert_null(x);
+            free(c);
+        }
+        /* An invalid scoring is refused by set_scoring, the model unchanged. */
+        s.bm25.b = 2;
+        assert_int_equal(qd_model_set_scoring(m3, &s, err, sizeof err), QD_ERR_FORMAT);
+        assert_non_null(strstr(err, "b 2"));
+        qt_assert_near(qd_model_get_scoring(m3)->bm25.b, 0.65, 1e-6);
+        qd_model_free(m3);
+        qd_model_free(m);
+        qd_free(d3);
+        qd_free(d4);
+        free(d);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_loads),
         cmocka_unit_test(test_roundtrip_is_byte_exact),
+        cmocka_unit_test(test_scoring_version3),
         cmocka_unit_test(test_truncated_anywhere),
         cmocka_unit_test(test_flipped_bytes),
         cmocka_unit_test(test_header_defects),

@@ -11,6 +11,14 @@
  * out and the rank of question2 gives Recall@1, Recall@10 and MRR@10. The same queries
  * then go to the BM25 baseline (SQLite FTS5, eval_lib.c) over the same questions, so both
  * retrieval rows come from one run on one set of queries.
+ *
+ * Hybrid: the same queries ranked the way the product ranks (qd_rank_rescore, rank.h):
+ * the model's `candidates` nearest questions re-scored with BM25 over the term
+ * statistics of questions.tsv and fused with the cosine, by the model's scoring.
+ * Calibration: each pair set's P(duplicate) from the model's head (head.h) over the
+ * cosine and the pair signals (with the same statistics): expected calibration error
+ * over 10 equal-width bins, Brier score, and precision, recall and accuracy at the
+ * model's operating point min_p (and at a few other thresholds on test).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -29,9 +37,12 @@
 #include "qdup/ann.h"
 #include "qdup/common.h"
 #include "qdup/dump.h"
+#include "qdup/head.h"
+#include "qdup/lex.h"
 #include "qdup/model.h"
 #include "qdup/pairs.h"
 #include "qdup/parallel.h"
+#include "qdup/rank.h"
 #include "qdup/train.h"
 #include "texts.h"
 
@@ -80,6 +91,27 @@ static const char usage[] =
     "holds the threshold; \"model\" the path and fingerprint.\n"
     "Exit status: 0 on success, 1 if a file cannot be used, 2 for bad options.\n";
 
+/* Thresholds of the precision/recall table printed for test. */
+static const double pr_thresholds[] = {0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9};
+#define N_PR (sizeof pr_thresholds / sizeof *pr_thresholds)
+
+/* Precision, recall and accuracy of "duplicate when p >= t". */
+typedef struct pr_point {
+    double t;         /* the threshold */
+    double precision; /* duplicates among the pairs flagged (0 when none is) */
+    double recall;    /* flagged among the duplicates */
+    double accuracy;  /* pairs classified right */
+    size_t flagged;   /* pairs flagged */
+} pr_point;
+
+/* The calibration of one pair set. */
+typedef struct calib_result {
+    double ece;           /* expected calibration error, 10 equal-width bins */
+    double brier;         /* Brier score */
+    pr_point at;          /* at the model's min_p */
+    pr_point table[N_PR]; /* at pr_thresholds */
+} calib_result;
+
 /* The pair metrics of one file. */
 typedef struct pair_result {
     char key[256];        /* JSON key: "test" or the file's base name */
@@ -92,6 +124,7 @@ typedef struct pair_result {
     double auc;           /* ROC AUC */
     double map;           /* graded files: MAP over qid1 groups (relevant: grade >= 1) */
     size_t map_groups;    /* groups with a relevant pair; 0 for a file without grades */
+    calib_result cal;     /* P(duplicate) from the model's head */
 } pair_result;
 
 /* Retrieval results of one method. */
@@ -168,8 +201,59 @@ static int score_file(const qd_model *m, const char *path, int threads, qd_pairs
     return rc;
 }
 
-static int eval_pair_file(const qd_model *m, const char *path, int threads, double thr,
-                          pair_result *pr)
+static pr_point pr_at(const float *p, const uint8_t *y, size_t n, double t)
+{
+    size_t tp = 0, fp = 0, pos = 0, right = 0;
+    for (size_t i = 0; i < n; i++) {
+        int flag = p[i] >= t;
+        pos += y[i];
+        tp += flag && y[i];
+        fp += flag && !y[i];
+        right += flag == (y[i] != 0);
+    }
+    pr_point r = {t, tp + fp ? (double)tp / (double)(tp + fp) : 0, pos ? (double)tp / pos : 0,
+                  n ? (double)right / (double)n : 0, tp + fp};
+    return r;
+}
+
+/* The head's P(duplicate) for every pair (cosines in s, statistics st) into cal. */
+static int calibrate(const qd_model *m, const qd_lex_stats *st, const qd_pairs *p,
+                     const float *s, calib_result *cal)
+{
+    const qd_model_scoring *sc = qd_model_get_scoring(m);
+    float *prob = qd_mallocarray(p->n, sizeof *prob);
+    if (!prob)
+        return QD_ERR_NOMEM;
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    int rc = 0;
+    for (size_t i = 0; i < p->n && rc == 0; i++) {
+        qd_lex_doc a, b;
+        rc = qd_lex_doc_make(&tb, p->q1[i], p->len1[i], &a);
+        if (rc == 0)
+            rc = qd_lex_doc_make(&tb, p->q2[i], p->len2[i], &b);
+        if (rc)
+            break;
+        float feat[QD_HEAD_NFEAT];
+        qd_head_features(s[i], st, &a, &b, feat);
+        prob[i] = qd_head_prob(&sc->head, feat);
+        qd_lex_doc_free(&a);
+        qd_lex_doc_free(&b);
+    }
+    if (rc == 0) {
+        cal->ece = qd_head_ece(prob, p->dup, p->n, 10);
+        cal->brier = qd_head_brier(prob, p->dup, p->n);
+        cal->at = pr_at(prob, p->dup, p->n, sc->min_p);
+        for (size_t k = 0; k < N_PR; k++)
+            cal->table[k] = pr_at(prob, p->dup, p->n, pr_thresholds[k]);
+    }
+    qd_tokbuf_free(&tb);
+    qd_free(prob);
+    return rc;
+}
+
+static int eval_pair_file(const qd_model *m, const qd_lex_stats *st, const char *path,
+                          int threads, double thr, pair_result *pr)
 {
     qd_pairs *p;
     float *s;
@@ -187,9 +271,35 @@ static int eval_pair_file(const qd_model *m, const char *path, int threads, doub
     pr->auc = qd_auc(s, p->dup, p->n);
     if (p->grade)
         pr->map = qd_map(s, p->qid1, p->grade, p->n, 1, &pr->map_groups);
+    rc = calibrate(m, st, p, s, &pr->cal);
+    if (rc)
+        fprintf(stderr, PROG ": %s: calibration: %s\n", path, qd_strerror(rc));
     qd_free(s);
     qd_pairs_free(p);
-    return 0;
+    return rc;
+}
+
+/* Term statistics of n texts (each counted once per occurrence in the list). */
+static int stats_of(const char *const *text, const size_t *len, size_t n, qd_lex_stats **out)
+{
+    qd_lex_stats *st = qd_lex_stats_new();
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    int rc = st ? 0 : QD_ERR_NOMEM;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        qd_lex_doc d;
+        rc = qd_lex_doc_make(&tb, text[i], len[i], &d);
+        if (rc == 0)
+            rc = qd_lex_stats_add(st, &d);
+        qd_lex_doc_free(&d);
+    }
+    qd_tokbuf_free(&tb);
+    if (rc) {
+        qd_lex_stats_free(st);
+        st = NULL;
+    }
+    *out = st;
+    return rc;
 }
 
 /* --- the question dump ---------------------------------------------------------------- */
@@ -335,19 +445,104 @@ static int make_queries(const qd_pairs *test, const char *test_path, const quest
     return 0;
 }
 
+/* The hybrid ranking of the queries from their K nearest questions (ids, scores by
+ * cosine, best first; ids are rows of qs): each query's own row taken out, the first
+ * `candidates` re-scored by qd_rank_rescore, the rank of the target among the result. */
+static int retrieve_hybrid(const qd_model *m, const questions *qs, const queries *q,
+                           const int64_t *ids, const float *sc, size_t K, retr_result *res,
+                           retr_result *lex_only)
+{
+    double t0 = qd_now();
+    const qd_model_scoring *scoring = qd_model_get_scoring(m);
+    size_t C = scoring->candidates;
+    qd_lex_stats *st = NULL;
+    qd_lex_doc *docs = qd_calloc(qs->n, sizeof *docs);
+    qd_rank_cand *c = qd_mallocarray(C, sizeof *c);
+    int64_t *ranked = qd_mallocarray(C, sizeof *ranked);
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    int rc = QD_ERR_NOMEM;
+    if (!docs || !c || !ranked)
+        goto done;
+    phase("hybrid: terms of %zu questions, re-scoring %zu candidates per query", qs->n, C);
+    st = qd_lex_stats_new();
+    if (!st)
+        goto done;
+    for (size_t i = 0; i < qs->n; i++) {
+        rc = qd_lex_doc_make(&tb, qs->text[i], qs->len[i], &docs[i]);
+        if (rc == 0)
+            rc = qd_lex_stats_add(st, &docs[i]);
+        if (rc)
+            goto done;
+    }
+    memset(&res->r, 0, sizeof res->r);
+    memset(&lex_only->r, 0, sizeof lex_only->r);
+    for (int mode = 0; mode < 2; mode++) {
+        /* mode 0: the model's scoring; 1: the same candidates by BM25 alone (a = 0). */
+        qd_model_scoring s = *scoring;
+        if (mode == 1)
+            s.fusion = 0;
+        for (size_t i = 0; i < q->n; i++) {
+            qd_lex_doc qd;
+            rc = qd_lex_doc_make(&tb, q->text[i], q->len[i], &qd);
+            if (rc)
+                goto done;
+            size_t n = 0;
+            for (size_t j = 0; j < K && n < C; j++) {
+                int64_t row = ids[i * K + j];
+                if (row < 0 || qs->qid[row] == q->self[i])
+                    continue;
+                c[n] = (qd_rank_cand){.doc = &docs[row], .cosine = sc[i * K + j], .index = n};
+                ranked[n++] = row;
+            }
+            rc = qd_rank_rescore(&s, st, &qd, QD_RANK_FUSED, c, n, 0);
+            qd_lex_doc_free(&qd);
+            if (rc)
+                goto done;
+            int64_t top[RETR_K];
+            size_t k = 0;
+            for (; k < n && k < RETR_K; k++)
+                top[k] = qs->qid[ranked[c[k].index]];
+            qd_eval_retr_add(mode ? &lex_only->r : &res->r,
+                             qd_eval_rank(top, k, q->self[i], q->target[i]));
+        }
+    }
+    res->seconds = qd_now() - t0;
+    lex_only->seconds = res->seconds;
+    rc = 0;
+done:
+    if (rc)
+        fprintf(stderr, PROG ": hybrid ranking: %s\n", qd_strerror(rc));
+    if (docs)
+        for (size_t i = 0; i < qs->n; i++)
+            qd_lex_doc_free(&docs[i]);
+    qd_free(docs);
+    qd_free(c);
+    qd_free(ranked);
+    qd_lex_stats_free(st);
+    qd_tokbuf_free(&tb);
+    return rc;
+}
+
 static int retrieve_dense(const qd_model *m, const questions *qs, const queries *q,
-                          int threads, retr_result *res)
+                          int threads, retr_result *res, retr_result *hybrid,
+                          retr_result *lex_only)
 {
     double t0 = qd_now();
     int dim = qd_model_dim(m);
     char err[QD_ERRMSG_MAX];
+    size_t K = qd_model_get_scoring(m)->candidates + 1;
+    if (K < RETR_K)
+        K = RETR_K;
     float *v = qd_mallocarray(qs->n, (size_t)dim * sizeof *v);
     float *qv = qd_mallocarray(q->n, (size_t)dim * sizeof *qv);
-    float *sc = qd_mallocarray(q->n, RETR_K * sizeof *sc);
-    int64_t *ids = qd_mallocarray(q->n, RETR_K * sizeof *ids);
+    float *sc = qd_mallocarray(q->n, K * sizeof *sc);
+    int64_t *ids = qd_mallocarray(q->n, K * sizeof *ids);
+    int64_t *rows = qd_mallocarray(qs->n, sizeof *rows);
+    int64_t *top = qd_mallocarray(RETR_K, sizeof *top);
     qd_ann *ann = NULL;
     int rc = QD_ERR_NOMEM;
-    if (!v || !qv || !sc || !ids) {
+    if (!v || !qv || !sc || !ids || !rows || !top) {
         fprintf(stderr, PROG ": out of memory for %zu vectors\n", qs->n);
         goto done;
     }
@@ -366,24 +561,35 @@ static int retrieve_dense(const qd_model *m, const questions *qs, const queries 
     }
     qd_ann_set_threads(threads);
     phase("indexing and searching (%zu queries)", q->n);
-    rc = qd_ann_add(ann, v, qs->qid, qs->n);
+    /* FAISS ids are rows of qs, so the hybrid ranking finds each result's terms. */
+    for (size_t i = 0; i < qs->n; i++)
+        rows[i] = (int64_t)i;
+    rc = qd_ann_add(ann, v, rows, qs->n);
     if (rc == 0)
-        rc = qd_ann_search(ann, qv, q->n, RETR_K, sc, ids);
+        rc = qd_ann_search(ann, qv, q->n, K, sc, ids);
     if (rc) {
         fprintf(stderr, PROG ": vector index: %s: %s\n", qd_strerror(rc), qd_ann_errmsg(ann));
         goto done;
     }
     memset(&res->r, 0, sizeof res->r);
-    for (size_t i = 0; i < q->n; i++)
-        qd_eval_retr_add(&res->r, qd_eval_rank(ids + i * RETR_K, RETR_K, q->self[i],
-                                                q->target[i]));
+    for (size_t i = 0; i < q->n; i++) {
+        for (size_t j = 0; j < RETR_K; j++) {
+            int64_t row = ids[i * K + j];
+            top[j] = row < 0 ? -1 : qs->qid[row];
+        }
+        qd_eval_retr_add(&res->r, qd_eval_rank(top, RETR_K, q->self[i], q->target[i]));
+    }
     res->seconds = qd_now() - t0;
+    if (hybrid)
+        rc = retrieve_hybrid(m, qs, q, ids, sc, K, hybrid, lex_only);
 done:
     qd_ann_free(ann);
     qd_free(v);
     qd_free(qv);
     qd_free(sc);
     qd_free(ids);
+    qd_free(rows);
+    qd_free(top);
     return rc;
 }
 
@@ -494,6 +700,27 @@ static json_t *pair_json(const pair_result *p)
     return o;
 }
 
+static json_t *pr_json(const pr_point *p)
+{
+    return json_pack("{s:f, s:f, s:f, s:f, s:I}", "min_p", p->t, "precision", p->precision,
+                     "recall", p->recall, "accuracy", p->accuracy, "flagged",
+                     (json_int_t)p->flagged);
+}
+
+static json_t *calib_json(const calib_result *c, int table)
+{
+    json_t *o = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "ece", c->ece, "brier", c->brier,
+                          "threshold", c->at.t, "precision", c->at.precision, "recall",
+                          c->at.recall, "accuracy", c->at.accuracy);
+    if (o && table) {
+        json_t *a = json_array();
+        for (size_t k = 0; a && k < N_PR; k++)
+            json_array_append_new(a, pr_json(&c->table[k]));
+        json_object_set_new(o, "by_threshold", a);
+    }
+    return o;
+}
+
 static json_t *retr_json(const retr_result *r)
 {
     return json_pack("{s:f, s:f, s:f, s:I, s:f}", "recall_at_1", qd_eval_recall1(&r->r),
@@ -591,7 +818,7 @@ int main(int argc, char **argv)
         snprintf(tmp, sizeof tmp, "%s", pair_paths[i]);
         snprintf(pr[i + 1].key, sizeof pr[i + 1].key, "%s", basename(tmp));
         static const char *const reserved[] = {"test", "valid", "retrieval", "bm25", "model",
-                                               "seconds"};
+                                               "seconds", "hybrid", "calibration", "lexical_only"};
         for (size_t r = 0; r < sizeof reserved / sizeof *reserved; r++)
             if (strcmp(pr[i + 1].key, reserved[r]) == 0) {
                 fprintf(stderr, PROG ": --pairs %s: its base name \"%s\" is a key of the output "
@@ -621,7 +848,9 @@ int main(int argc, char **argv)
     float *vs = NULL, *ts = NULL;
     questions qs = {0};
     queries q = {0};
-    retr_result dense = {0}, bm25 = {0};
+    retr_result dense = {0}, bm25 = {0}, hybrid = {0}, lex_only = {0};
+    qd_lex_stats *stats = NULL;
+    calib_result valid_cal = {0};
     double t_start = qd_now();
 
     if (qd_model_load(model_path, &m, err, sizeof err) != 0) {
@@ -644,16 +873,46 @@ int main(int argc, char **argv)
     pr[0].acc07 = qd_accuracy_at(ts, test->dup, test->n, 0.7);
     pr[0].acc_thr = qd_accuracy_at(ts, test->dup, test->n, thr);
     pr[0].auc = qd_auc(ts, test->dup, test->n);
+    /* The pair signals' statistics: those of the collection a store would hold
+     * (questions.tsv), else of the validation and test questions. */
+    if (load_questions(q_path, &qs) == 0) {
+        if (stats_of(qs.text, qs.len, qs.n, &stats) != 0)
+            goto nomem;
+    } else if (retrieval) {
+        goto out;
+    } else {
+        size_t n = 2 * (valid->n + test->n), k = 0;
+        const char **t = qd_mallocarray(n, sizeof *t);
+        size_t *l = qd_mallocarray(n, sizeof *l);
+        if (t && l) {
+            const qd_pairs *ps[2] = {valid, test};
+            for (int f = 0; f < 2; f++)
+                for (size_t i = 0; i < ps[f]->n; i++) {
+                    t[k] = ps[f]->q1[i];
+                    l[k++] = ps[f]->len1[i];
+                    t[k] = ps[f]->q2[i];
+                    l[k++] = ps[f]->len2[i];
+                }
+        }
+        int src = t && l ? stats_of(t, l, n, &stats) : QD_ERR_NOMEM;
+        qd_free(t);
+        qd_free(l);
+        if (src)
+            goto nomem;
+    }
+    if (calibrate(m, stats, valid, vs, &valid_cal) != 0 ||
+        calibrate(m, stats, test, ts, &pr[0].cal) != 0)
+        goto nomem;
     for (size_t i = 0; i < npairs; i++)
-        if (eval_pair_file(m, pair_paths[i], threads, thr, &pr[i + 1]) != 0)
+        if (eval_pair_file(m, stats, pair_paths[i], threads, thr, &pr[i + 1]) != 0)
             goto out;
     if (retrieval) {
-        if (load_questions(q_path, &qs) != 0 || make_queries(test, test_path, &qs, &q) != 0)
+        if (make_queries(test, test_path, &qs, &q) != 0)
             goto out;
         if (q.missing)
             fprintf(stderr, PROG ": warning: %zu of %zu query targets (question2) are not in "
                             "%s; they count as misses\n", q.missing, q.n, q_path);
-        if (retrieve_dense(m, &qs, &q, threads, &dense) != 0 ||
+        if (retrieve_dense(m, &qs, &q, threads, &dense, &hybrid, &lex_only) != 0 ||
             (bm25_on && retrieve_bm25(&qs, &q, threads, &bm25) != 0))
             goto out;
     }
@@ -680,6 +939,20 @@ int main(int argc, char **argv)
             json_object_set_new(r, "questions", json_integer((json_int_t)qs.n));
             json_object_set_new(r, "targets_missing", json_integer((json_int_t)q.missing));
             set_new(o, "retrieval", r);
+            const qd_model_scoring *sc = qd_model_get_scoring(m);
+            json_t *hy = retr_json(&hybrid);
+            QD_ASSERT(hy);
+            json_object_set_new(hy, "fusion", json_real(sc->fusion));
+            json_object_set_new(hy, "k1", json_real(sc->bm25.k1));
+            json_object_set_new(hy, "b", json_real(sc->bm25.b));
+            json_object_set_new(hy, "candidates", json_integer(sc->candidates));
+            json_object_set_new(hy, "fitted", json_boolean(sc->fitted));
+            set_new(o, "hybrid", hy);
+            json_t *lo = retr_json(&lex_only);
+            QD_ASSERT(lo);
+            json_object_set_new(lo, "note", json_string("BM25 (k1, b of the model) re-ranking "
+                                                         "the same candidates, a = 0"));
+            set_new(o, "lexical_only", lo);
             if (bm25_on) {
                 json_t *b = retr_json(&bm25);
                 QD_ASSERT(b);
@@ -689,6 +962,17 @@ int main(int argc, char **argv)
                 set_new(o, "bm25", b);
             }
         }
+        json_t *cal = json_object();
+        if (!cal)
+            goto nomem;
+        set_new(cal, "head", json_pack("{s:s, s:b, s:f}", "form",
+                                       qd_head_form(&qd_model_get_scoring(m)->head), "fitted",
+                                       qd_model_get_scoring(m)->fitted, "min_p",
+                                       (double)qd_model_get_scoring(m)->min_p));
+        set_new(cal, "valid", calib_json(&valid_cal, 0));
+        for (size_t i = 0; i <= npairs; i++)
+            set_new(cal, pr[i].key, calib_json(&pr[i].cal, i == 0));
+        set_new(o, "calibration", cal);
         json_object_set_new(o, "seconds", json_real(seconds));
         char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(8));
         json_decref(o);
@@ -716,6 +1000,27 @@ int main(int argc, char **argv)
                 printf("  (%zu rows skipped)", pr[i].skipped);
             putchar('\n');
         }
+        const qd_model_scoring *sc = qd_model_get_scoring(m);
+        printf("\nP(duplicate): head %s (%s), operating point min_p %.4f\n",
+               qd_head_form(&sc->head), sc->fitted ? "fitted on validation pairs"
+                                                   : "the defaults: this model has none fitted",
+               (double)sc->min_p);
+        printf("%-*s %7s %7s %10s %7s %9s\n", w, "calibration", "ECE", "Brier", "precision",
+               "recall", "accuracy");
+        printf("%-*s %7.4f %7.4f %10.4f %7.4f %9.4f\n", w, "valid (fitted there)", valid_cal.ece,
+               valid_cal.brier, valid_cal.at.precision, valid_cal.at.recall,
+               valid_cal.at.accuracy);
+        for (size_t i = 0; i <= npairs; i++)
+            printf("%-*s %7.4f %7.4f %10.4f %7.4f %9.4f\n", w, pr[i].key, pr[i].cal.ece,
+                   pr[i].cal.brier, pr[i].cal.at.precision, pr[i].cal.at.recall,
+                   pr[i].cal.at.accuracy);
+        printf("\ntest: duplicate when p_duplicate >= min_p\n%8s %10s %7s %9s %8s\n", "min_p",
+               "precision", "recall", "accuracy", "flagged");
+        for (size_t k = 0; k < N_PR; k++) {
+            const pr_point *t = &pr[0].cal.table[k];
+            printf("%8.2f %10.4f %7.4f %9.4f %8zu\n", t->t, t->precision, t->recall,
+                   t->accuracy, t->flagged);
+        }
         if (retrieval) {
             printf("\nretrieval: %zu questions of %s indexed; %zu queries (question1 of each "
                    "duplicate pair of test.tsv, itself excluded)\n",
@@ -724,6 +1029,15 @@ int main(int argc, char **argv)
             printf("%-36s %9.4f %10.4f %8.4f %9.1f\n", "qdup (exact inner product, Flat)",
                    qd_eval_recall1(&dense.r), qd_eval_recall10(&dense.r),
                    qd_eval_mrr10(&dense.r), dense.seconds);
+            char name[80];
+            snprintf(name, sizeof name, "qdup hybrid (a %.2f, %u candidates)", (double)sc->fusion,
+                     sc->candidates);
+            printf("%-36s %9.4f %10.4f %8.4f %9.1f\n", name, qd_eval_recall1(&hybrid.r),
+                   qd_eval_recall10(&hybrid.r), qd_eval_mrr10(&hybrid.r), hybrid.seconds);
+            snprintf(name, sizeof name, "BM25 k1 %.2f b %.2f over candidates", (double)sc->bm25.k1,
+                     (double)sc->bm25.b);
+            printf("%-36s %9.4f %10.4f %8.4f %9.1f\n", name, qd_eval_recall1(&lex_only.r),
+                   qd_eval_recall10(&lex_only.r), qd_eval_mrr10(&lex_only.r), lex_only.seconds);
             if (bm25_on) {
                 printf("%-36s %9.4f %10.4f %8.4f %9.1f\n", "BM25 (SQLite FTS5)",
                        qd_eval_recall1(&bm25.r), qd_eval_recall10(&bm25.r),
@@ -740,6 +1054,7 @@ int main(int argc, char **argv)
 nomem:
     fprintf(stderr, PROG ": out of memory\n");
 out:
+    qd_lex_stats_free(stats);
     queries_free(&q);
     questions_free(&qs);
     qd_free(vs);

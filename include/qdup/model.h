@@ -20,10 +20,20 @@
  *             the vocabulary section and the number of weights
  *   vocabulary the words of ids 2 .. V-1, each a length byte and its bytes
  *   weights   n_params float32 in the order of struct qd_params
+ *   scoring   [version 3] how results are ranked and judged: the fusion weight, BM25's
+ *             parameters, the number of candidates re-scored, the operating point and
+ *             the duplicate head (struct qd_model_scoring); its byte size is a u64 at
+ *             header offset 80
  *   trailer   CRC-32 of everything before it
+ * A version 1 or 2 file has no scoring section and loads with qd_model_scoring_default()
+ * (fitted = 0); a model with fitted scoring is written as version 3, any other as the
+ * lowest version that holds it.
  * The loader checks every size against the file length before it allocates, and names
  * what is wrong with a file it refuses. A model's fingerprint (64-bit FNV-1a of the
- * whole file, as 16 hex digits) identifies it to the index and the daemon.
+ * whole file, as 16 hex digits) identifies its encoder to the index and the daemon: for
+ * a version 3 file it is the fingerprint of the version 1 or 2 file the same encoder
+ * makes without the scoring section, so re-fitting the scoring of a model leaves its
+ * vectors, its fingerprint and the stores built with it valid.
  */
 #ifndef QDUP_MODEL_H
 #define QDUP_MODEL_H
@@ -31,6 +41,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qdup/head.h"
+#include "qdup/lex.h"
 #include "qdup/tok.h"
 
 #ifdef __cplusplus
@@ -38,7 +50,8 @@ extern "C" {
 #endif
 
 #define QD_MODEL_MAGIC "QDUPMODL"
-#define QD_MODEL_VERSION 2   /* 1: the course's model (mean pooling only); 2: qd_pool */
+#define QD_MODEL_VERSION 3   /* 1: the course's model (mean pooling only); 2: qd_pool;
+                                3: the scoring section */
 #define QD_MODEL_HEADER_SIZE 128
 #define QD_MODEL_ENDIAN 0x0A0B0C0DU
 #define QD_MODEL_FLOATCHECK (-1.75f)
@@ -81,6 +94,31 @@ typedef struct qd_params {
 
 typedef struct qd_model qd_model;
 
+/* How a model's results are ranked and judged: fitted by qdup-train on the validation
+ * split (a version 3 file), or the defaults of qd_model_scoring_default(). */
+typedef struct qd_model_scoring {
+    int fitted;            /* 1: fitted on validation pairs; 0: the defaults */
+    float fusion;          /* a: score = a * cosine + (1 - a) * lexical, 0..1 */
+    qd_bm25_params bm25;   /* BM25's k1 and b for the lexical score */
+    uint32_t candidates;   /* nearest vectors re-scored per query, 1..QD_MODEL_MAX_CANDIDATES */
+    float min_p;           /* operating point: p_duplicate >= min_p means duplicate */
+    qd_head head;          /* P(duplicate | pair) */
+} qd_model_scoring;
+
+#define QD_MODEL_MAX_CANDIDATES 10000
+/* The default head's Platt coefficients and operating point (see below). */
+#define QD_MODEL_DEFAULT_PLATT_W 6.5356f
+#define QD_MODEL_DEFAULT_PLATT_B (-4.7028f)
+#define QD_MODEL_DEFAULT_MIN_P 0.4615f
+
+/* The scoring of a model that has none fitted: a = 0.6, k1 = 0.9, b = 0.4, 200
+ * candidates (what the issue measured with the shared default model), and a head of
+ * Platt scaling fitted on the shared validation split with that model; only a
+ * starting point: a model's own fitted scoring replaces all of it. */
+void qd_model_scoring_default(qd_model_scoring *s);
+/* Checks every field's range; QD_ERR_FORMAT with err naming the field. */
+int qd_model_scoring_check(const qd_model_scoring *s, char *err, size_t errlen);
+
 /* Number of floats the weights of hdr take (0 if hdr is out of bounds). */
 size_t qd_model_nparams(const qd_model_hdr *hdr);
 /* Checks a header's fields against the bounds above; err says which field. */
@@ -109,6 +147,11 @@ const qd_vocab *qd_model_vocab(const qd_model *m);
 qd_params *qd_model_params(qd_model *m);
 const qd_params *qd_model_cparams(const qd_model *m);
 float *qd_model_param_data(qd_model *m, size_t *n);
+/* The model's scoring (never NULL). */
+const qd_model_scoring *qd_model_get_scoring(const qd_model *m);
+/* Replaces it (checked first: QD_ERR_FORMAT with err); sets fitted = 1, so that the
+ * model is saved as version 3. */
+int qd_model_set_scoring(qd_model *m, const qd_model_scoring *s, char *err, size_t errlen);
 /* Width of the vectors the model makes. */
 int qd_model_dim(const qd_model *m);
 /* Width of the vectors a model of this shape makes: H, + H with max pooling, + E with
