@@ -673,6 +673,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "qdup-daemon: %s: %llu questions, index %s, model %s (%s)\n",
                     c.db, (unsigned long long)info.live, info.index_spec,
                     info.model_path, info.model_fingerprint);
+            if (info.checkpoint_failing)
+                fprintf(stderr, "qdup-daemon: could not save the index file (%s); serving from "
+                        "memory, %llu changes not yet in it, retrying later\n",
+                        info.checkpoint_error, (unsigned long long)info.unsaved_changes);
             if (strcmp(info.index_spec, "Flat") == 0) {
                 long thr = c.blas_threshold >= 0 ? c.blas_threshold : 1;
                 qd_ann_set_blas_threshold((int)thr);

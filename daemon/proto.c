@@ -870,6 +870,16 @@ static json_t *stats_json(const qd_req *r, int *bad)
         put(o, "tombstones", json_integer((json_int_t)in->tombstones), bad);
         put(o, "seq", json_integer((json_int_t)in->seq), bad);
         put(o, "checkpoint_seq", json_integer((json_int_t)in->checkpoint_seq), bad);
+        /* The FAISS file lags while checkpoints fail (a full disk): served from memory. */
+        put(o, "checkpoint_failing", json_boolean(in->checkpoint_failing), bad);
+        put(o, "checkpoint_failures", json_integer((json_int_t)in->checkpoint_failures), bad);
+        if (in->checkpoint_error[0])
+            put(o, "checkpoint_error",
+                jstr(in->checkpoint_error, strnlen(in->checkpoint_error,
+                                                   sizeof in->checkpoint_error)),
+                bad);
+        put(o, "unsaved_changes", json_integer((json_int_t)in->unsaved_changes), bad);
+        put(o, "unsaved_bytes", json_integer((json_int_t)in->unsaved_bytes), bad);
     }
     if (s) {
         json_t *req = json_object(), *err = json_object(), *cl = json_object(),

@@ -337,6 +337,48 @@ static void work_free(work *w)
     qd_free(w);
 }
 
+static void on_ckpt_timer(uv_timer_t *t);
+
+/* The periodic checkpoint timer at the configured interval. */
+static void ckpt_timer_regular(qd_server *s)
+{
+    if (s->o.checkpoint_s <= 0)
+        return;
+    uint64_t ms = (uint64_t)(s->o.checkpoint_s * 1e3);
+    uv_timer_start(&s->ckpt_timer, on_ckpt_timer, ms ? ms : 1, ms ? ms : 1);
+}
+
+/* A checkpoint failed while running (a full disk, an I/O error): the index in memory
+ * serves and SQLite holds every change, so nothing is lost; the next try comes after a
+ * wait that doubles with each failure in a row, up to 32 intervals (at most 5 minutes
+ * unless the interval itself is longer), so a full disk is not hammered. */
+static void ckpt_backoff(qd_server *s, const char *err)
+{
+    s->ckpt_fails++;
+    double base = s->o.checkpoint_s > 0 ? s->o.checkpoint_s : 30;
+    double cap = 32 * base < 300 ? 32 * base : base > 300 ? base : 300;
+    s->ckpt_delay_s = s->ckpt_delay_s > 0 ? 2 * s->ckpt_delay_s : 2 * base;
+    if (s->ckpt_delay_s > cap)
+        s->ckpt_delay_s = cap;
+    qd_server_log("checkpoint failed (%llu in a row): %s; serving from memory, %llu changes "
+                  "not yet in the index file; next try in %.1f s",
+                  (unsigned long long)s->ckpt_fails, err, (unsigned long long)s->dirty,
+                  s->ckpt_delay_s);
+    if (s->o.checkpoint_s > 0)
+        uv_timer_start(&s->ckpt_timer, on_ckpt_timer, (uint64_t)(s->ckpt_delay_s * 1e3), 0);
+}
+
+/* A checkpoint succeeded: after failures, back to the regular interval. */
+static void ckpt_recovered(qd_server *s)
+{
+    if (!s->ckpt_fails)
+        return;
+    qd_server_log("checkpoint succeeded after %llu failures", (unsigned long long)s->ckpt_fails);
+    s->ckpt_fails = 0;
+    s->ckpt_delay_s = 0;
+    ckpt_timer_regular(s);
+}
+
 static void work_done(uv_work_t *req, int status)
 {
     work *w = (work *)req;
@@ -345,12 +387,16 @@ static void work_done(uv_work_t *req, int status)
     if (w->kind == W_CHECKPOINT) {
         qd_sched_writer_done(&s->sched);
         if (w->rc) {
-            qd_server_log("checkpoint failed: %s", w->err);
-            if (s->state != S_RUNNING)
+            if (s->state != S_RUNNING) {
+                qd_server_log("checkpoint failed: %s", w->err);
                 s->ckpt_failed = 1;
+            } else {
+                ckpt_backoff(s, w->err);
+            }
         } else {
             s->dirty -= w->dirty;
             s->checkpoints++;
+            ckpt_recovered(s);
         }
         work_free(w);
         qd_server_maybe_finish(s);
@@ -635,9 +681,13 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     uv_check_start(&s->check, on_check);
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
-    if (o->checkpoint_s > 0) {
-        uint64_t ms = (uint64_t)(o->checkpoint_s * 1e3);
-        uv_timer_start(&s->ckpt_timer, on_ckpt_timer, ms ? ms : 1, ms ? ms : 1);
+    ckpt_timer_regular(s);
+    /* Changes the FAISS file lacks from before this start (its checkpoint at open
+     * failed: a full disk) are saved like this run's own. */
+    qd_store_info info;
+    if (s->be.info && s->be.info(s->be.ctx, &info) == 0) {
+        s->dirty = info.unsaved_changes;
+        s->ckpt_fails = info.checkpoint_failing ? info.checkpoint_failures : 0;
     }
     if (o->request_timeout_s > 0 || o->idle_timeout_s > 0) {
         /* A sweep every quarter of the shorter timeout (at most a second), so a client

@@ -147,6 +147,9 @@ struct qd_server {
     int ckpt_wanted;        /* the timer asked for a checkpoint */
     uint64_t dirty;         /* acknowledged writes since the last checkpoint */
     int ckpt_failed;        /* the final checkpoint failed */
+    double ckpt_delay_s;    /* while checkpoints fail: the wait before the next try,
+                               doubling up to a cap (0: they do not fail) */
+    uint64_t ckpt_fails;    /* checkpoints failed in a row */
     int state;              /* S_RUNNING, S_DRAINING, S_FINISHED */
     double t_start;         /* qd_now() at start */
     uint64_t requests[QD_OP_COUNT]; /* by op */

@@ -279,7 +279,7 @@ int st_load_index(qd_store *s, int64_t faiss_crc, int crc_null, int64_t faiss_si
 }
 
 /* Writes the FAISS file and records it in meta. Caller holds wmu. */
-int st_checkpoint_locked(qd_store *s)
+static int checkpoint_write(qd_store *s)
 {
     char err[QD_ERRMSG_MAX];
     if (s->vouched && s->faiss_seq == s->seq)
@@ -319,6 +319,23 @@ int st_checkpoint_locked(qd_store *s)
     s->faiss_note[0] = '\0'; /* whatever was wrong with the file at open is repaired */
     pthread_rwlock_unlock(&s->rw);
     return 0;
+}
+
+/* checkpoint_write, remembering whether it failed: a failed checkpoint leaves the store
+ * serving from memory (the database has every change), and the state is reported. */
+int st_checkpoint_locked(qd_store *s)
+{
+    int rc = checkpoint_write(s);
+    pthread_rwlock_wrlock(&s->rw);
+    s->ckpt_failing = rc != 0;
+    if (rc) {
+        s->ckpt_failures++;
+        st_format(s->ckpt_error, sizeof s->ckpt_error, "%s", st_err);
+    } else {
+        s->ckpt_error[0] = '\0';
+    }
+    pthread_rwlock_unlock(&s->rw);
+    return rc;
 }
 
 int qd_store_checkpoint(qd_store *s)

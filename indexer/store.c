@@ -486,11 +486,16 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
                 rc = st_dbfail(s->db, db_path, "recording the model path");
             if (rc)
                 st_db_rollback(s);
+            /* A convenience, not a need: on a full disk the next open remembers it. */
+            if (rc == QD_ERR_UNAVAILABLE)
+                rc = 0;
         }
-        if (!rc)
-            rc = st_checkpoint_locked(s);
         if (rc)
             goto fail_st;
+        /* The FAISS file is a cache: failing to save it (a full disk) must not turn a
+         * crash into an outage. The store serves from memory and reports the failure
+         * (qd_store_get_info); the owner retries qd_store_checkpoint later. */
+        st_checkpoint_locked(s);
     }
     *out = s;
     return 0;
@@ -684,6 +689,11 @@ int qd_store_get_info(qd_store *s, qd_store_info *info)
     info->seq = s->seq;
     info->checkpoint_seq = s->faiss_seq;
     st_format(info->faiss_note, sizeof info->faiss_note, "%s", s->faiss_note);
+    info->checkpoint_failing = s->ckpt_failing;
+    info->checkpoint_failures = s->ckpt_failures;
+    st_format(info->checkpoint_error, sizeof info->checkpoint_error, "%s", s->ckpt_error);
+    info->unsaved_changes = s->seq - s->faiss_seq;
+    info->unsaved_bytes = info->unsaved_changes * ((uint64_t)s->dim * sizeof(float) + 8);
     pthread_rwlock_unlock(&s->rw);
     info->dim = s->dim;
     st_format(info->index_spec, sizeof info->index_spec, "%s", s->spec);

@@ -166,6 +166,9 @@ struct qd_store {
     char broken_msg[QD_ERRMSG_MAX]; /* why (wmu) */
     char faiss_note[256];         /* why the FAISS file was not used at open, or ""
                                      once a checkpoint replaced it (wmu + rw) */
+    int ckpt_failing;             /* the last checkpoint failed (wmu + rw) */
+    uint64_t ckpt_failures;       /* checkpoints failed since open (wmu + rw) */
+    char ckpt_error[256];         /* the last failure's detail, or "" (wmu + rw) */
     st_progress_fn progress;      /* progress callback, or NULL */
     void *progress_arg;           /* its argument */
 };

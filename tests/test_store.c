@@ -767,6 +767,52 @@ static void test_crash_replay(void **state)
     free_batch(&b2);
 }
 
+/* The FAISS file cannot be written (a directory stands in its way, as a full disk
+ * would refuse it): closing loses nothing, and the next writable open serves from
+ * memory, reports the failing checkpoint, and recovers once the file can be written. */
+static void test_checkpoint_failing(void **state)
+{
+    (void)state;
+    const char *db = new_db("ckfail");
+    char faiss[4200];
+    snprintf(faiss, sizeof faiss, "%s.faiss", db);
+    qd_store *s = create(db, NULL);
+    batch b = make_batch(0, 50);
+    add_ok(s, &b);
+    assert_int_equal(unlink(faiss), 0);
+    assert_int_equal(mkdir(faiss, 0700), 0);
+    assert_int_not_equal(qd_store_checkpoint(s), 0);
+    qd_store_info in = info_of(s);
+    assert_true(in.checkpoint_failing);
+    assert_int_equal(in.checkpoint_failures, 1);
+    assert_true(in.checkpoint_error[0] != '\0');
+    assert_true(in.unsaved_changes > 0);
+    assert_true(in.unsaved_bytes >= in.unsaved_changes * (uint64_t)in.dim * sizeof(float));
+    qd_store_close(s); /* its checkpoint fails too: nothing is lost */
+
+    s = open_rw(db); /* rebuilt from SQLite; the checkpoint at open fails, the open not */
+    in = info_of(s);
+    assert_true(in.checkpoint_failing);
+    assert_int_equal(in.live, 50);
+    assert_int_equal(in.faiss_count, 50);
+    expect_top(s, b.text[7], "q7");
+    batch b2 = make_batch(50, 60);
+    add_ok(s, &b2); /* writes go on: the database has room */
+    expect_top(s, b2.text[3], "q53");
+
+    assert_int_equal(rmdir(faiss), 0); /* the room comes back */
+    assert_int_equal(qd_store_checkpoint(s), 0);
+    in = info_of(s);
+    assert_false(in.checkpoint_failing);
+    assert_int_equal(in.unsaved_changes, 0);
+    assert_int_equal(in.unsaved_bytes, 0);
+    assert_string_equal(in.checkpoint_error, "");
+    verify_clean(s);
+    qd_store_close(s);
+    free_batch(&b);
+    free_batch(&b2);
+}
+
 static void test_verify_tampered_file(void **state)
 {
     (void)state;
@@ -1295,6 +1341,7 @@ int main(void)
         cmocka_unit_test(test_text_key),
         cmocka_unit_test(test_remove),
         cmocka_unit_test(test_crash_replay),
+        cmocka_unit_test(test_checkpoint_failing),
         cmocka_unit_test(test_verify_tampered_file),
         cmocka_unit_test(test_verify_inconsistent_index),
         cmocka_unit_test(test_model_mismatch),

@@ -795,8 +795,8 @@ static int wait_checkpoint_failing(daemon_t *d, int want, double secs)
     double end = qd_now() + secs;
     do {
         json_t *j = daemon_stats(d);
-        int v = json_is_true(json_object_get(j, "checkpoint_failing"));
-        int present = json_object_get(j, "checkpoint_failing") != NULL;
+        json_t *f = json_object_get(json_object_get(j, "stats"), "checkpoint_failing");
+        int v = json_is_true(f), present = f != NULL;
         json_decref(j);
         if (present && v == want)
             return 1;
@@ -823,7 +823,7 @@ static void diskfull_scenario(void)
     int state[ADDS] = {0}; /* 1 acknowledged, 0 refused, -1 unanswered */
     char id[32], text[128];
     fault_env(&full, NULL);
-    int up = daemon_start(&d, "0.1");
+    int up = daemon_start(&d, "0.1") == 0;
     fault_env(NULL, NULL);
     if (!up)
         die("diskfull: the daemon did not start (log %s)", d.log);
@@ -843,7 +843,7 @@ static void diskfull_scenario(void)
             /* SIGKILL, and start again on the full disk. */
             daemon_stop(&d, SIGKILL);
             fault_env(&full, NULL);
-            up = daemon_start(&d, "0.1");
+            up = daemon_start(&d, "0.1") == 0;
             fault_env(NULL, NULL);
             if (!up) {
                 T.restart_failed++;

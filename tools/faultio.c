@@ -20,8 +20,11 @@
  *   QDUP_FAULT_N       the matching call to fail, counting from 1 (unset or 0: none;
  *                      matching calls are still counted and logged)
  *   QDUP_FAULT_MODE    once: only call N fails; sticky: call N and every later one
- *                      fail (a full disk); powercut: at call N the power goes
- *   QDUP_FAULT_ERRNO   ENOSPC (default), EIO, EROFS or EDQUOT
+ *                      fail, or with ENOSPC the disk is full from call N on (writes
+ *                      that need room fail, see full_disk below); powercut: at call
+ *                      N the power goes
+ *   QDUP_FAULT_ERRNO   ENOSPC (default), EIO, EROFS or EDQUOT; a full disk (ENOSPC,
+ *                      EDQUOT) still opens the files that exist, as a real one does
  *   QDUP_FAULT_SWITCH  a file: faults are injected only while it exists, so a driver
  *                      can fill the disk and give the space back while the program
  *                      runs (with QDUP_FAULT_N=1 and sticky: every matching call fails
@@ -231,28 +234,71 @@ static void log_call(long n, const char *kind, const char *path, const char *wha
         real_write(F.log_fd, line, (size_t)len < sizeof line ? (size_t)len : sizeof line - 1);
 }
 
-/* Counts a matching call of `kind` on `path` and says what to do with it. */
-static int decide(int bit, const char *kind, const char *path)
+/* A full disk (QDUP_FAULT_MODE=sticky with ENOSPC or EDQUOT) is modelled by its free
+ * space rather than by failing every call, since that is how a real one behaves: from
+ * call N on the disk has no room, so a write that extends a file (or an ftruncate that
+ * grows it) fails, while overwriting bytes a file already has, syncing, renaming and
+ * opening files succeed, and shrinking a file gives its bytes back (SQLite truncates
+ * its -shm at start-up and regrows it into the same room). Bytes freed by deleting
+ * files are not counted: the model never has more room than the real disk would. */
+static long long room;
+static pthread_mutex_t room_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int full_disk(void)
+{
+    return F.mode == MODE_STICKY && (F.err == ENOSPC || F.err == EDQUOT);
+}
+
+/* Counts a matching call of `kind` on `path` and says what to do with it. needs_room
+ * is 0 for a call a full disk does not refuse (opening a file that exists); grow and
+ * freed are the bytes the call adds to or removes from the files (for the model of a
+ * full disk). */
+static int decide_space(int bit, const char *kind, const char *path, int needs_room,
+                        long long grow, long long freed)
 {
     if (!(F.mask & bit) || !path_matches(path))
         return GO;
     long n = atomic_fetch_add(&calls, 1) + 1;
     int act = GO;
-    if (F.n > 0 && (n == F.n || (F.mode == MODE_STICKY && n > F.n))) {
-        struct stat st;
-        if (!F.sw[0] || stat(F.sw, &st) == 0)
-            act = F.mode == MODE_POWERCUT ? POWERCUT : FAIL;
+    struct stat st;
+    int armed = F.n > 0 && (n == F.n || (F.mode == MODE_STICKY && n > F.n)) &&
+                (!F.sw[0] || stat(F.sw, &st) == 0);
+    if (armed && full_disk()) {
+        pthread_mutex_lock(&room_mu);
+        if (grow > room)
+            act = FAIL;
+        else
+            room += freed - grow;
+        pthread_mutex_unlock(&room_mu);
+    } else if (armed && (needs_room || (F.err != ENOSPC && F.err != EDQUOT))) {
+        act = F.mode == MODE_POWERCUT ? POWERCUT : FAIL;
     }
     log_call(n, kind, path, act == FAIL ? " FAIL" : act == POWERCUT ? " POWERCUT" : "");
     return act;
 }
 
-static int decide_fd(int bit, const char *kind, int fd)
+static int decide(int bit, const char *kind, const char *path)
+{
+    return decide_space(bit, kind, path, 1, 0, 0);
+}
+
+/* decide for a call on fd; end is where a write ends (or -1), trunc the size an
+ * ftruncate sets (or -1), for the full disk's model. */
+static int decide_fd(int bit, const char *kind, int fd, long long end, long long trunc)
 {
     char path[PATH_MAX];
     if (!(F.mask & bit) || !F.prefix_len || fd_path(fd, path, sizeof path) != 0)
         return GO;
-    return decide(bit, kind, path);
+    long long grow = 0, freed = 0;
+    struct stat st;
+    if (full_disk() && (end >= 0 || trunc >= 0) && fstat(fd, &st) == 0) {
+        long long size = (long long)st.st_size, to = end >= 0 ? end : trunc;
+        if (to > size)
+            grow = to - size;
+        else if (trunc >= 0)
+            freed = size - trunc;
+    }
+    return decide_space(bit, kind, path, 1, grow, freed);
 }
 
 /* --- the power cut's undo records ----------------------------------------------------- */
@@ -384,7 +430,9 @@ static int open_common(int dirfd, const char *path, int flags, mode_t mode, int 
     int act = GO;
     if (F.prefix_len && (F.mask & K_OPEN)) {
         abs_path(dirfd, path, abs, sizeof abs);
-        act = decide(K_OPEN, "open", abs);
+        struct stat st;
+        int creates = (flags & O_CREAT) && stat(abs, &st) != 0;
+        act = decide_space(K_OPEN, "open", abs, creates, 0, 0);
     }
     if (fail_now(act))
         return -1;
@@ -426,7 +474,12 @@ static ssize_t write_common(int fd, const void *buf, size_t len, off_t off, int 
 {
     resolve_all();
     int bit = which == 0 ? K_WRITE : K_PWRITE;
-    int act = decide_fd(bit, which == 0 ? "write" : "pwrite", fd);
+    long long end = -1;
+    if (full_disk()) {
+        off_t at = which == 0 ? lseek(fd, 0, SEEK_CUR) : off;
+        end = at >= 0 ? (long long)at + (long long)len : -1;
+    }
+    int act = decide_fd(bit, which == 0 ? "write" : "pwrite", fd, end, -1);
     if (fail_now(act))
         return -1;
     pthread_rwlock_rdlock(&cut_lock);
@@ -459,7 +512,12 @@ size_t fwrite(const void *buf, size_t size, size_t n, FILE *f)
 {
     resolve_all();
     int fd = fileno(f);
-    int act = fd >= 0 ? decide_fd(K_WRITE, "fwrite", fd) : GO;
+    long long end = -1;
+    if (full_disk() && fd >= 0) {
+        off_t at = ftello(f);
+        end = at >= 0 ? (long long)at + (long long)(size * n) : -1;
+    }
+    int act = fd >= 0 ? decide_fd(K_WRITE, "fwrite", fd, end, -1) : GO;
     if (fail_now(act))
         return 0;
     pthread_rwlock_rdlock(&cut_lock);
@@ -477,7 +535,7 @@ static int sync_common(int fd, int data_only)
 {
     resolve_all();
     int act = decide_fd(data_only ? K_FDATASYNC : K_FSYNC, data_only ? "fdatasync" : "fsync",
-                        fd);
+                        fd, -1, -1);
     if (fail_now(act))
         return -1;
     int r = data_only ? real_fdatasync(fd) : real_fsync(fd);
@@ -524,7 +582,7 @@ int renameat(int olddir, const char *from, int newdir, const char *to)
 static int truncate_common(int fd, off_t len, int which)
 {
     resolve_all();
-    int act = decide_fd(K_FTRUNCATE, "ftruncate", fd);
+    int act = decide_fd(K_FTRUNCATE, "ftruncate", fd, -1, len);
     if (fail_now(act))
         return -1;
     pthread_rwlock_rdlock(&cut_lock);

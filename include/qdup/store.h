@@ -85,8 +85,13 @@ int qd_store_create(const char *db_path, const qd_store_opts *o, qd_store **out,
  * exist), loads the model (o->model_path or the remembered one) and refuses it with
  * QD_ERR_MISMATCH if its fingerprint is not the database's; loads or rebuilds the
  * FAISS index as described above. A writable open that had to replay or rebuild
- * writes a fresh checkpoint at once, and remembers o->model_path if given.
- * QD_ERR_BUSY if another process has the store open for writing. */
+ * tries a fresh checkpoint at once, and remembers o->model_path if given; neither is
+ * required: when the machine refuses the write (a full disk, an I/O error), the store
+ * opens all the same, serving from the index in memory, and reports the failed
+ * checkpoint in qd_store_get_info (checkpoint_failing) until one succeeds. A failed
+ * checkpoint loses nothing: the database holds every change, and the next open
+ * replays what the file lacks. QD_ERR_BUSY if another process has the store open for
+ * writing. */
 int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
                   size_t errlen);
 
@@ -177,7 +182,9 @@ int qd_store_remove(qd_store *s, const char *ext_id, size_t ext_id_len);
 int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *lens,
                          size_t n, int *found, size_t *nremoved);
 
-/* Writes the FAISS file and records in meta what it reflects (see above). */
+/* Writes the FAISS file and records in meta what it reflects (see above). On failure
+ * (QD_ERR_UNAVAILABLE for a full disk or an I/O error) the store stays usable and
+ * reports checkpoint_failing until a checkpoint succeeds; the caller retries later. */
 int qd_store_checkpoint(qd_store *s);
 
 /* Deletes tombstones and rebuilds the FAISS index from the live rows (searches go on
@@ -251,6 +258,12 @@ typedef struct qd_store_info {
     int readonly;            /* 1 if opened read-only */
     char faiss_note[256];    /* why the FAISS file was not used as is at open ("" if it
                                 was, or replayed onto): the index was rebuilt */
+    int checkpoint_failing;  /* 1 if the last checkpoint failed (a full disk, an I/O
+                                error): the index in memory serves, the file lags */
+    uint64_t checkpoint_failures; /* checkpoints failed since open */
+    char checkpoint_error[256]; /* the last failure's detail ("" if none) */
+    uint64_t unsaved_changes; /* changes not yet in the FAISS file (seq - checkpoint_seq) */
+    uint64_t unsaved_bytes;  /* an estimate of their bytes: a vector and an id each */
 } qd_store_info;
 
 int qd_store_get_info(qd_store *s, qd_store_info *info);
