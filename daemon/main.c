@@ -67,29 +67,6 @@ typedef struct opt {
 
 /* --- value parsers ------------------------------------------------------------------- */
 
-static int parse_size(const char *v, size_t lo, size_t hi, size_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long x = strtoull(v, &end, 10);
-    if (end == v || errno || *v == '-')
-        return -1;
-    unsigned long long mul = 1;
-    if (*end == 'K' || *end == 'k')
-        mul = 1024, end++;
-    else if (*end == 'M' || *end == 'm')
-        mul = 1024 * 1024, end++;
-    else if (*end == 'G' || *end == 'g')
-        mul = 1024ULL * 1024 * 1024, end++;
-    if (*end || x > ULLONG_MAX / mul)
-        return -1;
-    x *= mul;
-    if (x < lo || x > hi)
-        return -1;
-    *out = (size_t)x;
-    return 0;
-}
-
 static int parse_secs(const char *v, double *out)
 {
     char *end;
@@ -105,7 +82,7 @@ static int parse_secs(const char *v, double *out)
     static int fn(cfg *c, const char *v, char *err, size_t errlen)                      \
     {                                                                                   \
         size_t x;                                                                       \
-        if (parse_size(v, lo, hi, &x))                                                  \
+        if (qd_parse_size(v, lo, hi, &x))                                               \
             return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number from %llu to %llu", \
                            (unsigned long long)(lo), (unsigned long long)(hi));         \
         c->field = x;                                                                   \
@@ -167,7 +144,7 @@ static int set_owner_only(cfg *c, const char *v, char *err, size_t errlen)
 static int set_threads(cfg *c, const char *v, char *err, size_t errlen)
 {
     size_t x;
-    if (parse_size(v, 1, 64, &x))
+    if (qd_parse_size(v, 1, 64, &x))
         return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number from 1 to 64");
     c->so.threads = (int)x;
     return 0;
@@ -176,7 +153,7 @@ static int set_threads(cfg *c, const char *v, char *err, size_t errlen)
 static int set_search_pad(cfg *c, const char *v, char *err, size_t errlen)
 {
     size_t x;
-    if (parse_size(v, 0, 4096, &x))
+    if (qd_parse_size(v, 0, 4096, &x))
         return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number from 0 to 4096");
     c->search_pad = (long)x;
     return 0;
@@ -185,7 +162,7 @@ static int set_search_pad(cfg *c, const char *v, char *err, size_t errlen)
 static int set_blas_threshold(cfg *c, const char *v, char *err, size_t errlen)
 {
     size_t x;
-    if (parse_size(v, 0, 4096, &x))
+    if (qd_parse_size(v, 0, 4096, &x))
         return qd_errf(err, errlen, QD_ERR_INVAL, "must be a number from 0 to 4096");
     c->blas_threshold = (long)x;
     return 0;

@@ -12,7 +12,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "qdup/common.h"
 #include "qdup/input.h"
@@ -48,13 +47,6 @@ static int set_err(int rc, const char *msg)
 {
     snprintf(last_err, sizeof last_err, "%s", msg);
     return rc;
-}
-
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 int qd_memidx_new(const qd_model *m, size_t max_rows, qd_memidx **out)
@@ -300,7 +292,7 @@ static int mi_add(void *ctx, const qd_store_item *items, size_t n, int replace,
         r->id_len = it->ext_id_len;
         r->text_len = it->text_len;
         memcpy(r->vec, vec, (size_t)mi->dim * sizeof *r->vec);
-        r->created = wall_now();
+        r->created = qd_wall_now();
         r->removed = 0;
         if (other >= 0) {
             mi->rows[other].removed = r->created;
@@ -344,7 +336,7 @@ static int mi_remove(void *ctx, const char *id, size_t len)
     if (i < 0) {
         rc = set_err(QD_ERR_NOTFOUND, "no question with this id");
     } else {
-        mi->rows[i].removed = wall_now();
+        mi->rows[i].removed = qd_wall_now();
         mi->live--;
         mi->seq++;
     }

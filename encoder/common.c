@@ -8,6 +8,8 @@
 #include "qdup/common.h"
 
 #include <errno.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -151,6 +153,38 @@ double qd_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double qd_wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int qd_parse_size(const char *s, size_t lo, size_t hi, size_t *out)
+{
+    char *end;
+    /* strtoull would skip spaces and take a sign: only digits may start the number. */
+    if (!s || *s < '0' || *s > '9')
+        return QD_ERR_INVAL;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10), mul = 1;
+    if (errno)
+        return QD_ERR_INVAL;
+    if (*end == 'K' || *end == 'k')
+        mul = 1ULL << 10, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1ULL << 20, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1ULL << 30, end++;
+    if (*end || x > ULLONG_MAX / mul)
+        return QD_ERR_INVAL;
+    x *= mul;
+    if (x < lo || x > hi)
+        return QD_ERR_INVAL;
+    *out = (size_t)x;
+    return 0;
 }
 
 size_t qd_utf8_decode(const unsigned char *s, size_t n, int32_t *cp)

@@ -152,20 +152,6 @@ static void errorf(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-/* Parses an unsigned decimal into *v within [lo, hi]. */
-static int parse_size(const char *s, size_t lo, size_t hi, size_t *v)
-{
-    char *end;
-    errno = 0;
-    if (!s || !*s || *s == '-')
-        return -1;
-    unsigned long long x = strtoull(s, &end, 10);
-    if (errno || *end || x < lo || x > hi)
-        return -1;
-    *v = (size_t)x;
-    return 0;
-}
-
 /* --- test stops ---------------------------------------------------------------------- */
 
 static const char *test_stop_at;
@@ -983,28 +969,28 @@ int main(int argc, char **argv)
             o.params[o.nparams++] = optarg;
             break;
         case O_K:
-            if (parse_size(optarg, 1, QD_STORE_MAX_K, &o.k)) {
+            if (qd_parse_size(optarg, 1, QD_STORE_MAX_K, &o.k)) {
                 errorf("%s: -k %s: expected a number from 1 to %d", c->name, optarg,
                        QD_STORE_MAX_K);
                 return EXIT_USAGE;
             }
             break;
         case O_THREADS:
-            if (parse_size(optarg, 0, 1024, &v)) {
+            if (qd_parse_size(optarg, 0, 1024, &v)) {
                 errorf("%s: --threads %s: expected a number from 0 to 1024", c->name, optarg);
                 return EXIT_USAGE;
             }
             o.threads = (int)v;
             break;
         case O_MAX_TEXT:
-            if (parse_size(optarg, 1, QD_STORE_MAX_TEXT, &o.max_text)) {
+            if (qd_parse_size(optarg, 1, QD_STORE_MAX_TEXT, &o.max_text)) {
                 errorf("%s: --max-text %s: expected a number from 1 to %d", c->name, optarg,
                        QD_STORE_MAX_TEXT);
                 return EXIT_USAGE;
             }
             break;
         case O_MAX_REPORT:
-            if (parse_size(optarg, 0, SIZE_MAX, &o.max_report)) {
+            if (qd_parse_size(optarg, 0, SIZE_MAX, &o.max_report)) {
                 errorf("%s: --max-report %s: expected a number", c->name, optarg);
                 return EXIT_USAGE;
             }

@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "qdup/common.h"
 #include "qdup/fileio.h"
@@ -128,6 +129,56 @@ static void test_atomic_write_and_read(void **state)
     assert_int_equal(qd_err_from_errno(EACCES), QD_ERR_IO);
 }
 
+static void test_parse_size(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s; /* input */
+        size_t lo, hi; /* range */
+        int ok;        /* accepted */
+        size_t want;   /* value when accepted */
+    } cases[] = {
+        {"0", 0, 10, 1, 0},
+        {"10", 0, 10, 1, 10},
+        {"11", 0, 10, 0, 0},
+        {"0", 1, 10, 0, 0},
+        {"16K", 0, SIZE_MAX, 1, 16384},
+        {"16k", 0, SIZE_MAX, 1, 16384},
+        {"3M", 0, SIZE_MAX, 1, 3u << 20},
+        {"2g", 0, SIZE_MAX, 1, 2ull << 30},
+        {"1K", 0, 1023, 0, 0},
+        {"", 0, 10, 0, 0},
+        {"-1", 0, SIZE_MAX, 0, 0},
+        {"+1", 0, 10, 0, 0},
+        {" 1", 0, 10, 0, 0},
+        {"1 ", 0, 10, 0, 0},
+        {"1KB", 0, SIZE_MAX, 0, 0},
+        {"K", 0, SIZE_MAX, 0, 0},
+        {"0x10", 0, SIZE_MAX, 0, 0},
+        {"18446744073709551616", 0, SIZE_MAX, 0, 0}, /* 2^64 */
+        {"18014398509481984K", 0, SIZE_MAX, 0, 0},   /* 2^54 K = 2^64 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t v = 12345;
+        int rc = qd_parse_size(cases[i].s, cases[i].lo, cases[i].hi, &v);
+        if (cases[i].ok) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(v, cases[i].want);
+        } else {
+            assert_int_equal(rc, QD_ERR_INVAL);
+            assert_int_equal(v, 12345); /* untouched */
+        }
+    }
+    assert_int_equal(qd_parse_size(NULL, 0, 10, &(size_t){0}), QD_ERR_INVAL);
+}
+
+static void test_wall_now_is_unix_time(void **state)
+{
+    (void)state;
+    double before = (double)time(NULL), t = qd_wall_now(), after = (double)time(NULL);
+    assert_true(t >= before && t < after + 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -137,6 +188,8 @@ int main(void)
         cmocka_unit_test(test_hash64_known_values),
         cmocka_unit_test(test_atomic_write_and_read),
         cmocka_unit_test(test_utf8_decode),
+        cmocka_unit_test(test_parse_size),
+        cmocka_unit_test(test_wall_now_is_unix_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

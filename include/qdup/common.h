@@ -79,8 +79,16 @@ void qd_free(void *p);
  * it when `sticky`); n < 0 turns injection off. */
 void qd_alloc_fail_after(long n, int sticky);
 
-/* Monotonic clock in seconds. */
+/* Monotonic clock in seconds (for durations). */
 double qd_now(void);
+
+/* Unix time in seconds (CLOCK_REALTIME), for timestamps that are stored or shown. */
+double qd_wall_now(void);
+
+/* Parses a size for a command-line option: decimal digits with an optional binary
+ * suffix K, M or G (either case: 16K is 16384), no sign and no spaces, within
+ * [lo, hi]. 0 and the value in *out, or QD_ERR_INVAL (out untouched). */
+int qd_parse_size(const char *s, size_t lo, size_t hi, size_t *out);
 
 /* Decodes the UTF-8 sequence at s[0] (n >= 1 bytes available) and returns the bytes
  * it takes, with the code point in *cp, or -1 in *cp for an ill-formed sequence. An
