@@ -17,6 +17,7 @@
  * function. Getters cannot fail and do not touch the error text.
  */
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexFlat_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/IndexPreTransform_c.h>
 #include <faiss/c_api/Index_c.h>
@@ -29,6 +30,7 @@
 
 #include <faiss/AutoTune.h>
 #include <faiss/Index.h>
+#include <faiss/IndexFlat.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexPreTransform.h>
@@ -304,6 +306,11 @@ FaissIndexIVF *faiss_IndexIVF_cast(FaissIndex *index)
     return downcast<faiss::IndexIVF>(index);
 }
 
+FaissIndexFlat *faiss_IndexFlat_cast(FaissIndex *index)
+{
+    return downcast<faiss::IndexFlat>(index);
+}
+
 FaissIndexIDMap *faiss_IndexIDMap_cast(FaissIndex *index)
 {
     return downcast<faiss::IndexIDMap>(index);
@@ -326,6 +333,15 @@ void faiss_IndexIDMap_id_map(FaissIndexIDMap *index, idx_t **p_id_map, size_t *p
     auto *m = static_cast<faiss::IndexIDMap *>(cxx(index));
     *p_id_map = m->id_map.data();
     *p_size = m->id_map.size();
+}
+
+void faiss_IndexFlat_xb(FaissIndexFlat *index, float **p_xb, size_t *p_size)
+{
+    auto *f = static_cast<faiss::IndexFlat *>(cxx(index));
+    if (p_xb)
+        *p_xb = f->get_xb();
+    if (p_size)
+        *p_size = f->codes.size() / sizeof(float);
 }
 
 FaissIndex *faiss_IndexIDMap_sub_index(FaissIndexIDMap *index)

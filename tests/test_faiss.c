@@ -1,17 +1,22 @@
 /*
  * test_faiss.c - the FAISS C API as qdup uses it, run against whichever implementation
- * the build links (qdup's own indexer/faiss_c_api.cpp on Debian).
+ * the build links: FAISS's own, built from Debian's source package (QDUP_FAISS=source),
+ * or qdup's indexer/faiss_c_api.cpp over Debian's libfaiss (QDUP_FAISS=system). With
+ * the first, it also checks that the dynamic loader picked the library variant the
+ * processor can run (QDUP_FAISS_VARIANT, set by ctest for the run that masks AVX2).
  *
  * Expected results are computed here by brute force (inner products in double), never
  * taken from FAISS, so a wrong search, a wrong id after removal or a lost vector after
  * a write/read round trip all fail.
  */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexFlat_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/IndexPreTransform_c.h>
 #include <faiss/c_api/Index_c.h>
@@ -226,13 +231,20 @@ static void test_write_read(void **state)
 static void test_errors(void **state)
 {
     (void)state;
-    FaissIndex *ix = (FaissIndex *)&ix; /* must be overwritten with NULL on failure */
+#ifdef QDUP_FAISS_SOURCE
+    FaissIndex *ix = NULL; /* FAISS's own C API leaves it as it was on failure */
+#else
+    FaissIndex *ix = (FaissIndex *)&ix; /* qdup's must overwrite it with NULL */
+#endif
     int rc = faiss_index_factory(&ix, D, "NoSuchIndex42", METRIC_INNER_PRODUCT);
     assert_int_not_equal(rc, 0);
     assert_null(ix);
     assert_non_null(strstr(faiss_get_last_error(), "NoSuchIndex42"));
 
+#ifndef QDUP_FAISS_SOURCE
+    /* qdup's refuses dimension 0; FAISS's own makes an index of it (qd_ann checks). */
     assert_int_not_equal(faiss_index_factory(&ix, 0, "Flat", METRIC_INNER_PRODUCT), 0);
+#endif
     assert_int_not_equal(faiss_index_factory(&ix, D, NULL, METRIC_INNER_PRODUCT), 0);
 
     /* k = 0 and untrained adds are errors, not crashes. */
@@ -355,6 +367,54 @@ static void test_blas_path_agrees(void **state)
     faiss_Index_free(ix);
 }
 
+/* The flat index under IDMap2 hands out its vectors in insertion order (qd_ann's exact
+ * search re-scores from them); other kinds are not flat. */
+static void test_flat_vectors(void **state)
+{
+    (void)state;
+    FaissIndex *ix = NULL;
+    assert_int_equal(faiss_index_factory(&ix, D, "IDMap2,Flat", METRIC_INNER_PRODUCT), 0);
+    assert_int_equal(faiss_Index_add_with_ids(ix, N, xb, xid), 0);
+    FaissIndexFlat *flat = faiss_IndexFlat_cast(faiss_IndexIDMap_sub_index(ix));
+    assert_non_null(flat);
+    float *v = NULL;
+    size_t nf = 0;
+    faiss_IndexFlat_xb(flat, &v, &nf);
+    assert_int_equal(nf, N * D);
+    assert_memory_equal(v, xb, sizeof xb);
+    assert_null(faiss_IndexFlat_cast(ix)); /* the wrapper itself is not flat */
+    faiss_Index_free(ix);
+    assert_int_equal(faiss_index_factory(&ix, D, "IDMap2,HNSW8", METRIC_INNER_PRODUCT), 0);
+    assert_null(faiss_IndexFlat_cast(faiss_IndexIDMap_sub_index(ix)));
+    faiss_Index_free(ix);
+}
+
+/* Which file the C API was loaded from: with QDUP_FAISS=source, the AVX2 variant under
+ * glibc-hwcaps/x86-64-v3/ where the processor has that level, the generic one
+ * otherwise. QDUP_FAISS_VARIANT (avx2 or generic) overrides what the CPU suggests: ctest
+ * sets it for the run in which glibc is told to ignore AVX2. */
+static void test_library_variant(void **state)
+{
+    (void)state;
+    Dl_info info;
+    assert_true(dladdr((void *)faiss_Index_search, &info) != 0);
+    print_message("FAISS C API from %s\n", info.dli_fname);
+#ifdef QDUP_FAISS_SOURCE
+    const char *want = getenv("QDUP_FAISS_VARIANT");
+    if (!want || !*want) {
+        __builtin_cpu_init();
+        int v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                 __builtin_cpu_supports("bmi2");
+        want = v3 ? "avx2" : "generic";
+    }
+    int is_avx2 = strstr(info.dli_fname, "/glibc-hwcaps/x86-64-v3/") != NULL;
+    if (is_avx2 != (strcmp(want, "avx2") == 0))
+        fail_msg("expected the %s variant, loaded %s", want, info.dli_fname);
+#else
+    skip();
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -365,6 +425,8 @@ int main(void)
         cmocka_unit_test(test_error_is_per_thread),
         cmocka_unit_test(test_parameters_and_casts),
         cmocka_unit_test(test_blas_path_agrees),
+        cmocka_unit_test(test_flat_vectors),
+        cmocka_unit_test(test_library_variant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
