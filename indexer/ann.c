@@ -20,6 +20,15 @@
  * our own FILE*, not faiss_write_index_fname, because FAISS's file writer ignores
  * the result of fclose(), which is where a full disk shows up.
  *
+ * Exact search: an IDMap2 over a flat index also keeps 8-bit codes of its vectors in a
+ * qd_flatscan (flatscan.h), which answers searches, whole batches of queries in one
+ * pass, and re-scores its best candidates from the float vectors FAISS holds: FAISS's
+ * own exact search reads all the floats once per query, or goes through BLAS, both far
+ * slower for the few queries at a time a server sees. The codes follow every add and
+ * are rebuilt after a removal; if memory for them runs out, the index drops them and
+ * searches through FAISS again. "flatscan" = 0 (qd_ann_set_param) switches to FAISS's
+ * search, "rescore" sets how many candidates per query are re-scored.
+ *
  * Errors: FAISS keeps its last error per thread and the next FAISS call overwrites
  * it, so a failing path copies it at once into this file's per-thread buffer, which
  * qd_ann_errmsg returns. The buffer is per thread rather than per object because
@@ -40,6 +49,7 @@
 #include <unistd.h>
 
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexFlat_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/IndexPreTransform_c.h>
 #include <faiss/c_api/Index_c.h>
@@ -52,6 +62,7 @@
 
 #include "qdup/common.h"
 #include "qdup/fileio.h"
+#include "qdup/flatscan.h"
 
 /* How the index relates ids to vectors, which decides what it can do. */
 enum ann_idmode {
@@ -67,6 +78,10 @@ struct qd_ann {
     int can_remove;    /* 1 if FAISS accepted removing an empty id set */
     int can_get;       /* 1 if reconstruct by id works (IDMap2 over a non-IVF index) */
     char *spec;        /* factory string as given ("Flat" for NULL/""); NULL if loaded */
+    qd_flatscan *scan; /* 8-bit codes answering exact searches (IDMap2 over a flat
+                        * index), positions as in FAISS's arrays; NULL otherwise */
+    int use_scan;      /* 1 to search through scan (the default), 0 through FAISS */
+    size_t rescore;    /* candidates re-scored per query by scan; 0: its default */
 };
 
 /* --- errors ------------------------------------------------------------------------ */
@@ -205,6 +220,36 @@ static int ann_probe_remove(FaissIndex *ix)
     return rc == 0;
 }
 
+/* The flat index under an IDMap2 wrapper, or NULL if the index is not one. */
+static FaissIndexFlat *ann_flat(const qd_ann *a)
+{
+    if (!faiss_IndexIDMap2_cast(a->index))
+        return NULL;
+    return faiss_IndexFlat_cast(faiss_IndexIDMap_sub_index(a->index));
+}
+
+/* (Re)computes the codes of every vector of a flat index into a->scan. On failure the
+ * scan is dropped (searches go through FAISS) and QD_ERR_NOMEM returned. */
+static int ann_scan_rebuild(qd_ann *a)
+{
+    FaissIndexFlat *flat = ann_flat(a);
+    float *xb;
+    size_t nf;
+    faiss_IndexFlat_xb(flat, &xb, &nf);
+    int rc = 0;
+    if (!a->scan)
+        rc = qd_flatscan_new(a->dim, &a->scan);
+    if (rc == 0) {
+        qd_flatscan_clear(a->scan);
+        rc = qd_flatscan_add(a->scan, xb, nf / (size_t)a->dim);
+    }
+    if (rc != 0) {
+        qd_flatscan_free(a->scan);
+        a->scan = NULL;
+    }
+    return rc;
+}
+
 /* Checks an index (made or loaded) and fills the fields derived from it. On failure
  * returns a QD_ERR_* with the reason in why. */
 static int ann_adopt(qd_ann *a, FaissIndex *ix, char *why, size_t whylen)
@@ -237,6 +282,9 @@ static int ann_adopt(qd_ann *a, FaissIndex *ix, char *why, size_t whylen)
     a->dim = d;
     a->can_get = mode == ANN_IDMAP2 && !over_ivf;
     a->can_remove = !over_ivf && ann_probe_remove(ix);
+    a->use_scan = 1;
+    if (mode == ANN_IDMAP2 && ann_flat(a) && ann_scan_rebuild(a) != 0)
+        return qd_errf(why, whylen, QD_ERR_NOMEM, "out of memory for the index's codes");
     return 0;
 }
 
@@ -289,7 +337,8 @@ int qd_ann_new(int dim, const char *spec, qd_ann **out, char *err, size_t errlen
     }
     rc = ann_adopt(a, ix, why, sizeof why);
     if (rc != 0) {
-        rc = qd_errf(err, errlen, QD_ERR_INVAL, "index spec \"%s\": %s", spec, why);
+        rc = qd_errf(err, errlen, rc == QD_ERR_NOMEM ? rc : QD_ERR_INVAL,
+                     "index spec \"%s\": %s", spec, why);
         goto fail;
     }
     qd_free(wrapped);
@@ -300,8 +349,10 @@ fail:
     if (ix)
         faiss_Index_free(ix);
     qd_free(wrapped);
-    if (a)
+    if (a) {
+        qd_flatscan_free(a->scan);
         qd_free(a->spec);
+    }
     qd_free(a);
     return rc;
 }
@@ -312,6 +363,7 @@ void qd_ann_free(qd_ann *a)
         return;
     if (a->index)
         faiss_Index_free(a->index);
+    qd_flatscan_free(a->scan);
     qd_free(a->spec);
     qd_free(a);
 }
@@ -569,6 +621,8 @@ fail:
         fclose(f);
     if (ix)
         faiss_Index_free(ix);
+    if (a)
+        qd_flatscan_free(a->scan);
     qd_free(a);
     return rc;
 }
@@ -628,9 +682,18 @@ int qd_ann_add(qd_ann *a, const float *x, const int64_t *ids, size_t n)
     if (rc != 0)
         return rc;
     ann_apply_threads();
-    if (faiss_Index_add_with_ids(a->index, (int64_t)n, x, ids) != 0)
-        return ann_fail(QD_ERR_INDEX, "adding %zu vectors: %s", n,
-                        faiss_detail(detail, sizeof detail));
+    if (faiss_Index_add_with_ids(a->index, (int64_t)n, x, ids) != 0) {
+        faiss_detail(detail, sizeof detail);
+        /* Part of the batch may be in: make the codes match what FAISS holds. */
+        if (a->scan)
+            ann_scan_rebuild(a);
+        return ann_fail(QD_ERR_INDEX, "adding %zu vectors: %s", n, detail);
+    }
+    if (a->scan && qd_flatscan_add(a->scan, x, n) != 0) {
+        /* The vectors are in FAISS; without their codes, search through FAISS. */
+        qd_flatscan_free(a->scan);
+        a->scan = NULL;
+    }
     return 0;
 }
 
@@ -660,6 +723,9 @@ int qd_ann_remove(qd_ann *a, const int64_t *ids, size_t n, size_t *nremoved)
     if (frc != 0)
         faiss_detail(detail, sizeof detail); /* before faiss_IDSelector_free */
     faiss_IDSelector_free((FaissIDSelector *)sel);
+    /* FAISS compacts its arrays, also when it fails part way: recompute the codes. */
+    if (a->scan)
+        ann_scan_rebuild(a);
     if (frc != 0)
         return ann_fail(QD_ERR_INDEX, "removing %zu ids: %s", n, detail);
     if (nremoved)
@@ -675,10 +741,24 @@ int qd_ann_set_param(qd_ann *a, const char *name, double value)
         return ann_fail(QD_ERR_INVAL, "empty parameter name");
     if (!isfinite(value))
         return ann_fail(QD_ERR_INVAL, "parameter %s: value is not finite", name);
-    if ((strcmp(name, "nprobe") == 0 || strcmp(name, "efSearch") == 0) &&
+    if ((strcmp(name, "nprobe") == 0 || strcmp(name, "efSearch") == 0 ||
+         strcmp(name, "rescore") == 0) &&
         (value < 1 || value > 1e9 || value != floor(value)))
         return ann_fail(QD_ERR_INVAL, "parameter %s: %g is not an integer in 1..1e9", name,
                         value);
+    if (strcmp(name, "rescore") == 0 || strcmp(name, "flatscan") == 0) {
+        if (!ann_flat(a))
+            return ann_fail(QD_ERR_INVAL, "parameter %s applies to the exact (Flat) index only",
+                            name);
+        if (strcmp(name, "rescore") == 0) {
+            a->rescore = (size_t)value;
+        } else if (value == 0 || value == 1) {
+            a->use_scan = (int)value;
+        } else {
+            return ann_fail(QD_ERR_INVAL, "parameter flatscan: %g is not 0 or 1", value);
+        }
+        return 0;
+    }
     FaissParameterSpace *ps = NULL;
     if (faiss_ParameterSpace_new(&ps) != 0)
         return ann_fail(QD_ERR_NOMEM, "parameter %s: %s", name,
@@ -695,6 +775,25 @@ int qd_ann_set_param(qd_ann *a, const char *name, double value)
 
 /* --- reading ------------------------------------------------------------------------ */
 
+/* Exact search through the codes; positions become ids through the IDMap2's map. */
+static int ann_scan_search(const qd_ann *a, const float *q, size_t nq, size_t k,
+                           float *scores, int64_t *ids)
+{
+    float *xb;
+    size_t nf, nmap;
+    int64_t *map;
+    faiss_IndexFlat_xb(ann_flat(a), &xb, &nf);
+    faiss_IndexIDMap_id_map(a->index, &map, &nmap);
+    QD_ASSERT(nmap == qd_flatscan_count(a->scan) && nf == nmap * (size_t)a->dim);
+    int rc = qd_flatscan_search(a->scan, xb, q, nq, k, a->rescore, scores, ids);
+    if (rc != 0)
+        return ann_fail(rc, "searching %zu queries: %s", nq, qd_strerror(rc));
+    for (size_t i = 0; i < nq * k; i++)
+        if (ids[i] >= 0)
+            ids[i] = map[ids[i]];
+    return 0;
+}
+
 int qd_ann_search(const qd_ann *a, const float *q, size_t nq, size_t k, float *scores,
                   int64_t *ids)
 {
@@ -710,6 +809,8 @@ int qd_ann_search(const qd_ann *a, const float *q, size_t nq, size_t k, float *s
     if (rc != 0)
         return rc;
     ann_apply_threads();
+    if (a->scan && a->use_scan)
+        return ann_scan_search(a, q, nq, k, scores, ids);
     if (faiss_Index_search(a->index, (int64_t)nq, q, (int64_t)k, scores, ids) != 0)
         return ann_fail(QD_ERR_INDEX, "searching %zu queries: %s", nq,
                         faiss_detail(detail, sizeof detail));

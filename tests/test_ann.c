@@ -229,6 +229,77 @@ static void test_flat_exact(void **state)
     qd_ann_free(NULL);
 }
 
+/* The exact index answers from its 8-bit scan by default: the same answers as FAISS's
+ * own search, after adds and removals too; its parameters exist on Flat only. */
+static void test_flat_scan_matches_faiss(void **state)
+{
+    (void)state;
+    char err[QD_ERRMSG_MAX];
+    qd_ann *a = NULL;
+    assert_int_equal(qd_ann_new(DIM, "Flat", &a, err, sizeof err), 0);
+    /* Added in two batches, with a removal between: the codes must follow both. */
+    assert_int_equal(qd_ann_add(a, base, base_id, NB / 2), 0);
+    reset_alive();
+    int64_t gone[] = {base_id[3], base_id[500], base_id[1999]};
+    size_t nremoved;
+    assert_int_equal(qd_ann_remove(a, gone, 2, &nremoved), 0);
+    assert_int_equal(nremoved, 2);
+    assert_int_equal(qd_ann_add(a, base + NB / 2 * DIM, base_id + NB / 2, NB - NB / 2), 0);
+    assert_int_equal(qd_ann_remove(a, gone + 2, 1, &nremoved), 0);
+    assert_int_equal(nremoved, 1);
+    alive[3] = alive[500] = alive[1999] = 0;
+    float sc[NQ * K], fsc[NQ * K];
+    int64_t id[NQ * K], fid[NQ * K];
+    for (int pass = 0; pass < 2; pass++) {
+        const float *qs = pass ? near_q : rand_q;
+        assert_int_equal(qd_ann_set_param(a, "flatscan", 1), 0);
+        assert_int_equal(qd_ann_search(a, qs, NQ, K, sc, id), 0);
+        assert_int_equal(qd_ann_set_param(a, "flatscan", 0), 0);
+        assert_int_equal(qd_ann_search(a, qs, NQ, K, fsc, fid), 0);
+        for (int i = 0; i < NQ; i++) {
+            assert_row_exact(qs + i * DIM, K, sc + i * K, id + i * K);
+            assert_row_exact(qs + i * DIM, K, fsc + i * K, fid + i * K);
+        }
+    }
+    assert_int_equal(qd_ann_set_param(a, "flatscan", 1), 0);
+    assert_int_equal(qd_ann_set_param(a, "rescore", 10), 0);
+    assert_int_equal(qd_ann_search(a, near_q, NQ, K, sc, id), 0);
+    for (int i = 0; i < NQ; i++)
+        assert_row_exact(near_q + i * DIM, K, sc + i * K, id + i * K);
+    assert_int_equal(qd_ann_set_param(a, "rescore", 0), QD_ERR_INVAL);
+    assert_int_equal(qd_ann_set_param(a, "flatscan", 2), QD_ERR_INVAL);
+    qd_ann_free(a);
+
+    a = make_full("HNSW16");
+    assert_int_equal(qd_ann_set_param(a, "flatscan", 0), QD_ERR_INVAL);
+    assert_true(strstr(qd_ann_errmsg(a), "Flat") != NULL);
+    assert_int_equal(qd_ann_set_param(a, "rescore", 100), QD_ERR_INVAL);
+    qd_ann_free(a);
+}
+
+/* Out of memory for the codes of an add: the vectors are in, and searches stay exact
+ * (through FAISS). */
+static void test_flat_scan_dropped(void **state)
+{
+    (void)state;
+    char err[QD_ERRMSG_MAX];
+    qd_ann *a = NULL;
+    assert_int_equal(qd_ann_new(DIM, "Flat", &a, err, sizeof err), 0);
+    assert_int_equal(qd_ann_add(a, base, base_id, NB / 2), 0);
+    qd_alloc_fail_after(0, 0);
+    int rc = qd_ann_add(a, base + NB / 2 * DIM, base_id + NB / 2, NB - NB / 2);
+    qd_alloc_fail_after(-1, 0);
+    assert_int_equal(rc, 0);
+    assert_int_equal(qd_ann_count(a), NB);
+    reset_alive();
+    float sc[NQ * K];
+    int64_t id[NQ * K];
+    assert_int_equal(qd_ann_search(a, near_q, NQ, K, sc, id), 0);
+    for (int i = 0; i < NQ; i++)
+        assert_row_exact(near_q + i * DIM, K, sc + i * K, id + i * K);
+    qd_ann_free(a);
+}
+
 static void test_padding_when_fewer_than_k(void **state)
 {
     (void)state;
@@ -673,13 +744,14 @@ static void test_allocation_failures(void **state)
     size_t len;
     free(small_index_bytes(&len, "alloc.idx"));
     const char *path = qt_path(qt_tmp_dir(), "alloc.idx");
-    for (int which = 0; which < 2; which++) {
+    for (int which = 0; which < 3; which++) {
         int failures = 0;
         for (long n = 0;; n++) {
             qd_ann *a = (qd_ann *)&a;
             qd_alloc_fail_after(n, 0);
-            int rc = which ? qd_ann_load(path, &a, err, sizeof err)
-                           : qd_ann_new(DIM, "SQ8", &a, err, sizeof err);
+            int rc = which == 1   ? qd_ann_load(path, &a, err, sizeof err)
+                     : which == 2 ? qd_ann_new(DIM, "Flat", &a, err, sizeof err)
+                                  : qd_ann_new(DIM, "SQ8", &a, err, sizeof err);
             qd_alloc_fail_after(-1, 0);
             if (rc == 0) {
                 qd_ann_free(a);
@@ -819,6 +891,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_flat_exact),
+        cmocka_unit_test(test_flat_scan_matches_faiss),
+        cmocka_unit_test(test_flat_scan_dropped),
         cmocka_unit_test(test_padding_when_fewer_than_k),
         cmocka_unit_test(test_hnsw),
         cmocka_unit_test(test_ivf),

@@ -13,6 +13,11 @@
  * assumes a removal shifts the vectors after it, which IVF does not do, so removing
  * from an IDMap-wrapped IVF corrupts the id mapping.
  *
+ * Exact search (Flat) does not go through FAISS's search: qd_ann keeps 8-bit codes of
+ * the vectors beside FAISS's floats and answers a batch of queries with one pass over
+ * them (flatscan.h), re-scoring the best candidates exactly; pass concurrent queries to
+ * one qd_ann_search call to share that pass.
+ *
  * What each kind can do (FAISS 1.7.3 through its C API):
  *   - remove: Flat, SQ, IVF yes; HNSW no (qd_ann_remove gives QD_ERR_UNSUPPORTED and
  *     the caller keeps a tombstone list instead). qd_ann_can_remove() says which.
@@ -131,8 +136,12 @@ const char *qd_ann_spec(const qd_ann *a);
 /* Sets a search-time parameter through FAISS's ParameterSpace: "nprobe" (IVF lists
  * visited per query) or "efSearch" (HNSW candidate list size); both take an integer
  * >= 1, and FAISS saves them in the index file. Other FAISS parameter names are
- * passed through. QD_ERR_INVAL for a bad value or a parameter the kind does not have
- * ("nprobe" on Flat). A writer: no searches may run meanwhile. */
+ * passed through. The exact index (Flat) has two of qd_ann's own, not saved:
+ * "rescore", candidates per query re-scored from the float vectors after the 8-bit
+ * scan (default max(4k, 64)), and "flatscan", 0 to search through FAISS's own exact
+ * search instead of the 8-bit scan, 1 (the default) to go back. QD_ERR_INVAL for a bad
+ * value or a parameter the kind does not have ("nprobe" on Flat). A writer: no
+ * searches may run meanwhile. */
 int qd_ann_set_param(qd_ann *a, const char *name, double value);
 
 /* Bounds the OpenMP threads FAISS uses inside each qd_ann call, process-wide; n < 1

@@ -1,0 +1,678 @@
+/*
+ * flatscan.c - exact inner-product search by one pass over 8-bit codes, then exact
+ * re-scoring of the best candidates from the float vectors.
+ *
+ * Codes: each vector x is stored as s * c with s = max |x_i| / 127 and c_i =
+ * round(x_i / s) in -127..127; a query is quantized the same way (its own scale only
+ * multiplies all of its scores, so it is dropped). The candidate score of a vector is
+ * (float)(c_q . c_x) * s_x: an integer dot product, exact in every kernel, then one
+ * float multiply, so all kernels agree bit for bit. Its error against the float inner
+ * product is about 1e-3 for unit vectors of 128 components, which is why the best
+ * `rescore` candidates (64 by default), not k, are scored again exactly.
+ *
+ * Exactness is checked, not hoped for. With q = s_q c_q + e_q and x = s_x c_x + e_x
+ * (every |e_i| at most half a step), q.x - s_q s_x c_q.c_x = s_q c_q.e_x + e_q.x, so
+ * a candidate score is off by at most E = s_x ||s_q c_q||_1 / 2 + s_q ||x||_1 / 2, and
+ * the largest s_x and ||x||_1 held bound it for every vector. After re-scoring, if the
+ * k-th exact score beats the best candidate score left out of the heaps by more than E,
+ * no vector left out can be in the top k and the answer is exact. Otherwise (crowded
+ * neighbourhoods: many vectors within E of each other) that query is scanned again,
+ * keeping every vector whose candidate score comes within E of the k-th exact score,
+ * and all of those are re-scored.
+ *
+ * Layout: vectors are grouped in blocks of 16; inside a block the codes run by groups
+ * of 4 components, and for each group the 4 bytes of vector 0, then vector 1, ... So one
+ * 64-byte load holds 4 components of all 16 vectors, and a kernel multiplies it by the
+ * query's 4 codes for that group broadcast to every lane: each 32-bit lane accumulates
+ * one vector's dot product, and the 16 scores of a block come out in one register with
+ * no horizontal sums. AVX-512 VNNI does a group in one instruction (vpdpbusd, which
+ * wants an unsigned operand: the query's codes + 128, corrected afterwards by 128 times
+ * the vector's code sum); AVX2 uses vpmaddubsw on |x| and sign(x) * q (at most 2 * 127 *
+ * 127 per 16-bit pair, so it never saturates) and vpmaddwd to widen. The components are
+ * padded with zero codes to a multiple of 4, and the last block with zero vectors, which
+ * the search masks out.
+ *
+ * A search takes queries in a batch: for each block, every query of the batch is scored
+ * against it while it sits in the L1 cache, and a query keeps its best candidates in a
+ * min-heap whose smallest score is the bar the kernel compares against (the kernel
+ * returns the mask of lanes above it, so most blocks cost no scalar work). With several
+ * OpenMP threads the blocks are split between them, each with its own heaps; all their
+ * candidates are then re-scored in double precision from the float vectors.
+ */
+#include "flatscan_impl.h"
+
+#include <immintrin.h>
+#include <stdatomic.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qdup/common.h"
+
+#define FS_BLOCK 16 /* vectors per block */
+#define FS_GROUP 4  /* components per group */
+
+/* Below this many code bytes times queries a search stays on one thread: starting
+ * OpenMP's team costs more than it saves. */
+#define FS_PARALLEL_MIN ((size_t)1 << 21)
+
+/* Scores one block (FS_BLOCK vectors) for one query: out (16) gets the candidate scores,
+ * the result has bit v set where out[v] > bar. qs and qu are the query's signed codes
+ * and the same + 128, dim4 * 4 bytes each. */
+typedef unsigned (*fs_kernel_fn)(const int8_t *blk, size_t dim4, const int8_t *qs,
+                                 const uint8_t *qu, const float *scale, const int32_t *csum,
+                                 float bar, float *out);
+
+struct fs_kernel {
+    const char *name;   /* as qd_flatscan_kernel() reports it */
+    fs_kernel_fn fn;    /* the block kernel */
+    int (*runs)(void);  /* 1 if this processor can run it */
+};
+
+struct qd_flatscan {
+    int dim;                     /* vector dimension */
+    size_t dim4;                 /* groups of 4 components: ceil(dim / 4) */
+    size_t n;                    /* vectors held */
+    size_t cap;                  /* blocks allocated */
+    int8_t *codes;               /* (cap, dim4, FS_BLOCK, FS_GROUP) codes, block layout */
+    float *scale;                /* (cap * FS_BLOCK) per-vector scale, 0 past n */
+    int32_t *csum;               /* (cap * FS_BLOCK) sum of each vector's codes */
+    float max_scale;             /* largest scale of a vector held (0 if none) */
+    float max_l1;                /* largest sum of |x_i| of a vector held (0 if none) */
+    const struct fs_kernel *kern; /* kernel in use */
+    atomic_size_t nsearched;     /* queries searched so far */
+    atomic_size_t nsecond;       /* of which needed a second pass */
+};
+
+/* --- kernels ---------------------------------------------------------------------------- */
+
+static unsigned fs_kernel_generic(const int8_t *blk, size_t dim4, const int8_t *qs,
+                                  const uint8_t *qu, const float *scale, const int32_t *csum,
+                                  float bar, float *out)
+{
+    (void)qu;
+    (void)csum;
+    int32_t acc[FS_BLOCK] = {0};
+    for (size_t g = 0; g < dim4; g++) {
+        const int8_t *x = blk + g * FS_BLOCK * FS_GROUP;
+        const int8_t *q = qs + g * FS_GROUP;
+        for (int v = 0; v < FS_BLOCK; v++) {
+            const int8_t *xv = x + v * FS_GROUP;
+            acc[v] += xv[0] * q[0] + xv[1] * q[1] + xv[2] * q[2] + xv[3] * q[3];
+        }
+    }
+    unsigned mask = 0;
+    for (int v = 0; v < FS_BLOCK; v++) {
+        out[v] = (float)acc[v] * scale[v];
+        if (out[v] > bar)
+            mask |= 1u << v;
+    }
+    return mask;
+}
+
+static int fs_runs_generic(void)
+{
+    return 1;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FS_X86 1
+
+__attribute__((target("avx2"))) static unsigned
+fs_kernel_avx2(const int8_t *blk, size_t dim4, const int8_t *qs, const uint8_t *qu,
+               const float *scale, const int32_t *csum, float bar, float *out)
+{
+    (void)qu;
+    (void)csum;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+    for (size_t g = 0; g < dim4; g++) {
+        int32_t qw;
+        memcpy(&qw, qs + g * FS_GROUP, sizeof qw);
+        __m256i qb = _mm256_set1_epi32(qw);
+        const int8_t *x = blk + g * FS_BLOCK * FS_GROUP;
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)x);
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 32));
+        __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(x0), _mm256_sign_epi8(qb, x0));
+        __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(x1), _mm256_sign_epi8(qb, x1));
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(p0, ones));
+        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(p1, ones));
+    }
+    __m256 f0 = _mm256_mul_ps(_mm256_cvtepi32_ps(lo), _mm256_loadu_ps(scale));
+    __m256 f1 = _mm256_mul_ps(_mm256_cvtepi32_ps(hi), _mm256_loadu_ps(scale + 8));
+    _mm256_storeu_ps(out, f0);
+    _mm256_storeu_ps(out + 8, f1);
+    __m256 b = _mm256_set1_ps(bar);
+    return (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(f0, b, _CMP_GT_OQ)) |
+           (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(f1, b, _CMP_GT_OQ)) << 8;
+}
+
+static int fs_runs_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static unsigned
+fs_kernel_avx512vnni(const int8_t *blk, size_t dim4, const int8_t *qs, const uint8_t *qu,
+                     const float *scale, const int32_t *csum, float bar, float *out)
+{
+    (void)qs;
+    /* Four accumulators: vpdpbusd's latency is several cycles, its throughput one. */
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    const int8_t *x = blk;
+    size_t g = 0;
+    for (; g + 4 <= dim4; g += 4, x += 4 * FS_BLOCK * FS_GROUP) {
+        int32_t w[4];
+        memcpy(w, qu + g * FS_GROUP, sizeof w);
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(w[0]), _mm512_loadu_si512(x));
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_set1_epi32(w[1]), _mm512_loadu_si512(x + 64));
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_set1_epi32(w[2]), _mm512_loadu_si512(x + 128));
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_set1_epi32(w[3]), _mm512_loadu_si512(x + 192));
+    }
+    for (; g < dim4; g++, x += FS_BLOCK * FS_GROUP) {
+        int32_t w;
+        memcpy(&w, qu + g * FS_GROUP, sizeof w);
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_set1_epi32(w), _mm512_loadu_si512(x));
+    }
+    __m512i acc = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+    /* (c_q + 128) . c_x = c_q . c_x + 128 sum(c_x) */
+    acc = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_loadu_si512(csum), 7));
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(scale));
+    _mm512_storeu_ps(out, f);
+    return (unsigned)_mm512_cmp_ps_mask(f, _mm512_set1_ps(bar), _CMP_GT_OQ);
+}
+
+static int fs_runs_avx512vnni(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+#endif
+
+/* Best first: the first one this processor runs is the default. */
+static const struct fs_kernel fs_kernels[] = {
+#ifdef FS_X86
+    {"avx512vnni", fs_kernel_avx512vnni, fs_runs_avx512vnni},
+    {"avx2", fs_kernel_avx2, fs_runs_avx2},
+#endif
+    {"generic", fs_kernel_generic, fs_runs_generic},
+};
+#define FS_NKERNELS (sizeof fs_kernels / sizeof fs_kernels[0])
+
+/* --- codes ------------------------------------------------------------------------------ */
+
+void qd_flatscan_quantize(const float *x, int dim, int8_t *codes, float *scale)
+{
+    size_t padded = ((size_t)dim + FS_GROUP - 1) / FS_GROUP * FS_GROUP;
+    float m = 0;
+    for (int i = 0; i < dim; i++)
+        m = fmaxf(m, fabsf(x[i]));
+    float s = m / 127.0f;
+    memset(codes, 0, padded);
+    if (s > 0 && isfinite(s)) {
+        float inv = 1.0f / s;
+        for (int i = 0; i < dim; i++) {
+            /* |x[i]| * inv can round to a hair over 127. */
+            long c = lrintf(x[i] * inv);
+            codes[i] = (int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
+        }
+    } else {
+        s = 0;
+    }
+    *scale = s;
+}
+
+/* Where component group g of the vector at position pos starts. */
+static int8_t *fs_slot(const qd_flatscan *fs, size_t pos, size_t g)
+{
+    size_t b = pos / FS_BLOCK, v = pos % FS_BLOCK;
+    return fs->codes + (b * fs->dim4 + g) * FS_BLOCK * FS_GROUP + v * FS_GROUP;
+}
+
+void qd_flatscan_code(const qd_flatscan *fs, size_t pos, int8_t *codes, float *scale)
+{
+    QD_ASSERT(pos < fs->n);
+    for (size_t g = 0; g < fs->dim4; g++)
+        memcpy(codes + g * FS_GROUP, fs_slot(fs, pos, g), FS_GROUP);
+    *scale = fs->scale[pos];
+}
+
+/* --- new, free, add --------------------------------------------------------------------- */
+
+int qd_flatscan_new(int dim, qd_flatscan **out)
+{
+    *out = NULL;
+    if (dim < 1 || dim > 65536)
+        return QD_ERR_INVAL;
+    qd_flatscan *fs = qd_calloc(1, sizeof *fs);
+    if (!fs)
+        return QD_ERR_NOMEM;
+    fs->dim = dim;
+    fs->dim4 = ((size_t)dim + FS_GROUP - 1) / FS_GROUP;
+    for (size_t i = 0; i < FS_NKERNELS; i++)
+        if (fs_kernels[i].runs()) {
+            fs->kern = &fs_kernels[i];
+            break;
+        }
+    *out = fs;
+    return 0;
+}
+
+void qd_flatscan_free(qd_flatscan *fs)
+{
+    if (!fs)
+        return;
+    qd_free(fs->codes);
+    qd_free(fs->scale);
+    qd_free(fs->csum);
+    qd_free(fs);
+}
+
+/* Makes room for at least `blocks` blocks; the new space is zero (padding vectors). */
+static int fs_reserve(qd_flatscan *fs, size_t blocks)
+{
+    if (blocks <= fs->cap)
+        return 0;
+    size_t cap = fs->cap ? fs->cap : 64;
+    while (cap < blocks)
+        cap *= 2;
+    size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;
+    if (cap > SIZE_MAX / bbytes)
+        return QD_ERR_NOMEM;
+    int8_t *codes = qd_realloc(fs->codes, cap * bbytes);
+    if (!codes)
+        return QD_ERR_NOMEM;
+    fs->codes = codes;
+    float *scale = qd_reallocarray(fs->scale, cap * FS_BLOCK, sizeof *scale);
+    if (!scale)
+        return QD_ERR_NOMEM;
+    fs->scale = scale;
+    int32_t *csum = qd_reallocarray(fs->csum, cap * FS_BLOCK, sizeof *csum);
+    if (!csum)
+        return QD_ERR_NOMEM;
+    fs->csum = csum;
+    memset(fs->codes + fs->cap * bbytes, 0, (cap - fs->cap) * bbytes);
+    memset(fs->scale + fs->cap * FS_BLOCK, 0, (cap - fs->cap) * FS_BLOCK * sizeof *scale);
+    memset(fs->csum + fs->cap * FS_BLOCK, 0, (cap - fs->cap) * FS_BLOCK * sizeof *csum);
+    fs->cap = cap;
+    return 0;
+}
+
+int qd_flatscan_add(qd_flatscan *fs, const float *x, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (n > SIZE_MAX / 2 - fs->n)
+        return QD_ERR_NOMEM;
+    int rc = fs_reserve(fs, (fs->n + n + FS_BLOCK - 1) / FS_BLOCK);
+    if (rc != 0)
+        return rc;
+    int8_t *code = qd_malloc(fs->dim4 * FS_GROUP);
+    if (!code)
+        return QD_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        size_t pos = fs->n + i;
+        qd_flatscan_quantize(x + i * (size_t)fs->dim, fs->dim, code, &fs->scale[pos]);
+        int32_t sum = 0;
+        for (size_t g = 0; g < fs->dim4; g++) {
+            memcpy(fs_slot(fs, pos, g), code + g * FS_GROUP, FS_GROUP);
+            for (int t = 0; t < FS_GROUP; t++)
+                sum += code[g * FS_GROUP + t];
+        }
+        fs->csum[pos] = sum;
+        float l1 = 0;
+        for (int j = 0; j < fs->dim; j++)
+            l1 += fabsf(x[i * (size_t)fs->dim + (size_t)j]);
+        fs->max_l1 = fmaxf(fs->max_l1, l1);
+        fs->max_scale = fmaxf(fs->max_scale, fs->scale[pos]);
+    }
+    qd_free(code);
+    fs->n += n;
+    return 0;
+}
+
+void qd_flatscan_clear(qd_flatscan *fs)
+{
+    if (fs->cap) {
+        memset(fs->codes, 0, fs->cap * fs->dim4 * FS_BLOCK * FS_GROUP);
+        memset(fs->scale, 0, fs->cap * FS_BLOCK * sizeof *fs->scale);
+        memset(fs->csum, 0, fs->cap * FS_BLOCK * sizeof *fs->csum);
+    }
+    fs->n = 0;
+    fs->max_scale = 0;
+    fs->max_l1 = 0;
+}
+
+size_t qd_flatscan_count(const qd_flatscan *fs)
+{
+    return fs->n;
+}
+
+const char *qd_flatscan_kernel(const qd_flatscan *fs)
+{
+    return fs->kern->name;
+}
+
+int qd_flatscan_set_kernel(qd_flatscan *fs, const char *name)
+{
+    for (size_t i = 0; i < FS_NKERNELS; i++)
+        if (strcmp(fs_kernels[i].name, name) == 0) {
+            if (!fs_kernels[i].runs())
+                return QD_ERR_UNSUPPORTED;
+            fs->kern = &fs_kernels[i];
+            return 0;
+        }
+#ifndef FS_X86
+    if (strcmp(name, "avx2") == 0 || strcmp(name, "avx512vnni") == 0)
+        return QD_ERR_UNSUPPORTED;
+#endif
+    return QD_ERR_INVAL;
+}
+
+/* --- search ------------------------------------------------------------------------------ */
+
+/* A candidate: its score and position. */
+struct fs_cand {
+    float score; /* candidate score, then the exact one */
+    int64_t pos; /* position of the vector */
+};
+
+/* A min-heap of at most cap candidates: the root is the weakest kept. */
+struct fs_heap {
+    struct fs_cand *c; /* (cap) the kept candidates, heap-ordered */
+    size_t n;          /* how many are kept */
+    size_t cap;        /* how many may be kept */
+};
+
+/* The score a candidate must beat to enter the heap. */
+static float fs_heap_bar(const struct fs_heap *h)
+{
+    return h->n < h->cap ? -INFINITY : h->c[0].score;
+}
+
+static void fs_heap_push(struct fs_heap *h, float score, int64_t pos)
+{
+    struct fs_cand *c = h->c;
+    size_t i;
+    if (h->n < h->cap) {
+        /* Sift up from the new leaf. */
+        i = h->n++;
+        while (i > 0 && c[(i - 1) / 2].score > score) {
+            c[i] = c[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+    } else {
+        if (!(score > c[0].score))
+            return;
+        /* Replace the root and sift down. */
+        i = 0;
+        for (;;) {
+            size_t l = 2 * i + 1, m = i;
+            float ms = score;
+            if (l < h->n && c[l].score < ms) {
+                m = l;
+                ms = c[l].score;
+            }
+            if (l + 1 < h->n && c[l + 1].score < ms)
+                m = l + 1;
+            if (m == i)
+                break;
+            c[i] = c[m];
+            i = m;
+        }
+    }
+    c[i].score = score;
+    c[i].pos = pos;
+}
+
+/* The exact inner product, accumulated in double: the score returned to the caller. */
+static float fs_dot(const float *a, const float *b, int dim)
+{
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int i = 0;
+    for (; i + 4 <= dim; i += 4) {
+        s0 += (double)a[i] * b[i];
+        s1 += (double)a[i + 1] * b[i + 1];
+        s2 += (double)a[i + 2] * b[i + 2];
+        s3 += (double)a[i + 3] * b[i + 3];
+    }
+    for (; i < dim; i++)
+        s0 += (double)a[i] * b[i];
+    return (float)((s0 + s1) + (s2 + s3));
+}
+
+/* Best first; equal scores by position. */
+static int fs_cand_cmp(const void *pa, const void *pb)
+{
+    const struct fs_cand *a = pa, *b = pb;
+    if (a->score != b->score)
+        return a->score > b->score ? -1 : 1;
+    return (a->pos > b->pos) - (a->pos < b->pos);
+}
+
+/* Scans blocks [b0, b1) for every query, pushing candidates into heaps (nq). */
+static void fs_scan(const qd_flatscan *fs, size_t b0, size_t b1, const int8_t *qs,
+                    const uint8_t *qu, size_t nq, struct fs_heap *heaps)
+{
+    size_t qbytes = fs->dim4 * FS_GROUP;
+    size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;
+    fs_kernel_fn kern = fs->kern->fn;
+    float out[FS_BLOCK];
+    for (size_t b = b0; b < b1; b++) {
+        const int8_t *blk = fs->codes + b * bbytes;
+        size_t first = b * FS_BLOCK;
+        size_t valid = fs->n - first < FS_BLOCK ? fs->n - first : FS_BLOCK;
+        unsigned live = valid == FS_BLOCK ? 0xffffu : (1u << valid) - 1;
+        for (size_t j = 0; j < nq; j++) {
+            struct fs_heap *h = &heaps[j];
+            unsigned mask = kern(blk, fs->dim4, qs + j * qbytes, qu + j * qbytes,
+                                 fs->scale + first, fs->csum + first, fs_heap_bar(h), out);
+            mask &= live;
+            while (mask) {
+                int v = __builtin_ctz(mask);
+                mask &= mask - 1;
+                fs_heap_push(h, out[v], (int64_t)(first + (size_t)v));
+            }
+        }
+    }
+}
+
+int qd_flatscan_approx(const qd_flatscan *fs, const float *q, float *out)
+{
+    size_t qbytes = fs->dim4 * FS_GROUP;
+    int8_t *qs = qd_malloc(2 * qbytes);
+    if (!qs)
+        return QD_ERR_NOMEM;
+    uint8_t *qu = (uint8_t *)qs + qbytes;
+    float qscale, blk_out[FS_BLOCK];
+    qd_flatscan_quantize(q, fs->dim, qs, &qscale);
+    for (size_t i = 0; i < qbytes; i++)
+        qu[i] = (uint8_t)(qs[i] + 128);
+    size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;
+    for (size_t b = 0; b * FS_BLOCK < fs->n; b++) {
+        fs->kern->fn(fs->codes + b * bbytes, fs->dim4, qs, qu, fs->scale + b * FS_BLOCK,
+                     fs->csum + b * FS_BLOCK, -INFINITY, blk_out);
+        for (size_t v = 0; v < FS_BLOCK && b * FS_BLOCK + v < fs->n; v++)
+            out[b * FS_BLOCK + v] = blk_out[v];
+    }
+    qd_free(qs);
+    return 0;
+}
+
+/* A growable list of candidates. */
+struct fs_list {
+    struct fs_cand *c; /* (cap) candidates */
+    size_t n;          /* how many are held */
+    size_t cap;        /* how many fit */
+};
+
+static int fs_list_push(struct fs_list *l, float score, int64_t pos)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 256;
+        struct fs_cand *c = qd_reallocarray(l->c, cap, sizeof *c);
+        if (!c)
+            return QD_ERR_NOMEM;
+        l->c = c;
+        l->cap = cap;
+    }
+    l->c[l->n++] = (struct fs_cand){score, pos};
+    return 0;
+}
+
+/* The second pass for one query: every vector whose candidate score is above bar. */
+static int fs_collect(const qd_flatscan *fs, const int8_t *qs, const uint8_t *qu, float bar,
+                      struct fs_list *l)
+{
+    size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;
+    float out[FS_BLOCK];
+    l->n = 0;
+    for (size_t b = 0; b * FS_BLOCK < fs->n; b++) {
+        size_t first = b * FS_BLOCK;
+        unsigned mask = fs->kern->fn(fs->codes + b * bbytes, fs->dim4, qs, qu,
+                                     fs->scale + first, fs->csum + first, bar, out);
+        while (mask) {
+            size_t v = (size_t)__builtin_ctz(mask);
+            mask &= mask - 1;
+            if (first + v < fs->n && fs_list_push(l, out[v], (int64_t)(first + v)) != 0)
+                return QD_ERR_NOMEM;
+        }
+    }
+    return 0;
+}
+
+/* Replaces the candidate scores in c (m) by exact ones and sorts them best first. */
+static void fs_rescore(const qd_flatscan *fs, const float *xb, const float *q,
+                       struct fs_cand *c, size_t m)
+{
+    for (size_t i = 0; i < m; i++)
+        c[i].score = fs_dot(q, xb + (size_t)c[i].pos * (size_t)fs->dim, fs->dim);
+    qsort(c, m, sizeof *c, fs_cand_cmp);
+}
+
+int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, size_t nq,
+                       size_t k, size_t rescore, float *scores, int64_t *pos)
+{
+    if (nq == 0)
+        return 0;
+    if (k == 0)
+        return QD_ERR_INVAL;
+    if (nq > SIZE_MAX / k)
+        return QD_ERR_RANGE;
+    for (size_t i = 0; i < nq * k; i++) {
+        scores[i] = -INFINITY;
+        pos[i] = -1;
+    }
+    if (fs->n == 0)
+        return 0;
+    size_t r = rescore ? rescore : (4 * k > 64 ? 4 * k : 64);
+    if (r < k)
+        r = k;
+    if (r > fs->n)
+        r = fs->n;
+
+    size_t nblocks = (fs->n + FS_BLOCK - 1) / FS_BLOCK;
+    size_t qbytes = fs->dim4 * FS_GROUP;
+    int nt = 1;
+    if (fs->n * qbytes * nq >= FS_PARALLEL_MIN) {
+        nt = omp_get_max_threads();
+        if ((size_t)nt > nblocks)
+            nt = (int)nblocks;
+        if (nt < 1)
+            nt = 1;
+    }
+    if (nq > SIZE_MAX / 2 / qbytes || nq > SIZE_MAX / (size_t)nt / r / sizeof(struct fs_cand))
+        return QD_ERR_RANGE;
+
+    int rc = QD_ERR_NOMEM;
+    struct fs_list extra = {0};
+    int8_t *qs = qd_malloc(2 * nq * qbytes);
+    float *qscale = qd_mallocarray(nq, 2 * sizeof *qscale);
+    struct fs_heap *heaps = qd_mallocarray((size_t)nt * nq, sizeof *heaps);
+    struct fs_cand *cands = qd_mallocarray((size_t)nt * nq * r, sizeof *cands);
+    struct fs_cand *all = qd_mallocarray((size_t)nt * r, sizeof *all);
+    if (!qs || !qscale || !heaps || !cands || !all)
+        goto out;
+    uint8_t *qu = (uint8_t *)qs + nq * qbytes;
+    float *qerr = qscale + nq; /* (nq) E of each query, in exact-score units */
+    for (size_t j = 0; j < nq; j++) {
+        int8_t *c = qs + j * qbytes;
+        qd_flatscan_quantize(q + j * (size_t)fs->dim, fs->dim, c, &qscale[j]);
+        float l1 = 0;
+        for (size_t i = 0; i < qbytes; i++) {
+            qu[j * qbytes + i] = (uint8_t)(c[i] + 128);
+            l1 += (float)abs(c[i]);
+        }
+        /* The bound, plus slack for the float rounding of both kinds of score. */
+        float e = fs->max_scale * qscale[j] * l1 / 2 + qscale[j] * fs->max_l1 / 2;
+        qerr[j] = e * 1.001f + 1e-5f;
+    }
+    for (size_t h = 0; h < (size_t)nt * nq; h++)
+        heaps[h] = (struct fs_heap){cands + h * r, 0, r};
+
+    if (nt == 1) {
+        fs_scan(fs, 0, nblocks, qs, qu, nq, heaps);
+    } else {
+#pragma omp parallel num_threads(nt)
+        {
+            size_t t = (size_t)omp_get_thread_num(), tn = (size_t)omp_get_num_threads();
+            /* A smaller team than asked for leaves the later heaps empty. */
+            fs_scan(fs, nblocks * t / tn, nblocks * (t + 1) / tn, qs, qu, nq, heaps + t * nq);
+        }
+    }
+
+    /* Re-score every query's candidates exactly and keep the k best. The candidates of
+     * query j sit in the heaps j, nq + j, 2 nq + j, ... */
+    size_t nsecond = 0;
+    for (size_t j = 0; j < nq; j++) {
+        size_t m = 0;
+        float left_out = -INFINITY; /* best candidate score a full heap turned away */
+        for (int t = 0; t < nt; t++) {
+            const struct fs_heap *h = &heaps[(size_t)t * nq + j];
+            memcpy(all + m, h->c, h->n * sizeof *all);
+            m += h->n;
+            if (h->n == h->cap)
+                left_out = fmaxf(left_out, h->c[0].score);
+        }
+        const float *qj = q + j * (size_t)fs->dim;
+        fs_rescore(fs, xb, qj, all, m);
+        const struct fs_cand *best = all;
+        if (m >= k && left_out > -INFINITY) {
+            float kth = all[k - 1].score;
+            if (!(left_out * qscale[j] + qerr[j] < kth)) {
+                /* Not provably exact: keep every vector that could reach kth. */
+                float bar = qscale[j] > 0 ? (kth - qerr[j]) / qscale[j] : -INFINITY;
+                if (fs_collect(fs, qs + j * qbytes, qu + j * qbytes, bar, &extra) != 0)
+                    goto out;
+                fs_rescore(fs, xb, qj, extra.c, extra.n);
+                best = extra.c;
+                m = extra.n;
+                nsecond++;
+            }
+        }
+        for (size_t i = 0; i < m && i < k; i++) {
+            scores[j * k + i] = best[i].score;
+            pos[j * k + i] = best[i].pos;
+        }
+    }
+    atomic_fetch_add_explicit((atomic_size_t *)&fs->nsearched, nq, memory_order_relaxed);
+    atomic_fetch_add_explicit((atomic_size_t *)&fs->nsecond, nsecond, memory_order_relaxed);
+    rc = 0;
+out:
+    qd_free(extra.c);
+    qd_free(all);
+    qd_free(qs);
+    qd_free(qscale);
+    qd_free(heaps);
+    qd_free(cands);
+    return rc;
+}
+
+void qd_flatscan_stats(const qd_flatscan *fs, size_t *searched, size_t *second)
+{
+    *searched = atomic_load(&fs->nsearched);
+    *second = atomic_load(&fs->nsecond);
+}
