@@ -321,7 +321,7 @@ int qd_fit_scoring(const qd_model *m, const qd_pairs *train, const qd_pairs *val
     }
     for (size_t i = 0; i < valid->n; i++)
         p[i] = qd_head_prob(&out->head, feat + i * QD_HEAD_NFEAT);
-    out->min_p = (float)qd_best_threshold(p, valid->dup, valid->n, &r.acc_at_min_p);
+    out->min_p = (float)qd_pairs_best_threshold(p, valid->dup, valid->n, &r.acc_at_min_p);
     if (!(out->min_p >= 0))
         out->min_p = 0;
     if (out->min_p > 1)

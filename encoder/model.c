@@ -514,7 +514,6 @@ int qd_model_save(qd_model *m, const char *path, char *err, size_t errlen)
 
 const qd_model_hdr *qd_model_header(const qd_model *m) { return &m->hdr; }
 const qd_vocab *qd_model_vocab(const qd_model *m) { return m->vocab; }
-qd_params *qd_model_params(qd_model *m) { return &m->p; }
 const qd_params *qd_model_cparams(const qd_model *m) { return &m->p; }
 const char *qd_model_fingerprint(const qd_model *m) { return m->fingerprint; }
 const qd_model_scoring *qd_model_get_scoring(const qd_model *m) { return &m->scoring; }

@@ -136,7 +136,7 @@ static long split_quoted(const char *s, const char *end, char *buf, char **field
     }
 }
 
-int qd_parse_qid(const char *s, size_t n, int64_t *out)
+int qd_pairs_parse_qid(const char *s, size_t n, int64_t *out)
 {
     if (n == 0 || n > 18)
         return -1;
@@ -281,8 +281,8 @@ int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), vo
             why = "is_duplicate is not 0 or 1";
         else if (flen[c_q1] == 0 || flen[c_q2] == 0)
             why = "empty question";
-        else if ((c_id1 >= 0 && qd_parse_qid(field[c_id1], flen[c_id1], &id1)) ||
-                 (c_id2 >= 0 && qd_parse_qid(field[c_id2], flen[c_id2], &id2)))
+        else if ((c_id1 >= 0 && qd_pairs_parse_qid(field[c_id1], flen[c_id1], &id1)) ||
+                 (c_id2 >= 0 && qd_pairs_parse_qid(field[c_id2], flen[c_id2], &id2)))
             why = "qid is not a number";
         else if (c_grade >= 0 && (flen[c_grade] != 1 || field[c_grade][0] < '0' ||
                                   field[c_grade][0] > '9'))
@@ -354,7 +354,7 @@ static scored *sorted_scores(const float *scores, const uint8_t *labels, size_t 
     return v;
 }
 
-double qd_auc(const float *scores, const uint8_t *labels, size_t n)
+double qd_pairs_auc(const float *scores, const uint8_t *labels, size_t n)
 {
     scored *v = sorted_scores(scores, labels, n);
     if (!v)
@@ -381,7 +381,8 @@ double qd_auc(const float *scores, const uint8_t *labels, size_t n)
     return (rank_sum - (double)npos * (double)(npos + 1) / 2.0) / ((double)npos * (double)nneg);
 }
 
-double qd_accuracy_at(const float *scores, const uint8_t *labels, size_t n, double threshold)
+double qd_pairs_accuracy_at(const float *scores, const uint8_t *labels, size_t n,
+                            double threshold)
 {
     size_t right = 0;
     for (size_t i = 0; i < n; i++)
@@ -389,7 +390,8 @@ double qd_accuracy_at(const float *scores, const uint8_t *labels, size_t n, doub
     return n ? (double)right / (double)n : 0;
 }
 
-double qd_best_threshold(const float *scores, const uint8_t *labels, size_t n, double *acc)
+double qd_pairs_best_threshold(const float *scores, const uint8_t *labels, size_t n,
+                               double *acc)
 {
     scored *v = sorted_scores(scores, labels, n);
     if (!v || n == 0) {
@@ -442,8 +444,8 @@ static int cmp_ranked(const void *a, const void *b)
     return (x->i > y->i) - (x->i < y->i);
 }
 
-double qd_map(const float *scores, const int64_t *group, const int8_t *grade, size_t n,
-              int min_grade, size_t *ngroups)
+double qd_pairs_map(const float *scores, const int64_t *group, const int8_t *grade, size_t n,
+                    int min_grade, size_t *ngroups)
 {
     if (ngroups)
         *ngroups = 0;

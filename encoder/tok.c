@@ -352,14 +352,18 @@ int qd_tok_split(qd_tokbuf *tb, const char *text, size_t len, size_t max_tokens)
 
 /* --- n-grams and token ids --------------------------------------------------------- */
 
-uint32_t qd_tok_ngram_hash(const char *s, size_t n)
+uint32_t qd_tok_ngram_hash_more(uint32_t h, const char *s, size_t n)
 {
-    uint32_t h = 2166136261u;
     for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)s[i];
         h *= 16777619u;
     }
     return h;
+}
+
+uint32_t qd_tok_ngram_hash(const char *s, size_t n)
+{
+    return qd_tok_ngram_hash_more(2166136261u, s, n); /* FNV-1a's offset basis */
 }
 
 void qd_tokseqs_init(qd_tokseqs *s)
@@ -437,23 +441,22 @@ static size_t ngram_count(size_t L, size_t lo, size_t hi)
 static size_t ngram_rows(const char *w, size_t n, const qd_tok_cfg *cfg, int32_t v,
                          int32_t *rows)
 {
-    unsigned char b[QD_TOK_MAX_BYTES + 2];
+    char b[QD_TOK_MAX_BYTES + 2];
     uint8_t cps[QD_TOK_MAX_BYTES + 3]; /* byte offset of each code point of b, and the end */
     size_t nb = n + 2, L = 0, r = 0;
     b[0] = '<';
     memcpy(b + 1, w, n);
     b[nb - 1] = '>';
     for (size_t i = 0; i < nb; i++)
-        if ((b[i] & 0xC0) != 0x80)
+        if (((unsigned char)b[i] & 0xC0) != 0x80)
             cps[L++] = (uint8_t)i;
     cps[L] = (uint8_t)nb;
     for (size_t i = 0; i < L; i++) {
-        uint32_t h = 2166136261u; /* FNV-1a 32, continued code point by code point */
+        /* The n-gram of k code points from i continues the hash of the one of k - 1. */
+        uint32_t h = qd_tok_ngram_hash("", 0);
         for (size_t k = 1; k <= cfg->ngram_max && i + k <= L; k++) {
-            for (size_t j = cps[i + k - 1]; j < cps[i + k]; j++) {
-                h ^= b[j];
-                h *= 16777619u;
-            }
+            h = qd_tok_ngram_hash_more(h, b + cps[i + k - 1],
+                                       (size_t)(cps[i + k] - cps[i + k - 1]));
             if (k >= cfg->ngram_min)
                 rows[r++] = v + (int32_t)(h % cfg->ngram_buckets);
         }

@@ -378,7 +378,7 @@ static int valid_auc(const qd_model *m, const qd_pairs *valid, int threads, doub
         return QD_ERR_NOMEM;
     int rc = qd_score_pairs(m, valid, threads, s);
     if (rc == 0)
-        *auc = qd_auc(s, valid->dup, valid->n);
+        *auc = qd_pairs_auc(s, valid->dup, valid->n);
     qd_free(s);
     return rc;
 }

@@ -1,13 +1,15 @@
 /*
- * train_impl.h - the pieces of training below the trainer: the triplet loss, Adam,
- * gradient clipping and a seeded random number generator. Shared by train.c and the
- * tests; not part of the public API.
+ * train_impl.h - the pieces of training below the trainer: the triplet loss, Adam
+ * and gradient clipping (and, through rng_impl.h, the seeded random numbers). Shared
+ * by train.c and the tests; not part of the public API.
  */
 #ifndef QDUP_TRAIN_IMPL_H
 #define QDUP_TRAIN_IMPL_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "rng_impl.h"
 
 /* --- the triplet loss of the course ---------------------------------------------------- */
 
@@ -62,26 +64,6 @@ void qd_adam_update(const qd_adam *a, float *params, const float *grad, size_t l
 /* Scales grad (n) so its L2 norm is at most max_norm, as torch.nn.utils.clip_grad_norm_
  * does; returns the norm before clipping. */
 double qd_clip_grad_norm(float *grad, size_t n, double max_norm);
-
-/* --- random numbers ---------------------------------------------------------------------- */
-
-/* xoshiro256** seeded by splitmix64: fast, and the same stream on every machine. */
-typedef struct qd_rng {
-    uint64_t s[4]; /* state */
-} qd_rng;
-
-void qd_rng_seed(qd_rng *r, uint64_t seed);
-uint64_t qd_rng_next(qd_rng *r);
-/* Uniform in [0, 1). */
-double qd_rng_uniform(qd_rng *r);
-/* Standard normal (Box-Muller). */
-double qd_rng_normal(qd_rng *r);
-/* Uniform integer in [0, n). */
-uint64_t qd_rng_below(qd_rng *r, uint64_t n);
-/* Fisher-Yates shuffle of n uint32_t. */
-void qd_rng_shuffle(qd_rng *r, uint32_t *v, size_t n);
-
-
 
 /* --- ranking duplicates above labelled non-duplicates ----------------------------------- */
 

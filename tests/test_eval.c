@@ -481,10 +481,10 @@ static void expected_pairs(const qd_model *m, const char *valid, const char *f, 
     assert_int_equal(qd_score_pairs(m, v, 1, vs), 0);
     assert_int_equal(qd_score_pairs(m, t, 1, ts), 0);
     double va;
-    double thr = qd_best_threshold(vs, v->dup, v->n, &va);
-    *acc07 = qd_accuracy_at(ts, t->dup, t->n, 0.7);
-    *acc_thr = qd_accuracy_at(ts, t->dup, t->n, thr);
-    *auc = qd_auc(ts, t->dup, t->n);
+    double thr = qd_pairs_best_threshold(vs, v->dup, v->n, &va);
+    *acc07 = qd_pairs_accuracy_at(ts, t->dup, t->n, 0.7);
+    *acc_thr = qd_pairs_accuracy_at(ts, t->dup, t->n, thr);
+    *auc = qd_pairs_auc(ts, t->dup, t->n);
     free(vs);
     free(ts);
     qd_pairs_free(v);

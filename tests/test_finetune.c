@@ -104,7 +104,7 @@ static double pair_auc(const qd_model *m, const qd_pairs *p, double *gap)
 {
     float *s = malloc(p->n * sizeof *s);
     assert_int_equal(qd_score_pairs(m, p, 1, s), 0);
-    double auc = qd_auc(s, p->dup, p->n), sum[2] = {0, 0};
+    double auc = qd_pairs_auc(s, p->dup, p->n), sum[2] = {0, 0};
     size_t k[2] = {0, 0};
     for (size_t i = 0; i < p->n; i++)
         if (strstr(p->q1[i], "sourdough")) {
@@ -267,16 +267,16 @@ static void test_map(void **state)
     const int64_t g[] = {1, 1, 1, 2, 2, 3};
     const int8_t grade[] = {1, 2, 0, 2, 0, 0};
     size_t groups;
-    qt_assert_near(qd_map(s, g, grade, 6, 1, &groups), (5.0 / 6 + 0.5) / 2, 1e-12);
+    qt_assert_near(qd_pairs_map(s, g, grade, 6, 1, &groups), (5.0 / 6 + 0.5) / 2, 1e-12);
     assert_int_equal(groups, 2);
     /* Only grade 2 relevant: group 1 AP = 1, group 2 AP = 1/2. */
-    qt_assert_near(qd_map(s, g, grade, 6, 2, &groups), 0.75, 1e-12);
+    qt_assert_near(qd_pairs_map(s, g, grade, 6, 2, &groups), 0.75, 1e-12);
     /* Ties keep file order; no relevant pair at all gives 0 over 0 groups. */
     const float tie[] = {0.5f, 0.5f};
     const int64_t g1[] = {4, 4};
     const int8_t gr[] = {0, 1};
-    qt_assert_near(qd_map(tie, g1, gr, 2, 1, &groups), 0.5, 1e-12);
-    qt_assert_near(qd_map(tie, g1, gr, 2, 2, &groups), 0, 1e-12);
+    qt_assert_near(qd_pairs_map(tie, g1, gr, 2, 1, &groups), 0.5, 1e-12);
+    qt_assert_near(qd_pairs_map(tie, g1, gr, 2, 2, &groups), 0, 1e-12);
     assert_int_equal(groups, 0);
 }
 

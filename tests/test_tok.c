@@ -840,6 +840,10 @@ static void test_ngram_hash_known_values(void **state)
     assert_int_equal(qd_tok_ngram_hash("", 0), 0x811c9dc5u);
     assert_int_equal(qd_tok_ngram_hash("a", 1), 0xe40c292cu);
     assert_int_equal(qd_tok_ngram_hash("foobar", 6), 0xbf9cf968u);
+    /* Continued piece by piece (as the tokenizer does), the same hash. */
+    assert_int_equal(qd_tok_ngram_hash_more(qd_tok_ngram_hash("foo", 3), "bar", 3),
+                     0xbf9cf968u);
+    assert_int_equal(qd_tok_ngram_hash_more(qd_tok_ngram_hash("", 0), "a", 1), 0xe40c292cu);
 }
 
 /* The rows one token should get, computed independently: code points of "<tok>" with

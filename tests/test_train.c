@@ -141,21 +141,21 @@ static void test_metrics(void **state)
     float s[6] = {0.9f, 0.8f, 0.7f, 0.6f, 0.5f, 0.4f};
     uint8_t all_right[6] = {1, 1, 1, 0, 0, 0}, inverted[6] = {0, 0, 0, 1, 1, 1};
     uint8_t one_swap[6] = {1, 1, 0, 1, 0, 0};
-    qt_assert_near(qd_auc(s, all_right, 6), 1.0, 1e-12);
-    qt_assert_near(qd_auc(s, inverted, 6), 0.0, 1e-12);
-    qt_assert_near(qd_auc(s, one_swap, 6), 8.0 / 9.0, 1e-12);
+    qt_assert_near(qd_pairs_auc(s, all_right, 6), 1.0, 1e-12);
+    qt_assert_near(qd_pairs_auc(s, inverted, 6), 0.0, 1e-12);
+    qt_assert_near(qd_pairs_auc(s, one_swap, 6), 8.0 / 9.0, 1e-12);
     float tied[4] = {0.5f, 0.5f, 0.5f, 0.5f};
     uint8_t mixed[4] = {1, 0, 1, 0};
-    qt_assert_near(qd_auc(tied, mixed, 4), 0.5, 1e-12);
-    qt_assert_near(qd_accuracy_at(s, all_right, 6, 0.65), 1.0, 1e-12);
-    qt_assert_near(qd_accuracy_at(s, all_right, 6, 0.85), 4.0 / 6.0, 1e-12);
+    qt_assert_near(qd_pairs_auc(tied, mixed, 4), 0.5, 1e-12);
+    qt_assert_near(qd_pairs_accuracy_at(s, all_right, 6, 0.65), 1.0, 1e-12);
+    qt_assert_near(qd_pairs_accuracy_at(s, all_right, 6, 0.85), 4.0 / 6.0, 1e-12);
     double acc;
-    double thr = qd_best_threshold(s, all_right, 6, &acc);
+    double thr = qd_pairs_best_threshold(s, all_right, 6, &acc);
     qt_assert_near(acc, 1.0, 1e-12);
     assert_true(thr > 0.6 && thr < 0.7);
-    thr = qd_best_threshold(s, one_swap, 6, &acc);
+    thr = qd_pairs_best_threshold(s, one_swap, 6, &acc);
     qt_assert_near(acc, 5.0 / 6.0, 1e-12);
-    qt_assert_near(qd_accuracy_at(s, one_swap, 6, thr), acc, 1e-12);
+    qt_assert_near(qd_pairs_accuracy_at(s, one_swap, 6, thr), acc, 1e-12);
 }
 
 /* n duplicate pairs from the shared training data, or made up if it is absent. */

@@ -606,8 +606,8 @@ static int cmd_train(const bench_opts *o)
         fprintf(stderr, PROG ": scoring %s failed\n", path[2]);
         goto done;
     }
-    double c_auc = qd_auc(ts, p[2]->dup, p[2]->n);
-    double c_acc = qd_accuracy_at(ts, p[2]->dup, p[2]->n, 0.7);
+    double c_auc = qd_pairs_auc(ts, p[2]->dup, p[2]->n);
+    double c_acc = qd_pairs_accuracy_at(ts, p[2]->dup, p[2]->n, 0.7);
     if (o->out && qd_model_save(m, o->out, err, sizeof err) != 0) {
         fprintf(stderr, PROG ": %s\n", err);
         goto done;

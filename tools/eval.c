@@ -266,11 +266,11 @@ static int eval_pair_file(const qd_model *m, const qd_lex_stats *st, const char 
     pr->dups = 0;
     for (size_t i = 0; i < p->n; i++)
         pr->dups += p->dup[i];
-    pr->acc07 = qd_accuracy_at(s, p->dup, p->n, 0.7);
-    pr->acc_thr = qd_accuracy_at(s, p->dup, p->n, thr);
-    pr->auc = qd_auc(s, p->dup, p->n);
+    pr->acc07 = qd_pairs_accuracy_at(s, p->dup, p->n, 0.7);
+    pr->acc_thr = qd_pairs_accuracy_at(s, p->dup, p->n, thr);
+    pr->auc = qd_pairs_auc(s, p->dup, p->n);
     if (p->grade)
-        pr->map = qd_map(s, p->qid1, p->grade, p->n, 1, &pr->map_groups);
+        pr->map = qd_pairs_map(s, p->qid1, p->grade, p->n, 1, &pr->map_groups);
     rc = calibrate(m, st, p, s, &pr->cal);
     if (rc)
         fprintf(stderr, PROG ": %s: calibration: %s\n", path, qd_strerror(rc));
@@ -349,7 +349,7 @@ static int load_questions(const char *path, questions *q)
         goto fail;
     }
     for (size_t i = 0; i < q->n; i++)
-        if (qd_parse_qid(q->src.id[i], q->src.id_len[i], &q->qid[i])) {
+        if (qd_pairs_parse_qid(q->src.id[i], q->src.id_len[i], &q->qid[i])) {
             fprintf(stderr, PROG ": %s:%" PRIu64 ": qid \"%.40s\" is not a whole number\n",
                     path, q->src.line[i], q->src.id[i]);
             rc = QD_ERR_FORMAT;
@@ -861,8 +861,8 @@ int main(int argc, char **argv)
     if (score_file(m, valid_path, threads, &valid, &vs) != 0)
         goto out;
     double valid_acc;
-    double thr = qd_best_threshold(vs, valid->dup, valid->n, &valid_acc);
-    double valid_auc = qd_auc(vs, valid->dup, valid->n);
+    double thr = qd_pairs_best_threshold(vs, valid->dup, valid->n, &valid_acc);
+    double valid_auc = qd_pairs_auc(vs, valid->dup, valid->n);
     if (score_file(m, test_path, threads, &test, &ts) != 0)
         goto out;
     pr[0].path = test_path;
@@ -870,9 +870,9 @@ int main(int argc, char **argv)
     pr[0].skipped = test->skipped;
     for (size_t i = 0; i < test->n; i++)
         pr[0].dups += test->dup[i];
-    pr[0].acc07 = qd_accuracy_at(ts, test->dup, test->n, 0.7);
-    pr[0].acc_thr = qd_accuracy_at(ts, test->dup, test->n, thr);
-    pr[0].auc = qd_auc(ts, test->dup, test->n);
+    pr[0].acc07 = qd_pairs_accuracy_at(ts, test->dup, test->n, 0.7);
+    pr[0].acc_thr = qd_pairs_accuracy_at(ts, test->dup, test->n, thr);
+    pr[0].auc = qd_pairs_auc(ts, test->dup, test->n);
     /* The pair signals' statistics: those of the collection a store would hold
      * (questions.tsv), else of the validation and test questions. */
     if (load_questions(q_path, &qs) == 0) {

@@ -201,7 +201,7 @@ def encode_all(enc, batches, n, H):
 
 
 def roc_auc(scores, labels):
-    """Mann-Whitney U with tied scores sharing their mean rank (as qdup's qd_auc)."""
+    """Mann-Whitney U with tied scores sharing their mean rank (as qdup's qd_pairs_auc)."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels) != 0
     order = np.argsort(scores, kind="stable")

@@ -143,8 +143,7 @@ int qd_model_save(qd_model *m, const char *path, char *err, size_t errlen);
 
 const qd_model_hdr *qd_model_header(const qd_model *m);
 const qd_vocab *qd_model_vocab(const qd_model *m);
-/* The weights. Mutable only for the trainer, before the model is shared. */
-qd_params *qd_model_params(qd_model *m);
+/* The weights (the trainer writes them through qd_model_param_data). */
 const qd_params *qd_model_cparams(const qd_model *m);
 float *qd_model_param_data(qd_model *m, size_t *n);
 /* The model's scoring (never NULL). */

@@ -42,23 +42,25 @@ void qd_pairs_free(qd_pairs *p);
 
 /* A question id as the Quora files write it: 1 to 18 decimal digits, nothing else.
  * Returns 0 with the value in *out, or -1. */
-int qd_parse_qid(const char *s, size_t n, int64_t *out);
+int qd_pairs_parse_qid(const char *s, size_t n, int64_t *out);
 
 /* --- metrics -------------------------------------------------------------------------- */
 
 /* Area under the ROC curve of scores against labels (ties count one half). */
-double qd_auc(const float *scores, const uint8_t *labels, size_t n);
+double qd_pairs_auc(const float *scores, const uint8_t *labels, size_t n);
 /* Fraction of pairs classified right when "duplicate" means score > threshold. */
-double qd_accuracy_at(const float *scores, const uint8_t *labels, size_t n, double threshold);
+double qd_pairs_accuracy_at(const float *scores, const uint8_t *labels, size_t n,
+                            double threshold);
 /* The threshold maximizing accuracy (midpoint between neighbouring scores); its
  * accuracy in *acc. */
-double qd_best_threshold(const float *scores, const uint8_t *labels, size_t n, double *acc);
+double qd_pairs_best_threshold(const float *scores, const uint8_t *labels, size_t n,
+                               double *acc);
 /* Mean average precision as SemEval-2016 Task 3 scores it: the pairs sharing a group
  * (qid1) are one ranked list, by score best first (ties in file order); a pair is
  * relevant when grade >= min_grade; the mean is over the groups with at least one
  * relevant pair, whose count goes to *ngroups if not NULL (0 groups: MAP 0). */
-double qd_map(const float *scores, const int64_t *group, const int8_t *grade, size_t n,
-              int min_grade, size_t *ngroups);
+double qd_pairs_map(const float *scores, const int64_t *group, const int8_t *grade, size_t n,
+                    int min_grade, size_t *ngroups);
 
 #ifdef __cplusplus
 }

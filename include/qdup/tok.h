@@ -160,8 +160,11 @@ static inline uint32_t qd_tokseqs_len(const qd_tokseqs *s, size_t q)
 int qd_tok_encode(const qd_vocab *v, const qd_tok_cfg *cfg, qd_tokbuf *tb, const char *text,
                   size_t len, qd_tokseqs *out);
 
-/* The bucket of an n-gram (for tests and the reference script): FNV-1a 32-bit. */
+/* The hash that picks an n-gram's bucket: FNV-1a 32-bit of its bytes. The tokenizer
+ * extends an n-gram one code point at a time, so it continues the hash of the shorter
+ * one: qd_tok_ngram_hash_more(qd_tok_ngram_hash(a, n), b, m) is the hash of a then b. */
 uint32_t qd_tok_ngram_hash(const char *s, size_t n);
+uint32_t qd_tok_ngram_hash_more(uint32_t h, const char *s, size_t n);
 
 #ifdef __cplusplus
 }
