@@ -530,15 +530,23 @@ static int st_search(void *ctx, const float *q, size_t nq, size_t k, float min_s
     return qd_store_search(ctx, q, nq, k, min_score, exclude, out);
 }
 
+/* The store refuses writes with QD_ERR_FORBIDDEN only when it was opened read-only,
+ * which the daemon does only when it must (a read-only filesystem): to a client that
+ * is the machine refusing, "unavailable", not a permission of its own. */
+static int st_write_rc(int rc)
+{
+    return rc == QD_ERR_FORBIDDEN ? QD_ERR_UNAVAILABLE : rc;
+}
+
 static int st_add(void *ctx, const qd_store_item *items, size_t n, int replace,
                   qd_store_result *res)
 {
-    return qd_store_add(ctx, items, n, replace, res);
+    return st_write_rc(qd_store_add(ctx, items, n, replace, res));
 }
 
 static int st_remove(void *ctx, const char *id, size_t len)
 {
-    return qd_store_remove(ctx, id, len);
+    return st_write_rc(qd_store_remove(ctx, id, len));
 }
 
 static int st_get(void *ctx, const char *id, size_t len, qd_store_row *row)
@@ -638,6 +646,13 @@ int main(int argc, char **argv)
     } else {
         qd_store_opts so = {.model_path = c.model, .threads = 1};
         int rc = qd_store_open(c.db, &so, &store, err, sizeof err);
+        if (rc == QD_ERR_UNAVAILABLE) {
+            /* A read-only filesystem (or a failing disk): serve what is there. */
+            fprintf(stderr, "qdup-daemon: cannot open for writing (%s); serving read-only, "
+                    "writes are refused \"unavailable\"\n", err);
+            so.readonly = 1;
+            rc = qd_store_open(c.db, &so, &store, err, sizeof err);
+        }
         if (rc) {
             fprintf(stderr, "qdup-daemon: %s\n", err[0] ? err : qd_strerror(rc));
             goto out;

@@ -880,6 +880,7 @@ static json_t *stats_json(const qd_req *r, int *bad)
                 bad);
         put(o, "unsaved_changes", json_integer((json_int_t)in->unsaved_changes), bad);
         put(o, "unsaved_bytes", json_integer((json_int_t)in->unsaved_bytes), bad);
+        put(o, "readonly", json_boolean(in->readonly), bad);
     }
     if (s) {
         json_t *req = json_object(), *err = json_object(), *cl = json_object(),

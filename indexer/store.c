@@ -358,6 +358,39 @@ fail:
 }
 
 
+/* A read-only open of a WAL database needs its -wal and -shm files, or the right to
+ * create them: on a read-only filesystem (or medium) holding a store closed cleanly,
+ * which leaves neither, SQLite cannot open it. With no -wal file there is nothing
+ * beyond the database file to read, so it is opened as immutable instead (no locks,
+ * no -shm). A read-only store is loaded once at open anyway (store.h), so not seeing
+ * later changes costs nothing. 0 if s->db was reopened so, else -1 (s->db as was). */
+static int reopen_immutable(qd_store *s, const char *db_path)
+{
+    char wal[ST_PATH_MAX], uri[3 * ST_PATH_MAX + 32];
+    if (st_path_with(wal, sizeof wal, db_path, "-wal") != 0 || st_file_exists(wal))
+        return -1;
+    size_t n = (size_t)snprintf(uri, sizeof uri, "file:");
+    for (const char *p = db_path; *p && n + 4 < sizeof uri; p++) {
+        if (*p == '%' || *p == '?' || *p == '#')
+            n += (size_t)snprintf(uri + n, sizeof uri - n, "%%%02X", (unsigned char)*p);
+        else
+            uri[n++] = *p;
+    }
+    uri[n] = '\0';
+    if (n + 16 >= sizeof uri)
+        return -1;
+    snprintf(uri + n, sizeof uri - n, "?immutable=1");
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI,
+                        NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        return -1;
+    }
+    sqlite3_close(s->db);
+    s->db = db;
+    return 0;
+}
+
 int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
                   size_t errlen)
 {
@@ -394,7 +427,10 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
                      s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
         goto fail;
     }
-    if ((rc = st_db_check_ours(s->db, db_path)) != 0 || (rc = st_db_configure(s)) != 0)
+    rc = st_db_check_ours(s->db, db_path);
+    if (rc && s->readonly && reopen_immutable(s, db_path) == 0)
+        rc = st_db_check_ours(s->db, db_path);
+    if (rc || (rc = st_db_configure(s)) != 0)
         goto fail_st;
 
     /* A read transaction over everything read at open, so that the meta values, the

@@ -353,8 +353,8 @@ int qd_store_lock(const char *db_path, int *fd, char *err, size_t errlen)
         return qd_errf(err, errlen, QD_ERR_RANGE, "%s: path too long", db_path);
     int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (f < 0) {
-        int e = errno;
-        return qd_errf(err, errlen, QD_ERR_IO, "%s: %s", path, strerror(e));
+        int e = errno; /* EROFS: a read-only filesystem, "unavailable" for writing */
+        return qd_errf(err, errlen, qd_err_from_errno(e), "%s: %s", path, strerror(e));
     }
     if (flock(f, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;

@@ -32,6 +32,11 @@
  * vouch for (the documented window of qd_store_install and of checkpoints): counted,
  * repaired with `verify --repair` as an operator would, and verified again.
  *
+ * Read-only filesystem (--scenario readonly): after a clean stop, and after a SIGKILL,
+ * the store's filesystem refuses writing (EROFS); the daemon must start read-only,
+ * serve every acknowledged question, refuse an add `unavailable`, and take writes again
+ * once the filesystem is writable.
+ *
  * Disk full (--scenario diskfull), the operator's story of issue 15 with the
  * interposer's switch file in place of a small tmpfs: adds stream to the daemon; the
  * disk fills (every write to the store's files fails from then on); further adds are
@@ -902,6 +907,97 @@ static void diskfull_scenario(void)
     fflush(stdout);
 }
 
+/* --- the read-only filesystem ----------------------------------------------------------- */
+
+/* The store's filesystem becomes read-only (EROFS for every open for writing), after a
+ * clean stop or after a SIGKILL: the daemon must start, serve reads, refuse writes
+ * `unavailable`, and, once the filesystem is writable again, take writes with nothing
+ * lost. */
+static void readonly_case(daemon_t *d, int killed, const char *what)
+{
+    enum { ADDS = 5 };
+    char id[32], text[128];
+    fault_env(NULL, NULL);
+    if (daemon_start(d, "3600") != 0)
+        die("%s: the daemon did not start (log %s)", what, d->log);
+    int acked[ADDS];
+    for (int i = 0; i < ADDS; i++) {
+        snprintf(id, sizeof id, "%s%d", killed ? "k" : "c", i);
+        text_of(500000 + (uint64_t)(killed * ADDS + i), text, sizeof text);
+        char *args[] = {"add", id, text, NULL};
+        acked[i] = ask_write(d, args, id) == 1;
+        if (!acked[i])
+            failf("%s: add %s not acknowledged", what, id);
+    }
+    daemon_stop(d, killed ? SIGKILL : SIGTERM);
+
+    /* Every call from the first on, with EROFS: the interposer then refuses opens for
+     * writing and writes, as a read-only mount does. */
+    fault ro = {F_FULL, 1, NULL};
+    fault_env(&ro, NULL);
+    setenv("QDUP_FAULT_ERRNO", "EROFS", 1);
+    int up = daemon_start(d, "0.1") == 0;
+    fault_env(NULL, NULL);
+    if (!up) {
+        T.restart_failed++;
+        failf("%s: the daemon does not start on the read-only filesystem (log %s)", what,
+              d->log);
+        return;
+    }
+    for (int i = 0; i < ADDS; i++) {
+        snprintf(id, sizeof id, "%s%d", killed ? "k" : "c", i);
+        text_of(500000 + (uint64_t)(killed * ADDS + i), text, sizeof text);
+        if (acked[i] && daemon_has(d, id, text) != 1) {
+            T.lost++;
+            failf("%s: %s was acknowledged and is not served read-only", what, id);
+        }
+    }
+    if (daemon_query(d) != 0) {
+        T.reads_failed++;
+        failf("%s: no query answered on the read-only filesystem", what);
+    }
+    char *args[] = {"add", "ro0", "w5 w9 w13", NULL};
+    if (ask_write(d, args, "ro0") != 0)
+        failf("%s: an add on the read-only filesystem was not refused unavailable", what);
+    T.refused++;
+    json_t *st = daemon_stats(d);
+    if (!json_is_true(json_object_get(json_object_get(st, "stats"), "readonly")))
+        failf("%s: stats do not say readonly", what);
+    json_decref(st);
+    daemon_stop(d, SIGTERM);
+
+    /* Writable again. */
+    if (daemon_start(d, "3600") != 0) {
+        T.restart_failed++;
+        failf("%s: the daemon does not start once the filesystem is writable (log %s)", what,
+              d->log);
+        return;
+    }
+    if (ask_write(d, args, "ro0") != 1)
+        failf("%s: an add is not acknowledged once the filesystem is writable", what);
+    if (daemon_stop(d, SIGTERM) != 0)
+        failf("%s: the daemon did not stop cleanly (log %s)", what, d->log);
+    verify_store(d->db, what);
+    char *rm[] = {(char *)prog("qdup-index"), "remove", "--db", d->db, "--quiet", "ro0", NULL};
+    if (run(rm, NULL, NULL, path_in(C.dir, "index.log")) != 0)
+        failf("%s: qdup-index remove ro0 failed", what);
+}
+
+static void readonly_scenario(void)
+{
+    daemon_t d = {.pid = -1};
+    snprintf(d.db, sizeof d.db, "%s", path_in(C.dir, "store/s.db"));
+    snprintf(d.sock, sizeof d.sock, "%s", path_in(C.dir, "ro.sock"));
+    snprintf(d.log, sizeof d.log, "%s", path_in(C.dir, "ro.log"));
+    LOCAL_PATH(base, "rbase.tsv");
+    build_base(d.db, base);
+    readonly_case(&d, 0, "readonly after a clean stop");
+    readonly_case(&d, 1, "readonly after SIGKILL");
+    printf("readonly: the daemon served a read-only store after a clean stop and after "
+           "SIGKILL, refusing writes unavailable\n");
+    fflush(stdout);
+}
+
 /* --- main ------------------------------------------------------------------------------ */
 
 static void usage(FILE *f)
@@ -911,7 +1007,7 @@ static void usage(FILE *f)
             "Fails the I/O calls of qdup-index and qdup-daemon one at a time (ENOSPC, EIO,\n"
             "a full disk, a power cut) and checks that nothing acknowledged is lost (see\n"
             "the source's header).\n\n"
-            "  --scenario S      index, daemon, diskfull or all (default all)\n"
+            "  --scenario S      index, daemon, diskfull, readonly or all (default all)\n"
             "  --stride S        fail every S-th call (default 1: every call)\n"
             "  --all-kinds       every kind of fault at every call (default: in turn)\n"
             "  --kind K          only faults of kind K: enospc, eio, full or powercut\n"
@@ -968,7 +1064,8 @@ int main(int argc, char **argv)
     int all = strcmp(C.scenario, "all") == 0;
     if (optind < argc || (!all && strcmp(C.scenario, "index") != 0 &&
                           strcmp(C.scenario, "daemon") != 0 &&
-                          strcmp(C.scenario, "diskfull") != 0)) {
+                          strcmp(C.scenario, "diskfull") != 0 &&
+                          strcmp(C.scenario, "readonly") != 0)) {
         usage(stderr);
         return 2;
     }
@@ -990,6 +1087,8 @@ int main(int argc, char **argv)
         daemon_scenario();
     if (all || strcmp(C.scenario, "diskfull") == 0)
         diskfull_scenario();
+    if (all || strcmp(C.scenario, "readonly") == 0)
+        readonly_scenario();
     int ok = harness_failures == 0 && T.lost == 0;
     printf("RESULT runs=%" PRIu64 " fired=%" PRIu64 " enospc=%" PRIu64 " eio=%" PRIu64
            " full=%" PRIu64 " powercut=%" PRIu64 " reported_ok=%" PRIu64 " acknowledged=%" PRIu64

@@ -23,8 +23,9 @@
  *                      fail, or with ENOSPC the disk is full from call N on (writes
  *                      that need room fail, see full_disk below); powercut: at call
  *                      N the power goes
- *   QDUP_FAULT_ERRNO   ENOSPC (default), EIO, EROFS or EDQUOT; a full disk (ENOSPC,
- *                      EDQUOT) still opens the files that exist, as a real one does
+ *   QDUP_FAULT_ERRNO   ENOSPC (default), EIO, EROFS or EDQUOT; as on a real machine, a
+ *                      full disk (ENOSPC, EDQUOT) still opens the files that exist, and
+ *                      a read-only filesystem (EROFS) opens files for reading and syncs
  *   QDUP_FAULT_SWITCH  a file: faults are injected only while it exists, so a driver
  *                      can fill the disk and give the space back while the program
  *                      runs (with QDUP_FAULT_N=1 and sticky: every matching call fails
@@ -249,11 +250,11 @@ static int full_disk(void)
     return F.mode == MODE_STICKY && (F.err == ENOSPC || F.err == EDQUOT);
 }
 
-/* Counts a matching call of `kind` on `path` and says what to do with it. needs_room
- * is 0 for a call a full disk does not refuse (opening a file that exists); grow and
- * freed are the bytes the call adds to or removes from the files (for the model of a
- * full disk). */
-static int decide_space(int bit, const char *kind, const char *path, int needs_room,
+/* Counts a matching call of `kind` on `path` and says what to do with it. refusable is
+ * 0 for a call the fault does not refuse on a real machine (see open_refusable); grow
+ * and freed are the bytes the call adds to or removes from the files (for the model
+ * of a full disk). */
+static int decide_space(int bit, const char *kind, const char *path, int refusable,
                         long long grow, long long freed)
 {
     if (!(F.mask & bit) || !path_matches(path))
@@ -270,7 +271,7 @@ static int decide_space(int bit, const char *kind, const char *path, int needs_r
         else
             room += freed - grow;
         pthread_mutex_unlock(&room_mu);
-    } else if (armed && (needs_room || (F.err != ENOSPC && F.err != EDQUOT))) {
+    } else if (armed && refusable) {
         act = F.mode == MODE_POWERCUT ? POWERCUT : FAIL;
     }
     log_call(n, kind, path, act == FAIL ? " FAIL" : act == POWERCUT ? " POWERCUT" : "");
@@ -280,6 +281,19 @@ static int decide_space(int bit, const char *kind, const char *path, int needs_r
 static int decide(int bit, const char *kind, const char *path)
 {
     return decide_space(bit, kind, path, 1, 0, 0);
+}
+
+/* Whether the fault refuses an open with these flags of the file at abs: a full disk
+ * refuses only to create a file (no inode), a read-only filesystem only to open for
+ * writing; an I/O error anything. */
+static int open_refusable(int flags, const char *abs)
+{
+    struct stat st;
+    if (F.err == ENOSPC || F.err == EDQUOT)
+        return (flags & O_CREAT) && stat(abs, &st) != 0;
+    if (F.err == EROFS)
+        return (flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)) != 0;
+    return 1;
 }
 
 /* decide for a call on fd; end is where a write ends (or -1), trunc the size an
@@ -298,7 +312,9 @@ static int decide_fd(int bit, const char *kind, int fd, long long end, long long
         else if (trunc >= 0)
             freed = size - trunc;
     }
-    return decide_space(bit, kind, path, 1, grow, freed);
+    /* A read-only filesystem has nothing to sync: fsync succeeds there. */
+    int refusable = !(F.err == EROFS && (bit & (K_FSYNC | K_FDATASYNC)));
+    return decide_space(bit, kind, path, refusable, grow, freed);
 }
 
 /* --- the power cut's undo records ----------------------------------------------------- */
@@ -430,9 +446,7 @@ static int open_common(int dirfd, const char *path, int flags, mode_t mode, int 
     int act = GO;
     if (F.prefix_len && (F.mask & K_OPEN)) {
         abs_path(dirfd, path, abs, sizeof abs);
-        struct stat st;
-        int creates = (flags & O_CREAT) && stat(abs, &st) != 0;
-        act = decide_space(K_OPEN, "open", abs, creates, 0, 0);
+        act = decide_space(K_OPEN, "open", abs, open_refusable(flags, abs), 0, 0);
     }
     if (fail_now(act))
         return -1;

@@ -36,9 +36,12 @@
  *
  * Processes. One process at a time may open a store for writing: a writable open
  * (and qdup-index build) holds an exclusive flock on DB.lock and fails with
- * QD_ERR_BUSY while another process holds it. Read-only opens take no lock; they see
- * the database as it was when they opened it (plus nothing later: the index and the
- * row table are loaded once).
+ * QD_ERR_BUSY while another process holds it (QD_ERR_UNAVAILABLE if the lock file
+ * cannot be opened for writing: a read-only filesystem). Read-only opens take no lock;
+ * they see the database as it was when they opened it (plus nothing later: the index
+ * and the row table are loaded once), and work on a read-only filesystem too (a store
+ * closed cleanly is then opened as immutable, since SQLite cannot create the files a
+ * WAL database needs to be shared).
  *
  * Errors: functions return 0 or a negative QD_ERR_*; the detail is kept per thread
  * (qd_store_errmsg), because searches run concurrently on one store.
