@@ -66,6 +66,10 @@ check([m[0]["id"] for m in many] == ["q1", "q3"], "query_many: one list per text
 
 st = c.stats()
 check(st["questions"] == 4 and st["requests"]["add"] >= 2, "stats counts questions and requests")
+# README ("What survives what"): a removed question stays as a tombstone row until
+# qdup-index compact, whatever the index kind; a Flat index drops its vector at once.
+check(st["tombstones"] == 1 and st["index"]["spec"] == "Flat" and st["index"]["vectors"] == 4,
+      "stats: the removed question is a tombstone row; Flat holds only live vectors")
 check(raises("bad_request", lambda: c.request({"op": "query", "text": "x", "k": 0})),
       "a bad request raises bad_request; the connection stays usable")
 c.ping()
