@@ -191,13 +191,26 @@ void qd_conn_slot_done(slot *sl, char *out, size_t len, int code)
     sl->done = 1;
     c->owed = c->owed - sl->owed + len; /* the estimate gives way to the real size */
     sl->owed = len;
-    if (code > 0 && code < QD_CODE_COUNT)
+    if (code > 0 && code < QD_CODE_COUNT) {
         s->errors[code]++;
+        /* One line per refused or bad request (forbidden ones too), bounded: a client
+         * can provoke them. The reply's error object is JSON, so it is safe to log. */
+        const char *e = out ? strstr(out, "\"error\":") : NULL;
+        qd_log_limited(&s->refusals, QD_LOG_INFO, "%s: uid %u gid %u pid %d, op %s: %.300s",
+                       qd_proto_code_name(code), (unsigned)c->peer.uid,
+                       (unsigned)c->peer.gid, (int)c->peer.pid, qd_proto_op_name(sl->op),
+                       e ? e + 8 : "");
+    }
+    if (code >= 0 && code < QD_CODE_COUNT && sl->op >= QD_OP_NONE && sl->op < QD_OP_COUNT)
+        s->replies[sl->op + 1][code]++;
     double ms = (qd_now() - sl->t0) * 1e3;
-    if (sl->op == QD_OP_ADD || sl->op == QD_OP_REMOVE || sl->op == QD_OP_CHECK)
+    if (sl->op == QD_OP_ADD || sl->op == QD_OP_REMOVE || sl->op == QD_OP_CHECK) {
         lat_push(&s->lat_write, ms);
-    else if (sl->op == QD_OP_QUERY || sl->op == QD_OP_GET)
+        qd_metrics_hist_add(&s->hist_write, ms);
+    } else if (sl->op == QD_OP_QUERY || sl->op == QD_OP_GET) {
         lat_push(&s->lat_search, ms);
+        qd_metrics_hist_add(&s->hist_read, ms);
+    }
     if (c->closing) {
         qd_conn_slot_forget(sl); /* the client is gone: forget the reply */
         return;
@@ -256,7 +269,7 @@ static void on_write(uv_write_t *req, int status)
 /* Drops a client that does not read its replies. */
 static void client_drop(client *c, const char *whose)
 {
-    qd_server_log("dropping client (uid %u, pid %d): %zu bytes of replies not read, over %s limit",
+    qd_log(QD_LOG_WARN, "dropping client (uid %u, pid %d): %zu bytes of replies not read, over %s limit",
           (unsigned)c->peer.uid, (int)c->peer.pid, c->out_pending, whose);
     c->srv->clients_dropped++;
     qd_conn_close(c);

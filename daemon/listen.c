@@ -8,6 +8,10 @@
  * handler refuses writes of a peer that may not with "forbidden", logged with the uid.
  * Past max_clients, or while shutting down, a new connection is answered busy and
  * closed.
+ *
+ * Socket activation. Started by systemd with a socket (qdup.socket), the daemon takes
+ * that listening socket (sd_listen_fds of libsystemd) instead of binding its own; the
+ * socket file is systemd's, so it is neither replaced nor unlinked here.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -19,8 +23,12 @@
 #include <unistd.h>
 
 #include <uv.h>
+#ifdef QDUP_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include "qdup/common.h"
+#include "qdup/log.h"
 #include "server_impl.h"
 
 static int peer_in_group(int fd, const struct ucred *cr, gid_t gid)
@@ -77,12 +85,12 @@ static void on_connection(uv_stream_t *server, int status)
 {
     qd_server *s = server->data;
     if (status < 0) {
-        qd_server_log("accept: %s", uv_strerror(status));
+        qd_log(QD_LOG_WARN, "accept: %s", uv_strerror(status));
         return;
     }
     client *c = qd_conn_new(s);
     if (!c) {
-        qd_server_log("accept: out of memory");
+        qd_log(QD_LOG_WARN, "accept: out of memory");
         return;
     }
     if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {
@@ -107,8 +115,6 @@ static void on_connection(uv_stream_t *server, int status)
                  (unsigned)c->peer.uid, (unsigned)s->owner);
         refuse = msg;
         code = QD_CODE_FORBIDDEN;
-        qd_server_log("forbidden: uid %u gid %u pid %d may not connect", (unsigned)c->peer.uid,
-              (unsigned)c->peer.gid, (int)c->peer.pid);
     }
     if (refuse) {
         s->clients_refused++;
@@ -167,10 +173,42 @@ static int clear_socket_path(const char *path, char *err, size_t errlen)
     return 0;
 }
 
+#ifdef QDUP_HAVE_SYSTEMD
+/* Serves on the listening socket systemd passed as fd (socket activation). */
+static int take_systemd_socket(qd_server *s, int fd, char *err, size_t errlen)
+{
+    if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0)
+        return qd_errf(err, errlen, QD_ERR_INVAL,
+                       "the socket systemd passed is not a listening Unix stream socket");
+    if (sd_is_socket_unix(fd, SOCK_STREAM, 1, s->socket_path, 0) <= 0)
+        qd_log(QD_LOG_WARN, "the socket systemd passed is not at %s (--socket); serving "
+               "on it anyway", s->socket_path);
+    int urc = uv_pipe_open(&s->listener, fd);
+    if (urc == 0)
+        urc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
+    if (urc < 0)
+        return qd_errf(err, errlen, QD_ERR_IO, "the socket from systemd: %s", uv_strerror(urc));
+    s->socket_bound = 0;
+    s->activated = 1;
+    return 0;
+}
+#endif
+
 int qd_listen_bind(qd_server *s, char *err, size_t errlen)
 {
     const char *path = s->socket_path;
     struct sockaddr_un sa;
+#ifdef QDUP_HAVE_SYSTEMD
+    /* 1: unset LISTEN_FDS and LISTEN_PID, which are for this process only. */
+    int nfds = sd_listen_fds(1);
+    if (nfds < 0)
+        return qd_errf(err, errlen, QD_ERR_IO, "sd_listen_fds: %s", strerror(-nfds));
+    if (nfds > 1)
+        return qd_errf(err, errlen, QD_ERR_INVAL,
+                       "systemd passed %d sockets; qdup-daemon listens on one", nfds);
+    if (nfds == 1)
+        return take_systemd_socket(s, SD_LISTEN_FDS_START, err, errlen);
+#endif
     if (strlen(path) >= sizeof sa.sun_path)
         return qd_errf(err, errlen, QD_ERR_INVAL,
                        "socket path %s is %zu bytes; at most %zu fit", path, strlen(path),

@@ -35,6 +35,7 @@
 
 #include "qdup/common.h"
 #include "qdup/fileio.h"
+#include "qdup/log.h"
 #include "qdup/memidx.h"
 #include "qdup/server.h"
 #include "qdup/ann.h"
@@ -53,6 +54,8 @@ typedef struct cfg {
     uint32_t uids[64];       /* --write-uids */
     char *strs[64];          /* strings copied from a config file, freed at exit */
     size_t nstrs;
+    int log_level;           /* --log-level (qd_log_level) */
+    qd_log_time log_time;    /* --log-time */
 } cfg;
 
 typedef int (*opt_fn)(cfg *c, const char *v, char *err, size_t errlen);
@@ -224,11 +227,11 @@ static int apply_params(const cfg *c, qd_store *store)
 {
     for (size_t i = 0; i < c->nparams; i++) {
         if (qd_store_set_param_text(store, c->params[i]) != 0) {
-            fprintf(stderr, "qdup-daemon: --param %s: %s\n", c->params[i],
+            qd_log(QD_LOG_ERR, "--param %s: %s", c->params[i],
                     qd_store_errmsg(store));
             return -1;
         }
-        fprintf(stderr, "qdup-daemon: search parameter %s\n", c->params[i]);
+        qd_log(QD_LOG_INFO, "search parameter %s", c->params[i]);
     }
     return 0;
 }
@@ -280,6 +283,20 @@ static int set_write_group(cfg *c, const char *v, char *err, size_t errlen)
     }
     c->so.write_group_set = 1;
     c->so.write_gid = (uint32_t)gid;
+    return 0;
+}
+
+static int set_log_level(cfg *c, const char *v, char *err, size_t errlen)
+{
+    if (qd_log_parse_level(v, &c->log_level))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be error, warn, info or debug");
+    return 0;
+}
+
+static int set_log_time(cfg *c, const char *v, char *err, size_t errlen)
+{
+    if (qd_log_parse_time(v, &c->log_time))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be yes, no or auto");
     return 0;
 }
 
@@ -349,6 +366,11 @@ static const opt options[] = {
     {"idle-timeout", "SECONDS", set_idle_timeout,
      "close a client that has sent nothing and is owed nothing this long (default 0: "
      "never)"},
+    {"log-level", "LEVEL", set_log_level,
+     "least important log lines written: error, warn, info (default) or debug"},
+    {"log-time", "WHEN", set_log_time,
+     "time on each log line: yes, no, or auto (default: no when stderr is the systemd "
+     "journal's, which adds its own, else yes)"},
 };
 #define NOPTS (sizeof options / sizeof options[0])
 
@@ -359,7 +381,10 @@ static void usage(FILE *f)
             "       qdup-daemon --ephemeral --model MODEL --socket PATH [options]\n\n"
             "Serves near-duplicate queries over a Unix socket: one JSON request per line,\n"
             "one JSON reply per line (ops query, add, remove, get, check, stats, ping).\n"
-            "Logs \"listening on PATH\" when ready; SIGTERM or SIGINT stop it cleanly.\n\n"
+            "Logs \"listening on PATH\" when ready; SIGTERM or SIGINT stop it cleanly;\n"
+            "SIGHUP re-reads the configuration. Started by systemd with a socket\n"
+            "(qdup.socket), it serves on that socket instead of binding its own.\n"
+            "Log lines go to stderr with time and level (see --log-time).\n\n"
             "options (also accepted in a --config FILE, one \"name value\" per line):\n"
             "  --config FILE         read options from FILE; the command line wins\n");
     for (size_t i = 0; i < NOPTS; i++) {
@@ -402,21 +427,21 @@ static int apply(cfg *c, const char *name, size_t nlen, const char *val, const c
     char err[QD_ERRMSG_MAX] = "";
     const opt *o = find_opt(name, nlen);
     if (!o) {
-        fprintf(stderr, "qdup-daemon: %s: unknown option \"%.*s\" (see --help)\n", where,
+        qd_log(QD_LOG_ERR, "%s: unknown option \"%.*s\" (see --help)", where,
                 (int)nlen, name);
         return -1;
     }
     if (o->arg && !val) {
-        fprintf(stderr, "qdup-daemon: %s: --%s needs a value\n", where, o->name);
+        qd_log(QD_LOG_ERR, "%s: --%s needs a value", where, o->name);
         return -1;
     }
     if (!o->arg && val && strcmp(val, "true") != 0 && strcmp(val, "yes") != 0 &&
         strcmp(val, "1") != 0) {
-        fprintf(stderr, "qdup-daemon: %s: --%s takes no value\n", where, o->name);
+        qd_log(QD_LOG_ERR, "%s: --%s takes no value", where, o->name);
         return -1;
     }
     if (o->set(c, val, err, sizeof err)) {
-        fprintf(stderr, "qdup-daemon: %s: --%s %s: %s\n", where, o->name, val ? val : "",
+        qd_log(QD_LOG_ERR, "%s: --%s %s: %s", where, o->name, val ? val : "",
                 err);
         return -1;
     }
@@ -430,7 +455,7 @@ static int read_config(cfg *c, const char *path)
     char *data;
     size_t len;
     if (qd_file_read(path, 1 << 20, &data, &len, err, sizeof err)) {
-        fprintf(stderr, "qdup-daemon: %s\n", err);
+        qd_log(QD_LOG_ERR, "%s", err);
         return -1;
     }
     int rc = 0;
@@ -459,7 +484,7 @@ static int read_config(cfg *c, const char *path)
         char *val = NULL;
         if (*v) {
             if (c->nstrs == sizeof c->strs / sizeof c->strs[0]) {
-                fprintf(stderr, "qdup-daemon: %s: too many options\n", where);
+                qd_log(QD_LOG_ERR, "%s: too many options", where);
                 rc = -1;
                 break;
             }
@@ -487,7 +512,7 @@ static int parse_args(cfg *c, int argc, char **argv)
         if (strncmp(a, "--config=", 9) == 0 || strcmp(a, "--config") == 0) {
             const char *path = a[8] == '=' ? a + 9 : (i + 1 < argc ? argv[++i] : NULL);
             if (!path) {
-                fprintf(stderr, "qdup-daemon: --config needs a file\n");
+                qd_log(QD_LOG_ERR, "--config needs a file");
                 return -1;
             }
             if (read_config(c, path))
@@ -497,7 +522,7 @@ static int parse_args(cfg *c, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0) {
-            fprintf(stderr, "qdup-daemon: unexpected argument \"%s\" (see --help)\n", a);
+            qd_log(QD_LOG_ERR, "unexpected argument \"%s\" (see --help)", a);
             return -1;
         }
         if (strncmp(a, "--config", 8) == 0 && (a[8] == '\0' || a[8] == '=')) {
@@ -511,7 +536,7 @@ static int parse_args(cfg *c, int argc, char **argv)
         const char *val = eq ? eq + 1 : NULL;
         if (o && o->arg && !eq) {
             if (i + 1 >= argc) {
-                fprintf(stderr, "qdup-daemon: --%s needs a value\n", o->name);
+                qd_log(QD_LOG_ERR, "--%s needs a value", o->name);
                 return -1;
             }
             val = argv[++i];
@@ -598,16 +623,75 @@ static void raise_nofile(size_t clients)
         return;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want)
-        fprintf(stderr, "qdup-daemon: warning: open-files limit %llu is below the %zu "
-                "clients allowed\n", (unsigned long long)rl.rlim_cur, clients);
+        qd_log(QD_LOG_WARN, "open-files limit %llu is below the %zu "
+                "clients allowed", (unsigned long long)rl.rlim_cur, clients);
+}
+
+/* A cfg with the defaults. */
+static void cfg_init(cfg *c)
+{
+    for (size_t i = 0; i < c->nstrs; i++)
+        qd_free(c->strs[i]);
+    memset(c, 0, sizeof *c);
+    qd_server_opts_default(&c->so);
+    c->search_pad = -1;
+    c->blas_threshold = -1;
+    c->log_level = QD_LOG_INFO;
+    c->log_time = QD_LOG_TIME_AUTO;
+}
+
+/* What SIGHUP needs to read the options again as they were read at start. */
+typedef struct reload_ctx {
+    int argc;        /* the command line */
+    char **argv;
+    const cfg *cur;  /* the options read at start */
+    size_t pad;      /* the search padding derived from the index kind */
+    cfg next;        /* the options read at the last SIGHUP (the server points into
+                        them until the next one) */
+} reload_ctx;
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* qd_server_opts.reload: the config file and the command line again. The store's
+ * options cannot change while it is open: a change is logged as waiting for the next
+ * start. Log settings apply at once. */
+static int reload_opts(void *ctx, qd_server_opts *o)
+{
+    reload_ctx *r = ctx;
+    cfg *n = &r->next;
+    cfg_init(n);
+    if (parse_args(n, r->argc, r->argv))
+        return -1;
+    const cfg *c = r->cur;
+    int same_params = n->nparams == c->nparams;
+    for (size_t i = 0; same_params && i < n->nparams; i++)
+        same_params = same_str(n->params[i], c->params[i]);
+    const char *fixed = !same_str(n->db, c->db)                     ? "db"
+                        : !same_str(n->model, c->model)             ? "model"
+                        : n->ephemeral != c->ephemeral              ? "ephemeral"
+                        : !same_params                              ? "param"
+                        : n->blas_threshold != c->blas_threshold    ? "blas-threshold"
+                                                                    : NULL;
+    if (fixed)
+        qd_log(QD_LOG_WARN, "%s: changed in the configuration; takes effect at the next start",
+               fixed);
+    qd_log_setup("qdup-daemon", n->log_level, n->log_time);
+    n->so.search_pad = n->search_pad >= 0 ? (size_t)n->search_pad : r->pad;
+    n->so.reload = o->reload;
+    n->so.reload_ctx = o->reload_ctx;
+    *o = n->so;
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     static cfg c;
-    qd_server_opts_default(&c.so);
-    c.search_pad = -1;
-    c.blas_threshold = -1;
+    static reload_ctx rctx;
+    qd_log_setup("qdup-daemon", QD_LOG_INFO, QD_LOG_TIME_AUTO);
+    cfg_init(&c);
     int status = 1;
     qd_model *model = NULL;
     qd_memidx *mem = NULL;
@@ -619,10 +703,11 @@ int main(int argc, char **argv)
         status = 2;
         goto out;
     }
+    qd_log_setup("qdup-daemon", c.log_level, c.log_time);
     if (!c.so.socket_path || (!c.db && !c.ephemeral) || (c.db && c.ephemeral) ||
         (c.ephemeral && (!c.model || c.nparams))) {
-        fprintf(stderr, "qdup-daemon: need --db DB (or --ephemeral --model MODEL, which "
-                "takes no --param) and --socket PATH (see --help)\n");
+        qd_log(QD_LOG_ERR, "need --db DB (or --ephemeral --model MODEL, which "
+                "takes no --param) and --socket PATH (see --help)");
         status = 2;
         goto out;
     }
@@ -637,12 +722,12 @@ int main(int argc, char **argv)
     if (c.ephemeral) {
         if (qd_model_load(c.model, &model, err, sizeof err) ||
             qd_memidx_new(model, 0, &mem)) {
-            fprintf(stderr, "qdup-daemon: %s\n", err[0] ? err : "out of memory");
+            qd_log(QD_LOG_ERR, "%s", err[0] ? err : "out of memory");
             goto out;
         }
         qd_memidx_backend(mem, &be);
-        fprintf(stderr, "qdup-daemon: ephemeral in-memory index, model %s (%s); nothing "
-                "will be saved\n", c.model, qd_model_fingerprint(model));
+        qd_log(QD_LOG_INFO, "ephemeral in-memory index, model %s (%s); nothing "
+                "will be saved", c.model, qd_model_fingerprint(model));
     } else {
         qd_store_opts so = {.model_path = c.model, .threads = 1};
         int rc = qd_store_open(c.db, &so, &store, err, sizeof err);
@@ -654,7 +739,7 @@ int main(int argc, char **argv)
             rc = qd_store_open(c.db, &so, &store, err, sizeof err);
         }
         if (rc) {
-            fprintf(stderr, "qdup-daemon: %s\n", err[0] ? err : qd_strerror(rc));
+            qd_log(QD_LOG_ERR, "%s", err[0] ? err : qd_strerror(rc));
             goto out;
         }
         if (apply_params(&c, store))
@@ -662,7 +747,7 @@ int main(int argc, char **argv)
         store_backend(store, &be);
         qd_store_info info;
         if (qd_store_get_info(store, &info) == 0) {
-            fprintf(stderr, "qdup-daemon: %s: %llu questions, index %s, model %s (%s)\n",
+            qd_log(QD_LOG_INFO, "%s: %llu questions, index %s, model %s (%s)",
                     c.db, (unsigned long long)info.live, info.index_spec,
                     info.model_path, info.model_fingerprint);
             if (info.checkpoint_failing)
@@ -673,8 +758,8 @@ int main(int argc, char **argv)
                 long thr = c.blas_threshold >= 0 ? c.blas_threshold : 1;
                 qd_ann_set_blas_threshold((int)thr);
                 pad = thr > 1 ? (size_t)thr : thr == 0 ? 20 : 0;
-                fprintf(stderr, "qdup-daemon: exact search: BLAS threshold %ld queries "
-                        "per call, searches padded to %zu\n", thr ? thr : 20,
+                qd_log(QD_LOG_INFO, "exact search: BLAS threshold %ld queries "
+                        "per call, searches padded to %zu", thr ? thr : 20,
                         c.search_pad >= 0 ? (size_t)c.search_pad : pad);
             } else if (c.blas_threshold >= 0) {
                 qd_ann_set_blas_threshold((int)c.blas_threshold);
@@ -682,9 +767,12 @@ int main(int argc, char **argv)
         }
     }
     c.so.search_pad = c.search_pad >= 0 ? (size_t)c.search_pad : pad;
+    rctx = (reload_ctx){.argc = argc, .argv = argv, .cur = &c, .pad = pad};
+    c.so.reload = reload_opts;
+    c.so.reload_ctx = &rctx;
 
     if (qd_server_new(&c.so, &be, &srv, err, sizeof err)) {
-        fprintf(stderr, "qdup-daemon: %s\n", err);
+        qd_log(QD_LOG_ERR, "%s", err);
         goto out;
     }
     status = qd_server_run(srv) == 0 ? 0 : 1;
@@ -692,11 +780,11 @@ out:
     qd_server_free(srv);
     if (store) {
         qd_store_close(store);
-        fprintf(stderr, "qdup-daemon: store closed\n");
+        qd_log(QD_LOG_INFO, "store closed");
     }
     qd_memidx_free(mem);
     qd_model_free(model);
-    for (size_t i = 0; i < c.nstrs; i++)
-        qd_free(c.strs[i]);
+    cfg_init(&c);
+    cfg_init(&rctx.next);
     return status;
 }

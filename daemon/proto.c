@@ -87,6 +87,7 @@ static const cmd commands[QD_OP_COUNT] = {
      QD_REQ_WRITE, 1},
     {"stats", QD_OP_STATS, parse_nothing, {0}, QD_REQ_READ, 0},
     {"ping", QD_OP_PING, parse_nothing, {0}, QD_REQ_DONE, 0},
+    {"metrics", QD_OP_METRICS, parse_nothing, {0}, QD_REQ_READ, 0},
 };
 
 const char *qd_proto_op_name(int op)
@@ -716,6 +717,7 @@ static void run_one(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
             r->have_got = 1;
         break;
     case QD_OP_STATS:
+    case QD_OP_METRICS:
         r->info = qd_calloc(1, sizeof *r->info);
         if (!r->info)
             fail_own(r, QD_ERR_NOMEM);
@@ -991,6 +993,17 @@ static json_t *reply_json(const qd_req *r, int code, const char *msg)
         case QD_OP_STATS:
             put(o, "stats", stats_json(r, &bad), &bad);
             break;
+        case QD_OP_METRICS: {
+            char *text;
+            size_t len;
+            if (qd_metrics_format(r->info, r->stats, &text, &len) == 0) {
+                put(o, "metrics", jstr(text, len), &bad);
+                qd_free(text);
+            } else {
+                bad = 1;
+            }
+            break;
+        }
         default:
             break;
         }

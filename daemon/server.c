@@ -41,17 +41,16 @@
 #include <uv.h>
 
 #include "qdup/common.h"
+#include "qdup/log.h"
 #include "qdup/sched.h"
 #include "server_impl.h"
 
 void qd_server_log(const char *fmt, ...)
 {
-    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    qd_logv(QD_LOG_INFO, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "qdup-daemon: %s\n", buf);
 }
 
 void qd_server_opts_default(qd_server_opts *o)
@@ -182,6 +181,9 @@ static qd_proto_stats *stats_snapshot(qd_server *s)
     st->threads = s->o.threads;
     st->lat_search = lat_copy(&s->lat_search, &st->n_search);
     st->lat_write = lat_copy(&s->lat_write, &st->n_write);
+    memcpy(st->replies, s->replies, sizeof st->replies);
+    st->hist_read = s->hist_read;
+    st->hist_write = s->hist_write;
     return st;
 }
 
@@ -207,9 +209,6 @@ static void admit(client *c, slot *sl, qd_req *r, size_t len, int queued)
     sl->op = r->op;
     if (r->op >= 0)
         s->requests[r->op]++;
-    if (r->code == QD_CODE_FORBIDDEN)
-        qd_server_log("forbidden: uid %u gid %u pid %d may not %s", (unsigned)c->peer.uid,
-              (unsigned)c->peer.gid, (int)c->peer.pid, qd_proto_op_name(r->op));
     if (r->cls != QD_REQ_DONE && r->cls != QD_REQ_WRITE && c->closing) {
         /* Parsed for a client that has gone: a read is not worth running. */
         qd_proto_req_free(&s->proto, r);
@@ -231,7 +230,7 @@ static void admit(client *c, slot *sl, qd_req *r, size_t len, int queued)
         qd_conn_slot_done(sl, out, olen, code);
         return;
     }
-    if (r->op == QD_OP_STATS && r->cls == QD_REQ_READ)
+    if ((r->op == QD_OP_STATS || r->op == QD_OP_METRICS) && r->cls == QD_REQ_READ)
         r->stats = stats_snapshot(s);
     sl->req = r;
     sl->cls = r->cls;
@@ -360,7 +359,7 @@ static void ckpt_backoff(qd_server *s, const char *err)
     s->ckpt_delay_s = s->ckpt_delay_s > 0 ? 2 * s->ckpt_delay_s : 2 * base;
     if (s->ckpt_delay_s > cap)
         s->ckpt_delay_s = cap;
-    qd_server_log("checkpoint failed (%llu in a row): %s; serving from memory, %llu changes "
+    qd_log(QD_LOG_WARN, "checkpoint failed (%llu in a row): %s; serving from memory, %llu changes "
                   "not yet in the index file; next try in %.1f s",
                   (unsigned long long)s->ckpt_fails, err, (unsigned long long)s->dirty,
                   s->ckpt_delay_s);
@@ -388,7 +387,7 @@ static void work_done(uv_work_t *req, int status)
         qd_sched_writer_done(&s->sched);
         if (w->rc) {
             if (s->state != S_RUNNING) {
-                qd_server_log("checkpoint failed: %s", w->err);
+                qd_log(QD_LOG_ERR, "checkpoint failed: %s", w->err);
                 s->ckpt_failed = 1;
             } else {
                 ckpt_backoff(s, w->err);
@@ -566,6 +565,95 @@ static void on_signal(uv_signal_t *h, int signum)
     }
 }
 
+/* The timer that closes clients past their timeouts, at a pace set by the options. */
+static void sweep_timer_start(qd_server *s)
+{
+    const qd_server_opts *o = &s->o;
+    uv_timer_stop(&s->idle_timer);
+    if (o->request_timeout_s > 0 || o->idle_timeout_s > 0) {
+        /* A sweep every quarter of the shorter timeout (at most a second), so a client
+         * is closed at most 25% (or a second) after its time is up. */
+        double t = o->request_timeout_s > 0 ? o->request_timeout_s : o->idle_timeout_s;
+        if (o->idle_timeout_s > 0 && o->idle_timeout_s < t)
+            t = o->idle_timeout_s;
+        uint64_t ms = (uint64_t)(t * 250);
+        ms = ms < 10 ? 10 : ms > 1000 ? 1000 : ms;
+        uv_timer_start(&s->idle_timer, qd_conn_on_idle_timer, ms, ms);
+    }
+}
+
+/* 1 if the options are within what the server can work with. */
+static int opts_valid(const qd_server_opts *o)
+{
+    return o->socket_path && *o->socket_path && o->threads >= 1 && o->threads <= 256 &&
+           o->max_clients >= 1 && o->max_inflight >= 1 && o->search_batch >= 1 &&
+           o->write_batch >= 1 && o->max_queued >= 1 && o->batch_results >= 1 &&
+           o->batch_bytes >= 1 && o->pause_output >= 1 && o->limits.max_line >= 16 &&
+           o->limits.max_k >= 1 && o->limits.max_text >= 1 && o->limits.max_batch >= 1 &&
+           o->limits.max_reply >= 256 && o->socket_mode <= 0777;
+}
+
+/* SIGHUP: the options again, applied where they can change while serving (server.h).
+ * The handler's limits are plain words that workers read while parsing long lines
+ * and formatting replies; each is replaced whole, and a request sees the old or the
+ * new value. */
+static void on_hup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    qd_server *s = h->data;
+    if (s->state != S_RUNNING)
+        return;
+    if (!s->o.reload) {
+        qd_server_log("SIGHUP: no configuration to reload");
+        return;
+    }
+    qd_server_opts n = s->o;
+    if (s->o.reload(s->o.reload_ctx, &n) != 0 || !opts_valid(&n)) {
+        qd_log(QD_LOG_ERR, "SIGHUP: the configuration has errors; keeping the current "
+               "configuration");
+        return;
+    }
+    uint32_t *uids = NULL;
+    if (n.n_write_uids) {
+        uids = qd_mallocarray(n.n_write_uids, sizeof *uids);
+        if (!uids) {
+            qd_log(QD_LOG_ERR, "SIGHUP: out of memory; keeping the current configuration");
+            return;
+        }
+        memcpy(uids, n.write_uids, n.n_write_uids * sizeof *uids);
+    }
+    if (strcmp(n.socket_path, s->socket_path) != 0)
+        qd_log(QD_LOG_WARN, "socket: changed in the configuration; takes effect at the next start");
+    if (n.socket_mode != s->o.socket_mode)
+        qd_log(QD_LOG_WARN, "socket-mode: changed in the configuration; takes effect at the "
+               "next start");
+    if (n.threads != s->o.threads)
+        qd_log(QD_LOG_WARN, "threads: changed in the configuration; takes effect at the next start");
+    n.socket_path = s->socket_path;
+    n.socket_mode = s->o.socket_mode;
+    n.threads = s->o.threads;
+    n.write_uids = uids;
+    qd_free(s->write_uids);
+    s->write_uids = uids;
+    s->o = n;
+    s->proto.lim = n.limits;
+    s->proto.search_pad = n.search_pad;
+    s->sched.lim.search_batch = n.search_batch;
+    s->sched.lim.batch_results = n.batch_results;
+    s->sched.lim.batch_bytes = n.batch_bytes;
+    s->sched.lim.write_batch = n.write_batch;
+    s->sched.lim.max_queued = n.max_queued;
+    s->sched.lim.max_queued_bytes = n.max_queued_bytes;
+    /* A checkpoint backing off after failures keeps its wait; the new interval applies
+     * once one succeeds. */
+    if (!s->ckpt_fails) {
+        uv_timer_stop(&s->ckpt_timer);
+        ckpt_timer_regular(s);
+    }
+    sweep_timer_start(s);
+    qd_server_log("SIGHUP: configuration reloaded");
+}
+
 /* At shutdown, once nothing is queued, running or connected: checkpoint if needed,
  * then close the loop's own handles so that uv_run returns. */
 void qd_server_maybe_finish(qd_server *s)
@@ -591,6 +679,7 @@ void qd_server_maybe_finish(qd_server *s)
     uv_close((uv_handle_t *)&s->idle_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
+    uv_close((uv_handle_t *)&s->sig_hup, NULL);
 }
 
 /* --- life cycle --------------------------------------------------------------------- */
@@ -601,11 +690,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     *out = NULL;
     if (!o->socket_path || !*o->socket_path)
         return qd_errf(err, errlen, QD_ERR_INVAL, "no socket path given");
-    if (o->threads < 1 || o->threads > 256 || o->max_clients < 1 || o->max_inflight < 1 ||
-        o->search_batch < 1 || o->write_batch < 1 || o->max_queued < 1 ||
-        o->batch_results < 1 || o->batch_bytes < 1 || o->pause_output < 1 ||
-        o->limits.max_line < 16 || o->limits.max_k < 1 || o->limits.max_text < 1 ||
-        o->limits.max_batch < 1 || o->limits.max_reply < 256 || o->socket_mode > 0777)
+    if (!opts_valid(o))
         return qd_errf(err, errlen, QD_ERR_INVAL, "server option out of range");
 
     int rc = QD_ERR_NOMEM;
@@ -616,6 +701,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     s->be = *be;
     s->owner = geteuid();
     s->t_start = qd_now();
+    s->refusals.burst = 10;
     pthread_mutex_init(&s->ws_mu, NULL);
     s->socket_path = qd_strndup(o->socket_path, strlen(o->socket_path));
     if (o->n_write_uids) {
@@ -667,6 +753,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     uv_timer_init(&s->loop, &s->idle_timer);
     uv_signal_init(&s->loop, &s->sig_term);
     uv_signal_init(&s->loop, &s->sig_int);
+    uv_signal_init(&s->loop, &s->sig_hup);
     s->handles_ready = 1;
     s->listener.data = s;
     s->check.data = s;
@@ -675,12 +762,14 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     s->idle_timer.data = s;
     s->sig_term.data = s;
     s->sig_int.data = s;
+    s->sig_hup.data = s;
 
     if ((rc = qd_listen_bind(s, err, errlen)) != 0)
         goto fail;
     uv_check_start(&s->check, on_check);
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_signal_start(&s->sig_hup, on_hup, SIGHUP);
     ckpt_timer_regular(s);
     /* Changes the FAISS file lacks from before this start (its checkpoint at open
      * failed: a full disk) are saved like this run's own. */
@@ -689,19 +778,10 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
         s->dirty = info.unsaved_changes;
         s->ckpt_fails = info.checkpoint_failing ? info.checkpoint_failures : 0;
     }
-    if (o->request_timeout_s > 0 || o->idle_timeout_s > 0) {
-        /* A sweep every quarter of the shorter timeout (at most a second), so a client
-         * is closed at most 25% (or a second) after its time is up. */
-        double t = o->request_timeout_s > 0 ? o->request_timeout_s : o->idle_timeout_s;
-        if (o->idle_timeout_s > 0 && o->idle_timeout_s < t)
-            t = o->idle_timeout_s;
-        uint64_t ms = (uint64_t)(t * 250);
-        ms = ms < 10 ? 10 : ms > 1000 ? 1000 : ms;
-        uv_timer_start(&s->idle_timer, qd_conn_on_idle_timer, ms, ms);
-    }
+    sweep_timer_start(s);
     /* The readiness line scripts and tests wait for. */
-    fprintf(stderr, "listening on %s\n", s->socket_path);
-    fflush(stderr);
+    qd_server_log("listening on %s%s", s->socket_path,
+                  s->activated ? " (socket from systemd)" : "");
     *out = s;
     return 0;
 fail:
@@ -715,16 +795,16 @@ int qd_server_run(qd_server *s)
     int rc = s->ckpt_failed ? QD_ERR_IO : 0;
     int lrc = uv_loop_close(&s->loop);
     if (lrc != 0) {
-        qd_server_log("uv_loop_close: %s", uv_strerror(lrc));
+        qd_log(QD_LOG_ERR, "uv_loop_close: %s", uv_strerror(lrc));
         rc = QD_ERR_IO;
     } else {
         s->loop_ready = 0;
     }
+    uint64_t served = 0;
+    for (int op = 0; op < QD_OP_COUNT; op++)
+        served += s->requests[op];
     qd_server_log("stopped: %llu requests served, %llu checkpoints",
-          (unsigned long long)(s->requests[QD_OP_QUERY] + s->requests[QD_OP_ADD] +
-                               s->requests[QD_OP_REMOVE] + s->requests[QD_OP_GET] +
-                               s->requests[QD_OP_CHECK] + s->requests[QD_OP_STATS] +
-                               s->requests[QD_OP_PING]),
+          (unsigned long long)served,
           (unsigned long long)s->checkpoints);
     return rc;
 }

@@ -17,6 +17,7 @@
 
 #include <uv.h>
 
+#include "qdup/log.h"
 #include "qdup/proto.h"
 #include "qdup/sched.h"
 #include "qdup/server.h"
@@ -123,6 +124,7 @@ struct qd_server {
     uv_pipe_t listener;     /* the listening socket */
     uv_signal_t sig_term;   /* SIGTERM */
     uv_signal_t sig_int;    /* SIGINT */
+    uv_signal_t sig_hup;    /* SIGHUP: reload the configuration */
     uv_check_t check;       /* dispatch and flush, after each round of I/O */
     uv_timer_t ckpt_timer;  /* periodic checkpoints */
     uv_timer_t drain_timer; /* bounds the wait for clients at shutdown */
@@ -133,6 +135,7 @@ struct qd_server {
     uint32_t *write_uids;   /* (o.n_write_uids) copy */
     char *socket_path;      /* copy */
     int socket_bound;       /* 1 if the socket file is ours to unlink */
+    int activated;          /* 1 if the listening socket came from systemd */
     dev_t sock_dev;         /* the socket file we created, to unlink only it */
     ino_t sock_ino;         /* (with sock_dev) */
     uid_t owner;            /* the daemon's effective uid */
@@ -154,6 +157,11 @@ struct qd_server {
     double t_start;         /* qd_now() at start */
     uint64_t requests[QD_OP_COUNT]; /* by op */
     uint64_t errors[QD_CODE_COUNT]; /* by code */
+    uint64_t replies[QD_OP_COUNT + 1][QD_CODE_COUNT]; /* by op (index op + 1; 0: not a
+                                                         request) and code */
+    qd_metrics_hist hist_read;      /* latencies of reads, for metrics */
+    qd_metrics_hist hist_write;     /* latencies of writes */
+    qd_log_limit refusals;          /* bounds the lines about refused requests */
     uint64_t clients_total, clients_refused, clients_dropped, checkpoints;
     uint64_t cancelled;     /* waiting requests dropped because their client left */
     lat_ring lat_search;    /* queries and other reads */
@@ -169,7 +177,7 @@ struct qd_server {
 
 /* --- server.c ---------------------------------------------------------------------------- */
 
-/* Logs one line to stderr, prefixed "qdup-daemon: ". */
+/* Logs one line at level info (log.h). */
 void qd_server_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Takes one request line of c (not blank-checked), parsing it or queueing it to be. */
 void qd_server_handle_line(client *c, const char *line, size_t len);

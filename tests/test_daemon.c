@@ -125,9 +125,9 @@ static pid_t start_daemon(const char *sock, const char *log, const char *const *
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }
-    /* The whole line: "another server is listening on PATH" must not match. */
+    /* The whole message: "another server is listening on PATH" must not match. */
     char want[4200];
-    snprintf(want, sizeof want, "\nlistening on %s\n", sock);
+    snprintf(want, sizeof want, ": listening on %s\n", sock);
     double end = qd_now() + DEADLINE;
     while (qd_now() < end) {
         if (file_has_from(log, from, want))

@@ -41,7 +41,9 @@ static void usage(FILE *f)
             "  check [-k N] [--min-score X] [--no-store] ID TEXT...\n"
             "                                          duplicates of a new post (score >=\n"
             "                                          0.8 unless --min-score), then store it\n"
-            "  stats                                   the daemon's counters and latencies\n"
+            "  stats [--prometheus]                    the daemon's counters and latencies;\n"
+            "                                          --prometheus: the Prometheus text\n"
+            "                                          format (op \"metrics\")\n"
             "  ping                                    is the daemon there?\n\n"
             "TEXT may be several words (joined with spaces) or \"-\" to read standard input.\n"
             "options:\n"
@@ -249,6 +251,8 @@ static void print_reply(const char *cmd, json_t *r, const char *id)
             printf("not stored: %s\n", str_or(r, "reason", "not asked to"));
     } else if (strcmp(cmd, "stats") == 0) {
         print_flat("", json_object_get(r, "stats"));
+    } else if (strcmp(cmd, "metrics") == 0) {
+        fputs(str_or(r, "metrics", ""), stdout);
     } else {
         printf("ok\n");
     }
@@ -257,7 +261,7 @@ static void print_reply(const char *cmd, json_t *r, const char *id)
 int main(int argc, char **argv)
 {
     const char *socket_path = getenv("QDUP_SOCKET");
-    int json_out = 0, store = 1;
+    int json_out = 0, store = 1, prometheus = 0;
     long k = -1;
     double min_score = 2, timeout = 60;
     static const struct option lopts[] = {
@@ -266,6 +270,7 @@ int main(int argc, char **argv)
         {"timeout", required_argument, NULL, 't'},
         {"min-score", required_argument, NULL, 'm'},
         {"no-store", no_argument, NULL, 'n'},
+        {"prometheus", no_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {0, 0, 0, 0},
     };
@@ -303,6 +308,9 @@ int main(int argc, char **argv)
         case 'n':
             store = 0;
             break;
+        case 'p':
+            prometheus = 1;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -320,6 +328,12 @@ int main(int argc, char **argv)
         return EXIT_FAIL;
     }
     const char *cmd = argv[optind++];
+    if (prometheus && strcmp(cmd, "stats") != 0) {
+        fprintf(stderr, "qdup: --prometheus goes with stats\n");
+        return EXIT_FAIL;
+    }
+    if (prometheus)
+        cmd = "metrics";
     char **args = argv + optind;
     int nargs = argc - optind;
 
@@ -333,7 +347,8 @@ int main(int argc, char **argv)
         need_id = need_text = 1;
     } else if (strcmp(cmd, "remove") == 0 || strcmp(cmd, "get") == 0) {
         need_id = 1;
-    } else if (strcmp(cmd, "stats") != 0 && strcmp(cmd, "ping") != 0) {
+    } else if (strcmp(cmd, "stats") != 0 && strcmp(cmd, "ping") != 0 &&
+               strcmp(cmd, "metrics") != 0) {
         fprintf(stderr, "qdup: unknown command \"%s\" (see --help)\n", cmd);
         return EXIT_FAIL;
     }

@@ -42,6 +42,7 @@
 
 #include <jansson.h>
 
+#include "qdup/metrics.h"
 #include "qdup/model.h"
 #include "qdup/store.h"
 
@@ -106,6 +107,7 @@ typedef enum qd_op {
     QD_OP_CHECK,
     QD_OP_STATS,
     QD_OP_PING,
+    QD_OP_METRICS,
     QD_OP_COUNT,
     QD_OP_NONE = -1, /* the line was not a request with a known op */
 } qd_op;
@@ -179,6 +181,10 @@ typedef struct qd_proto_stats {
     size_t n_search;
     double *lat_write;                 /* (n_write) recent write latencies, ms; owned */
     size_t n_write;
+    uint64_t replies[QD_OP_COUNT + 1][QD_CODE_COUNT]; /* replies by op (index op + 1;
+                                          0: not a request) and code, since start */
+    qd_metrics_hist hist_read;         /* latencies of reads (query, get) */
+    qd_metrics_hist hist_write;        /* latencies of writes (add, remove, check) */
 } qd_proto_stats;
 
 /* A parsed request and, once run, its outcome. Strings point into `root`. */

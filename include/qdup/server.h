@@ -67,6 +67,11 @@ typedef struct qd_server_opts {
     uint32_t write_gid;       /* the writers' group */
     qd_proto_limits limits;   /* request and reply sizes (max_reply 4 MiB here) */
     size_t search_pad;        /* see qd_proto.search_pad */
+    /* SIGHUP: fills *o with the options as configured now (the current ones on entry)
+     * and returns 0, or returns nonzero (having said why) to keep the current ones.
+     * NULL: SIGHUP is only logged. See qd_server_run for what changes live. */
+    int (*reload)(void *ctx, struct qd_server_opts *o);
+    void *reload_ctx;         /* reload's first argument */
 } qd_server_opts;
 
 /* The defaults above (socket_path NULL). */
@@ -86,6 +91,11 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
  * every handle and removes the socket file. Returns 0, or QD_ERR_IO if the final
  * checkpoint failed or the loop could not be closed cleanly. */
 int qd_server_run(qd_server *s);
+/* On SIGHUP it asks o.reload for the options again and applies them at once: limits,
+ * timeouts, batch sizes, checkpoint interval and write permissions (for connections
+ * accepted from then on). The socket, its mode and the number of threads are fixed at
+ * start: a change of those is logged as waiting for the next start. Options that fail
+ * the checks of qd_server_new are refused whole and the current ones kept. */
 
 /* Frees the server; NULL is a no-op. */
 void qd_server_free(qd_server *s);

@@ -126,3 +126,7 @@ class Client:
 
     def ping(self):
         self.request({"op": "ping"})
+
+    def metrics(self):
+        """The daemon's figures in the Prometheus text format (a str)."""
+        return self.request({"op": "metrics"})["metrics"]
