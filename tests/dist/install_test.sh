@@ -29,6 +29,12 @@ for c in py php rb js; do need_file "$p/share/qdup/clients/qdup_client.$c"; done
 cmp "$QDUP_MODEL" "$p/share/qdup/default.qdm" || fail "share/qdup/default.qdm is not the model"
 grep -qx "ExecStart=$p/bin/qdup-daemon --config $p/etc/qdup/qdup.conf" \
     "$p/lib/systemd/system/qdup.service" || fail "qdup.service does not start the installed daemon"
+for prog in $progs; do
+    if ldd "$p/bin/$prog" | grep -q "not found"; then
+        ldd "$p/bin/$prog" >&2
+        fail "$prog: a library it needs is not found once installed"
+    fi
+done
 echo "installed files: ok"
 
 if command -v systemd-analyze >/dev/null; then

@@ -19,6 +19,17 @@ set(QDUP_MODEL "${CMAKE_SOURCE_DIR}/models/default.qdm" CACHE FILEPATH
 
 install(TARGETS qdup-train qdup-eval qdup-index qdup-daemon qdup qdup-bench qdup-load
         RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+# With QDUP_FAISS=source the programs link the FAISS C API the project builds
+# (QdupFaiss.cmake), which no Debian package provides: it goes with them into lib/qdup,
+# its AVX2 variant into lib/qdup/glibc-hwcaps/x86-64-v3 (the dynamic loader takes that
+# one on CPUs that have AVX2), found through the programs' RUNPATH relative to bin/.
+if(QDUP_FAISS STREQUAL "source")
+  install(FILES ${QDUP_FAISS_PREFIX}/lib/libfaiss_c.so DESTINATION lib/qdup)
+  install(FILES ${QDUP_FAISS_PREFIX}/lib/glibc-hwcaps/x86-64-v3/libfaiss_c.so
+          DESTINATION lib/qdup/glibc-hwcaps/x86-64-v3)
+  set_target_properties(qdup-train qdup-eval qdup-index qdup-daemon qdup qdup-bench qdup-load
+                        PROPERTIES INSTALL_RPATH "$ORIGIN/../lib/qdup")
+endif()
 install(FILES ${CMAKE_SOURCE_DIR}/schema.sql DESTINATION ${CMAKE_INSTALL_DATADIR}/qdup)
 install(FILES ${CMAKE_SOURCE_DIR}/tools/clients/qdup_client.py
               ${CMAKE_SOURCE_DIR}/tools/clients/qdup_client.php
@@ -83,6 +94,8 @@ set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 # The runtime libraries' packages, found by dpkg-shlibdeps from what the programs link.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+# The private FAISS library above, for dpkg-shlibdeps to resolve (not a dependency).
+set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS usr/lib/qdup)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "passwd")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     ${CMAKE_SOURCE_DIR}/daemon/dist/debian/postinst
