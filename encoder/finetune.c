@@ -129,12 +129,24 @@ int qd_finetune_parse_grades(const char *s, unsigned *mask)
     return 0;
 }
 
-int qd_finetune_relabel(qd_pairs *p, unsigned mask)
+int qd_finetune_relabel(qd_pairs *p, unsigned mask, unsigned skip)
 {
     if (!p->grade)
         return QD_ERR_INVAL;
-    for (size_t i = 0; i < p->n; i++)
-        p->dup[i] = (mask >> p->grade[i]) & 1u;
+    size_t k = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        if ((skip >> p->grade[i]) & 1u)
+            continue;
+        p->q1[k] = p->q1[i];
+        p->q2[k] = p->q2[i];
+        p->len1[k] = p->len1[i];
+        p->len2[k] = p->len2[i];
+        p->qid1[k] = p->qid1[i];
+        p->qid2[k] = p->qid2[i];
+        p->grade[k] = p->grade[i];
+        p->dup[k++] = mask ? (mask >> p->grade[i]) & 1u : p->dup[i];
+    }
+    p->n = k;
     return 0;
 }
 

@@ -102,6 +102,7 @@ static const char usage[] =
     "                        grades that count as duplicates, e.g. 2 or 1,2 (default:\n"
     "                        its is_duplicate column); --valid is scored by its\n"
     "                        is_duplicate column\n"
+    "  --skip-grades G       leave the --train pairs of these grades out, e.g. 1\n"
     "  --mix-pairs FILE      pairs to mix into --train, e.g. the starting model's own\n"
     "                        training pairs, so that it keeps what it knew\n"
     "  --mix X               how many: X times the number of --train pairs, drawn at\n"
@@ -257,13 +258,14 @@ static int load_corpus(const char *path, corpus *c, char *err, size_t errlen)
     return rc < 0 ? rc : 0;
 }
 
-/* --duplicate-grades: the training pairs' labels from their grades. */
-static int prepare_grades(qd_pairs *p, const char *path, unsigned grades, char *err,
-                          size_t errlen)
+/* --duplicate-grades, --skip-grades: the training pairs' labels from their grades. */
+static int prepare_grades(qd_pairs *p, const char *path, unsigned grades, unsigned skip,
+                          char *err, size_t errlen)
 {
-    if (qd_finetune_relabel(p, grades) != 0)
-        return qd_errf(err, errlen, QD_ERR_INVAL, "%s: --duplicate-grades needs a graded file "
-                       "(a column named relevance), this one has none", path);
+    if (qd_finetune_relabel(p, grades, skip) != 0)
+        return qd_errf(err, errlen, QD_ERR_INVAL, "%s: --duplicate-grades and --skip-grades "
+                       "need a graded file (a column named relevance), this one has none",
+                       path);
     return 0;
 }
 
@@ -291,7 +293,8 @@ enum {
     OPT_BATCH, OPT_LR, OPT_MARGIN, OPT_EMB, OPT_HIDDEN, OPT_MIN_COUNT, OPT_MAX_TOKENS,
     OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
     OPT_LOSS, OPT_TEMP, OPT_POOL, OPT_MINE, OPT_CORPUS, OPT_PRETRAIN, OPT_DROPOUT,
-    OPT_LRDECAY, OPT_INIT, OPT_GRADES, OPT_MIX_PAIRS, OPT_MIX, OPT_REFIT, OPT_NOFIT,
+    OPT_LRDECAY, OPT_INIT, OPT_GRADES, OPT_SKIP_GRADES, OPT_MIX_PAIRS, OPT_MIX, OPT_REFIT,
+    OPT_NOFIT,
 };
 
 /* Fits m's scoring on the pairs and stores it in m; prints what was measured. */
@@ -370,6 +373,7 @@ int main(int argc, char **argv)
         {"lr-decay", required_argument, 0, OPT_LRDECAY},
         {"init", required_argument, 0, OPT_INIT},
         {"duplicate-grades", required_argument, 0, OPT_GRADES},
+        {"skip-grades", required_argument, 0, OPT_SKIP_GRADES},
         {"mix-pairs", required_argument, 0, OPT_MIX_PAIRS},
         {"mix", required_argument, 0, OPT_MIX},
         {"refit", required_argument, 0, OPT_REFIT},
@@ -397,7 +401,7 @@ int main(int argc, char **argv)
     }
     const char *train_path = NULL, *valid_path = NULL, *out_path = NULL, *corpus_path = NULL;
     const char *init_path = NULL, *mix_path = NULL;
-    unsigned grades = 0;
+    unsigned grades = 0, skip = 0;
     int max_tokens_set = 0;
     float mix = 1;
     const char *refit_path = NULL;
@@ -498,6 +502,13 @@ int main(int argc, char **argv)
         case OPT_MIX:
             if (parse_float("--mix", optarg, 0, 1000, &mix)) return 2;
             break;
+        case OPT_SKIP_GRADES:
+            if (qd_finetune_parse_grades(optarg, &skip)) {
+                fprintf(stderr, "qdup-train: --skip-grades: expected grades 0-9 separated "
+                                "by commas (e.g. 1), got \"%s\"\n", optarg);
+                return 2;
+            }
+            break;
         case OPT_GRADES:
             if (qd_finetune_parse_grades(optarg, &grades) || grades == 0) {
                 fprintf(stderr, "qdup-train: --duplicate-grades: expected grades 0-9 separated "
@@ -551,7 +562,8 @@ int main(int argc, char **argv)
     if (qd_pairs_load(train_path, on_warning, NULL, &train, err, sizeof err) != 0 ||
         qd_pairs_load(valid_path, on_warning, NULL, &valid, err, sizeof err) != 0 ||
         (init_path && qd_model_load(init_path, &init, err, sizeof err) != 0) ||
-        (grades && prepare_grades(train, train_path, grades, err, sizeof err) != 0) ||
+        ((grades || skip) &&
+         prepare_grades(train, train_path, grades, skip, err, sizeof err) != 0) ||
         (mix_path && mix_in(&train, mix_path, mix, o.seed, err, sizeof err) != 0)) {
         fprintf(stderr, "qdup-train: %s\n", err);
         qd_pairs_free(train);

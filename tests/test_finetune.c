@@ -151,7 +151,7 @@ static void test_new_word_learned(void **state)
     qd_model_free(ext);
 
     /* Fine-tuning on the forum's PerfectMatch-only labels (the grades say the same). */
-    assert_int_equal(qd_finetune_relabel(p, 1u << 2), 0);
+    assert_int_equal(qd_finetune_relabel(p, 1u << 2, 0), 0);
     qd_train_opts o;
     qd_finetune_recipe(&o);
     o.init = base;
@@ -222,10 +222,19 @@ static void test_grades(void **state)
     assert_int_equal(qd_finetune_parse_grades("12", &mask), QD_ERR_INVAL);
     assert_int_equal(qd_finetune_parse_grades("1,", &mask), QD_ERR_INVAL);
     assert_int_equal(qd_finetune_parse_grades("", &mask), QD_ERR_INVAL);
-    assert_int_equal(qd_finetune_relabel(p, 6), 0);
+    size_t n = p->n;
+    assert_int_equal(qd_finetune_relabel(p, 6, 0), 0);
+    assert_int_equal(p->n, n);
     assert_int_equal(p->dup[0], 1);
     assert_int_equal(p->dup[1], 0);
     assert_int_equal(p->dup[3], 1);
+    /* Leaving out grade 1: the pairs graded 2 and 0 remain, in order. */
+    assert_int_equal(qd_finetune_relabel(p, 4, 2), 0);
+    assert_int_equal(p->n, n - n / 4);
+    for (size_t i = 0; i < p->n; i++) {
+        assert_int_not_equal(p->grade[i], 1);
+        assert_int_equal(p->dup[i], p->grade[i] == 2);
+    }
 
     /* Mixing: all of a, then half as many of b with ids past a's. */
     qd_pairs *mixed;

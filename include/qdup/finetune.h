@@ -50,9 +50,11 @@ int qd_finetune_extend(const qd_model *base, const qd_vocab *words, uint32_t max
  * anything else. */
 int qd_finetune_parse_grades(const char *s, unsigned *mask);
 
-/* Labels a graded pair file: dup[i] = 1 exactly when bit grade[i] of mask is set.
- * QD_ERR_INVAL if p has no grades. */
-int qd_finetune_relabel(qd_pairs *p, unsigned mask);
+/* Labels a graded pair file: the pairs whose grade is in skip (a bit mask like mask)
+ * are left out (e.g. "related" pairs, neither duplicates nor unrelated), and of the
+ * others dup = 1 exactly when their grade is in mask (mask 0: dup as the file has
+ * it). QD_ERR_INVAL if p has no grades. */
+int qd_finetune_relabel(qd_pairs *p, unsigned mask, unsigned skip);
 
 /* A new pair set: every pair of a, then round(share * a->n) pairs of b drawn at random
  * without replacement (all of b if it has fewer), b's question ids moved past a's
