@@ -17,7 +17,7 @@ void qd_finetune_recipe(qd_train_opts *o)
 {
     qd_train_recipe("default", o);
     snprintf(o->recipe, sizeof o->recipe, "%s", "finetune");
-    o->batch = 32;
+    o->batch = 16;
     o->hard_negatives = 64;
     o->lr = 0.001f;
     o->epochs = 5;
@@ -65,6 +65,7 @@ int qd_finetune_extend(const qd_model *base, const qd_vocab *words, uint32_t max
     rc = qd_model_new(&hdr, v, &m, err, errlen);
     if (rc)
         return rc;
+    m->scoring = base->scoring; /* until qdup-train fits it anew */
     /* Everything but the embedding rows is copied as is; the rows are the base's
      * vocabulary rows, the new words' rows, then the base's n-gram rows. */
     size_t rows_base = qd_model_rows(bh), emb_base = rows_base * E;

@@ -96,13 +96,17 @@ static const char usage[] =
     "                        --min-count times) are added, each starting from the\n"
     "                        n-grams MODEL read it with. Without --recipe the recipe\n"
     "                        is finetune: the default recipe with --epochs 5\n"
-    "                        --patience 2 --lr 0.001 --batch 32 --hard-negatives 64\n"
+    "                        --patience 2 --lr 0.001 --batch 16 --hard-negatives 64\n"
     "                        (chosen on the SemEval dev split, see BENCHMARKS.md)\n"
     "  --duplicate-grades G  for a graded --train file (a 7th column relevance): the\n"
     "                        grades that count as duplicates, e.g. 2 or 1,2 (default:\n"
     "                        its is_duplicate column); --valid is scored by its\n"
     "                        is_duplicate column\n"
     "  --skip-grades G       leave the --train pairs of these grades out, e.g. 1\n"
+    "  --head-only           train nothing: re-fit MODEL's scoring (the duplicate head,\n"
+    "                        the fusion weight, BM25's parameters, min_p) on the --train\n"
+    "                        pairs, in seconds; the vectors and the fingerprint stay the\n"
+    "                        same, so no index needs re-embedding\n"
     "  --mix-pairs FILE      pairs to mix into --train, e.g. the starting model's own\n"
     "                        training pairs, so that it keeps what it knew\n"
     "  --mix X               how many: X times the number of --train pairs, drawn at\n"
@@ -294,7 +298,7 @@ enum {
     OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
     OPT_LOSS, OPT_TEMP, OPT_POOL, OPT_MINE, OPT_CORPUS, OPT_PRETRAIN, OPT_DROPOUT,
     OPT_LRDECAY, OPT_INIT, OPT_GRADES, OPT_SKIP_GRADES, OPT_MIX_PAIRS, OPT_MIX, OPT_REFIT,
-    OPT_NOFIT,
+    OPT_NOFIT, OPT_HEAD_ONLY,
 };
 
 /* Fits m's scoring on the pairs and stores it in m; prints what was measured. */
@@ -377,6 +381,7 @@ int main(int argc, char **argv)
         {"mix-pairs", required_argument, 0, OPT_MIX_PAIRS},
         {"mix", required_argument, 0, OPT_MIX},
         {"refit", required_argument, 0, OPT_REFIT},
+        {"head-only", no_argument, 0, OPT_HEAD_ONLY},
         {"no-fit", no_argument, 0, OPT_NOFIT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
@@ -405,6 +410,7 @@ int main(int argc, char **argv)
     int max_tokens_set = 0;
     float mix = 1;
     const char *refit_path = NULL;
+    int head_only = 0;
     int fit = 1;
     progress_state st = {.tty = isatty(2)};
     long v;
@@ -517,6 +523,7 @@ int main(int argc, char **argv)
             }
             break;
         case OPT_REFIT: refit_path = optarg; break;
+        case OPT_HEAD_ONLY: head_only = 1; break;
         case OPT_NOFIT: fit = 0; break;
         case OPT_DROPOUT:
             if (parse_float("--dropout", optarg, 0, 0.9, &o.dropout)) return 2;
@@ -551,6 +558,10 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    if (head_only && (!init_path || refit_path)) {
+        fprintf(stderr, "qdup-train: --head-only needs --init MODEL (and no --refit)\n");
+        return 2;
+    }
     if (init_path && o.pretrain_epochs > 0) {
         fprintf(stderr, "qdup-train: --pretrain would overwrite the word vectors --init "
                         "starts from: use one or the other\n");
@@ -571,12 +582,14 @@ int main(int argc, char **argv)
         qd_model_free(init);
         return 1;
     }
+    if (head_only)
+        refit_path = init_path; /* --refit, fitted on the forum's own pairs */
     if (refit_path) {
         qd_model *rm = NULL;
         int status = 1;
         if (qd_model_load(refit_path, &rm, err, sizeof err) != 0)
             fprintf(stderr, "qdup-train: %s\n", err);
-        else if (fit_and_set(rm, train, valid, o.threads, st.quiet) == 0) {
+        else if (fit_and_set(rm, train, head_only ? train : valid, o.threads, st.quiet) == 0) {
             if (qd_model_save(rm, out_path, err, sizeof err) != 0)
                 fprintf(stderr, "qdup-train: %s\n", err);
             else {

@@ -75,6 +75,9 @@ static const char usage[] =
     "  --pairs FILE      another Quora-format pair file to score (plain TSV or the\n"
     "                    original release's quoted format); may be repeated; keyed in\n"
     "                    the output by its base name\n"
+    "  --pairs-collection DUMP  the questions (qid<TAB>question) the --pairs files come\n"
+    "                    from: the term statistics of their pair signals (default:\n"
+    "                    DIR/questions.tsv, those of the test pairs)\n"
     "  --no-retrieval    pair metrics only\n"
     "  --no-bm25         skip the BM25 baseline (it takes about a minute: FTS5 scores\n"
     "                    every question sharing a term with the query)\n"
@@ -110,6 +113,9 @@ typedef struct calib_result {
     double brier;         /* Brier score */
     pr_point at;          /* at the model's min_p */
     pr_point table[N_PR]; /* at pr_thresholds */
+    double auc;           /* ROC AUC of P(duplicate) */
+    double map;           /* graded files: MAP of P(duplicate) over the qid1 groups */
+    size_t map_groups;    /* groups counted in map (0: not a graded file) */
 } calib_result;
 
 /* The pair metrics of one file. */
@@ -244,6 +250,9 @@ static int calibrate(const qd_model *m, const qd_lex_stats *st, const qd_pairs *
         cal->ece = qd_head_ece(prob, p->dup, p->n, 10);
         cal->brier = qd_head_brier(prob, p->dup, p->n);
         cal->at = pr_at(prob, p->dup, p->n, sc->min_p);
+        cal->auc = qd_auc(prob, p->dup, p->n);
+        if (p->grade)
+            cal->map = qd_map(prob, p->qid1, p->grade, p->n, 1, &cal->map_groups);
         for (size_t k = 0; k < N_PR; k++)
             cal->table[k] = pr_at(prob, p->dup, p->n, pr_thresholds[k]);
     }
@@ -718,6 +727,10 @@ static json_t *calib_json(const calib_result *c, int table)
             json_array_append_new(a, pr_json(&c->table[k]));
         json_object_set_new(o, "by_threshold", a);
     }
+    if (o)
+        json_object_set_new(o, "auc", json_real(c->auc));
+    if (o && c->map_groups)
+        json_object_set_new(o, "map", json_real(c->map));
     return o;
 }
 
@@ -751,7 +764,8 @@ static int parse_threads(const char *s, int *out)
     return 0;
 }
 
-enum { OPT_MODEL = 256, OPT_DATA, OPT_PAIRS, OPT_JSON, OPT_THREADS, OPT_NORETR, OPT_NOBM25 };
+enum { OPT_MODEL = 256, OPT_DATA, OPT_PAIRS, OPT_JSON, OPT_THREADS, OPT_NORETR, OPT_NOBM25,
+       OPT_PCOLL };
 
 int main(int argc, char **argv)
 {
@@ -759,6 +773,7 @@ int main(int argc, char **argv)
         {"model", required_argument, 0, OPT_MODEL},
         {"data", required_argument, 0, OPT_DATA},
         {"pairs", required_argument, 0, OPT_PAIRS},
+        {"pairs-collection", required_argument, 0, OPT_PCOLL},
         {"json", no_argument, 0, OPT_JSON},
         {"threads", required_argument, 0, OPT_THREADS},
         {"no-retrieval", no_argument, 0, OPT_NORETR},
@@ -766,7 +781,8 @@ int main(int argc, char **argv)
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    const char *model_path = NULL, *data_dir = NULL;
+    const char *model_path = NULL, *data_dir = NULL, *pcoll_path = NULL;
+    qd_lex_stats *pstats = NULL; /* --pairs-collection's statistics */
     const char *pair_paths[MAX_PAIR_FILES];
     size_t npairs = 0;
     int json = 0, threads = 0, retrieval = 1, bm25_on = 1, c;
@@ -774,6 +790,7 @@ int main(int argc, char **argv)
         switch (c) {
         case OPT_MODEL: model_path = optarg; break;
         case OPT_DATA: data_dir = optarg; break;
+        case OPT_PCOLL: pcoll_path = optarg; break;
         case OPT_PAIRS:
             if (npairs == MAX_PAIR_FILES) {
                 fprintf(stderr, PROG ": at most %d --pairs files\n", MAX_PAIR_FILES);
@@ -903,8 +920,18 @@ int main(int argc, char **argv)
     if (calibrate(m, stats, valid, vs, &valid_cal) != 0 ||
         calibrate(m, stats, test, ts, &pr[0].cal) != 0)
         goto nomem;
+    if (pcoll_path) {
+        questions pq;
+        if (load_questions(pcoll_path, &pq) != 0)
+            goto out;
+        int src = stats_of(pq.text, pq.len, pq.n, &pstats);
+        questions_free(&pq);
+        if (src)
+            goto nomem;
+    }
     for (size_t i = 0; i < npairs; i++)
-        if (eval_pair_file(m, stats, pair_paths[i], threads, thr, &pr[i + 1]) != 0)
+        if (eval_pair_file(m, pstats ? pstats : stats, pair_paths[i], threads, thr,
+                           &pr[i + 1]) != 0)
             goto out;
     if (retrieval) {
         if (make_queries(test, test_path, &qs, &q) != 0)
@@ -1005,15 +1032,19 @@ int main(int argc, char **argv)
                qd_head_form(&sc->head), sc->fitted ? "fitted on validation pairs"
                                                    : "the defaults: this model has none fitted",
                (double)sc->min_p);
-        printf("%-*s %7s %7s %10s %7s %9s\n", w, "calibration", "ECE", "Brier", "precision",
-               "recall", "accuracy");
-        printf("%-*s %7.4f %7.4f %10.4f %7.4f %9.4f\n", w, "valid (fitted there)", valid_cal.ece,
-               valid_cal.brier, valid_cal.at.precision, valid_cal.at.recall,
-               valid_cal.at.accuracy);
-        for (size_t i = 0; i <= npairs; i++)
-            printf("%-*s %7.4f %7.4f %10.4f %7.4f %9.4f\n", w, pr[i].key, pr[i].cal.ece,
+        printf("%-*s %7s %7s %10s %7s %9s %8s\n", w, "calibration", "ECE", "Brier", "precision",
+               "recall", "accuracy", "ROC AUC");
+        printf("%-*s %7.4f %7.4f %10.4f %7.4f %9.4f %8.4f\n", w, "valid (fitted there)",
+               valid_cal.ece, valid_cal.brier, valid_cal.at.precision, valid_cal.at.recall,
+               valid_cal.at.accuracy, valid_cal.auc);
+        for (size_t i = 0; i <= npairs; i++) {
+            printf("%-*s %7.4f %7.4f %10.4f %7.4f %9.4f %8.4f", w, pr[i].key, pr[i].cal.ece,
                    pr[i].cal.brier, pr[i].cal.at.precision, pr[i].cal.at.recall,
-                   pr[i].cal.at.accuracy);
+                   pr[i].cal.at.accuracy, pr[i].cal.auc);
+            if (pr[i].cal.map_groups)
+                printf("  MAP %.4f", pr[i].cal.map);
+            putchar('\n');
+        }
         printf("\ntest: duplicate when p_duplicate >= min_p\n%8s %10s %7s %9s %8s\n", "min_p",
                "precision", "recall", "accuracy", "flagged");
         for (size_t k = 0; k < N_PR; k++) {
@@ -1055,6 +1086,7 @@ nomem:
     fprintf(stderr, PROG ": out of memory\n");
 out:
     qd_lex_stats_free(stats);
+    qd_lex_stats_free(pstats);
     queries_free(&q);
     questions_free(&qs);
     qd_free(vs);
