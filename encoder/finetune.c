@@ -151,17 +151,57 @@ int qd_finetune_relabel(qd_pairs *p, unsigned mask, unsigned skip)
     return 0;
 }
 
+/* An empty pair set with room for n pairs and bytes of text (and grades if graded). */
+static qd_pairs *pairs_alloc(size_t n, size_t bytes, int graded)
+{
+    qd_pairs *s = qd_calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->q1 = qd_calloc(n + 1, sizeof *s->q1);
+    s->q2 = qd_calloc(n + 1, sizeof *s->q2);
+    s->len1 = qd_calloc(n + 1, sizeof *s->len1);
+    s->len2 = qd_calloc(n + 1, sizeof *s->len2);
+    s->dup = qd_calloc(n + 1, sizeof *s->dup);
+    s->qid1 = qd_calloc(n + 1, sizeof *s->qid1);
+    s->qid2 = qd_calloc(n + 1, sizeof *s->qid2);
+    s->grade = graded ? qd_calloc(n + 1, sizeof *s->grade) : NULL;
+    s->arena = qd_malloc(bytes + 1);
+    if (!s->q1 || !s->q2 || !s->len1 || !s->len2 || !s->dup || !s->qid1 || !s->qid2 ||
+        !s->arena || (graded && !s->grade)) {
+        qd_pairs_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Appends pair j of src to dst, its texts at *w (advanced), its ids moved by shift. */
+static void pairs_append(qd_pairs *dst, char **w, const qd_pairs *src, size_t j, int64_t shift)
+{
+    size_t k = dst->n++;
+    memcpy(*w, src->q1[j], src->len1[j] + 1);
+    dst->q1[k] = *w;
+    dst->len1[k] = src->len1[j];
+    *w += src->len1[j] + 1;
+    memcpy(*w, src->q2[j], src->len2[j] + 1);
+    dst->q2[k] = *w;
+    dst->len2[k] = src->len2[j];
+    *w += src->len2[j] + 1;
+    dst->dup[k] = src->dup[j];
+    dst->qid1[k] = src->qid1[j] >= 0 ? src->qid1[j] + shift : -1;
+    dst->qid2[k] = src->qid2[j] >= 0 ? src->qid2[j] + shift : -1;
+    if (dst->grade)
+        dst->grade[k] = src->grade ? src->grade[j] : 0;
+}
+
 int qd_finetune_mix(const qd_pairs *a, const qd_pairs *b, double share, uint64_t seed,
                     qd_pairs **out)
 {
     *out = NULL;
     double want = share * (double)a->n + 0.5;
     size_t nb = want < (double)b->n ? (size_t)want : b->n;
-    size_t n = a->n + nb;
     uint32_t *pick = qd_mallocarray(b->n + 1, sizeof *pick);
-    qd_pairs *p = qd_calloc(1, sizeof *p);
-    if (!pick || !p)
-        goto fail;
+    if (!pick)
+        return QD_ERR_NOMEM;
     for (size_t i = 0; i < b->n; i++)
         pick[i] = (uint32_t)i;
     qd_rng rng;
@@ -176,40 +216,60 @@ int qd_finetune_mix(const qd_pairs *a, const qd_pairs *b, double share, uint64_t
     }
     for (size_t k = 0; k < nb; k++)
         bytes += b->len1[pick[k]] + b->len2[pick[k]] + 2;
-    p->q1 = qd_calloc(n + 1, sizeof *p->q1);
-    p->q2 = qd_calloc(n + 1, sizeof *p->q2);
-    p->len1 = qd_calloc(n + 1, sizeof *p->len1);
-    p->len2 = qd_calloc(n + 1, sizeof *p->len2);
-    p->dup = qd_calloc(n + 1, sizeof *p->dup);
-    p->qid1 = qd_calloc(n + 1, sizeof *p->qid1);
-    p->qid2 = qd_calloc(n + 1, sizeof *p->qid2);
-    p->arena = qd_malloc(bytes + 1);
-    if (!p->q1 || !p->q2 || !p->len1 || !p->len2 || !p->dup || !p->qid1 || !p->qid2 ||
-        !p->arena)
-        goto fail;
-    char *w = p->arena;
-    for (size_t i = 0; i < n; i++) {
-        const qd_pairs *src = i < a->n ? a : b;
-        size_t j = i < a->n ? i : pick[i - a->n];
-        int64_t shift = i < a->n ? 0 : base + 1;
-        memcpy(w, src->q1[j], src->len1[j] + 1);
-        p->q1[i] = w;
-        p->len1[i] = src->len1[j];
-        w += src->len1[j] + 1;
-        memcpy(w, src->q2[j], src->len2[j] + 1);
-        p->q2[i] = w;
-        p->len2[i] = src->len2[j];
-        w += src->len2[j] + 1;
-        p->dup[i] = src->dup[j];
-        p->qid1[i] = src->qid1[j] >= 0 ? src->qid1[j] + shift : -1;
-        p->qid2[i] = src->qid2[j] >= 0 ? src->qid2[j] + shift : -1;
+    qd_pairs *p = pairs_alloc(a->n + nb, bytes, 0);
+    if (!p) {
+        qd_free(pick);
+        return QD_ERR_NOMEM;
     }
-    p->n = n;
+    char *w = p->arena;
+    for (size_t i = 0; i < a->n; i++)
+        pairs_append(p, &w, a, i, 0);
+    for (size_t k = 0; k < nb; k++)
+        pairs_append(p, &w, b, pick[k], base + 1);
     qd_free(pick);
     *out = p;
     return 0;
-fail:
+}
+
+/* The rows i of p with pick[i] == want, copied into a new pair set. */
+static qd_pairs *subset(const qd_pairs *p, const uint8_t *pick, uint8_t want)
+{
+    size_t n = 0, bytes = 0;
+    for (size_t i = 0; i < p->n; i++)
+        if (pick[i] == want) {
+            n++;
+            bytes += p->len1[i] + p->len2[i] + 2;
+        }
+    qd_pairs *s = pairs_alloc(n, bytes, p->grade != NULL);
+    char *w = s ? s->arena : NULL;
+    for (size_t i = 0; s && i < p->n; i++)
+        if (pick[i] == want)
+            pairs_append(s, &w, p, i, 0);
+    return s;
+}
+
+int qd_finetune_split(const qd_pairs *p, double share, uint64_t seed, qd_pairs **kept,
+                      qd_pairs **held)
+{
+    *kept = *held = NULL;
+    uint8_t *pick = qd_malloc(p->n + 1);
+    if (!pick)
+        return QD_ERR_NOMEM;
+    for (size_t i = 0; i < p->n; i++) {
+        /* A group's fate is a hash of its qid1 (its row index without one). */
+        uint64_t key = p->qid1[i] >= 0 ? (uint64_t)p->qid1[i] : (uint64_t)i;
+        qd_rng r;
+        qd_rng_seed(&r, key ^ (seed * 0x9E3779B97F4A7C15ULL));
+        pick[i] = qd_rng_uniform(&r) < share;
+    }
+    *kept = subset(p, pick, 0);
+    *held = subset(p, pick, 1);
     qd_free(pick);
-    qd_pairs_free(p);
-    return QD_ERR_NOMEM;
+    if (!*kept || !*held) {
+        qd_pairs_free(*kept);
+        qd_pairs_free(*held);
+        *kept = *held = NULL;
+        return QD_ERR_NOMEM;
+    }
+    return 0;
 }

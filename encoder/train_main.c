@@ -107,6 +107,9 @@ static const char usage[] =
     "                        the fusion weight, BM25's parameters, min_p) on the --train\n"
     "                        pairs, in seconds; the vectors and the fingerprint stay the\n"
     "                        same, so no index needs re-embedding\n"
+    "  --head-share X        fine-tuning: the share of --train's qid1 groups held out of\n"
+    "                        the encoder's training to fit the scoring on (cosines it\n"
+    "                        was not trained to raise; default 0.5; 0: fit on --valid)\n"
     "  --mix-pairs FILE      pairs to mix into --train, e.g. the starting model's own\n"
     "                        training pairs, so that it keeps what it knew\n"
     "  --mix X               how many: X times the number of --train pairs, drawn at\n"
@@ -273,6 +276,24 @@ static int prepare_grades(qd_pairs *p, const char *path, unsigned grades, unsign
     return 0;
 }
 
+/* --head-share: *train keeps the groups the encoder learns from, *held gets those the
+ * scoring is fitted on. */
+static int hold_out(qd_pairs **train, qd_pairs **held, float share, uint64_t seed, int quiet,
+                    char *err, size_t errlen)
+{
+    qd_pairs *kept;
+    int rc = qd_finetune_split(*train, share, seed, &kept, held);
+    if (rc)
+        return qd_errf(err, errlen, rc, "splitting the training pairs: %s", qd_strerror(rc));
+    if (!quiet)
+        fprintf(stderr, "qdup-train: %zu training pairs for the encoder, %zu (their qid1 groups "
+                        "drawn with probability %g) held out to fit the scoring on\n",
+                kept->n, (*held)->n, (double)share);
+    qd_pairs_free(*train);
+    *train = kept;
+    return 0;
+}
+
 /* --mix-pairs: *train becomes itself plus share times as many pairs of path. */
 static int mix_in(qd_pairs **train, const char *path, float share, uint64_t seed, char *err,
                   size_t errlen)
@@ -298,7 +319,7 @@ enum {
     OPT_NGRAMS, OPT_HARD, OPT_SYM, OPT_NOSYM, OPT_WD, OPT_CLIP, OPT_PATIENCE, OPT_QUIET,
     OPT_LOSS, OPT_TEMP, OPT_POOL, OPT_MINE, OPT_CORPUS, OPT_PRETRAIN, OPT_DROPOUT,
     OPT_LRDECAY, OPT_INIT, OPT_GRADES, OPT_SKIP_GRADES, OPT_MIX_PAIRS, OPT_MIX, OPT_REFIT,
-    OPT_NOFIT, OPT_HEAD_ONLY,
+    OPT_NOFIT, OPT_HEAD_ONLY, OPT_HEAD_SHARE,
 };
 
 /* Fits m's scoring on the pairs and stores it in m; prints what was measured. */
@@ -382,6 +403,7 @@ int main(int argc, char **argv)
         {"mix", required_argument, 0, OPT_MIX},
         {"refit", required_argument, 0, OPT_REFIT},
         {"head-only", no_argument, 0, OPT_HEAD_ONLY},
+        {"head-share", required_argument, 0, OPT_HEAD_SHARE},
         {"no-fit", no_argument, 0, OPT_NOFIT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
@@ -411,6 +433,7 @@ int main(int argc, char **argv)
     float mix = 1;
     const char *refit_path = NULL;
     int head_only = 0;
+    float head_share = 0.5f;
     int fit = 1;
     progress_state st = {.tty = isatty(2)};
     long v;
@@ -524,6 +547,9 @@ int main(int argc, char **argv)
             break;
         case OPT_REFIT: refit_path = optarg; break;
         case OPT_HEAD_ONLY: head_only = 1; break;
+        case OPT_HEAD_SHARE:
+            if (parse_float("--head-share", optarg, 0, 0.9, &head_share)) return 2;
+            break;
         case OPT_NOFIT: fit = 0; break;
         case OPT_DROPOUT:
             if (parse_float("--dropout", optarg, 0, 0.9, &o.dropout)) return 2;
@@ -570,15 +596,19 @@ int main(int argc, char **argv)
     char err[QD_ERRMSG_MAX];
     qd_pairs *train = NULL, *valid = NULL;
     qd_model *init = NULL;
+    qd_pairs *held = NULL; /* --head-share: the pairs the scoring is fitted on */
     if (qd_pairs_load(train_path, on_warning, NULL, &train, err, sizeof err) != 0 ||
         qd_pairs_load(valid_path, on_warning, NULL, &valid, err, sizeof err) != 0 ||
         (init_path && qd_model_load(init_path, &init, err, sizeof err) != 0) ||
         ((grades || skip) &&
          prepare_grades(train, train_path, grades, skip, err, sizeof err) != 0) ||
+        (init_path && !head_only && !refit_path && head_share > 0 &&
+         hold_out(&train, &held, head_share, o.seed, st.quiet, err, sizeof err) != 0) ||
         (mix_path && mix_in(&train, mix_path, mix, o.seed, err, sizeof err) != 0)) {
         fprintf(stderr, "qdup-train: %s\n", err);
         qd_pairs_free(train);
         qd_pairs_free(valid);
+        qd_pairs_free(held);
         qd_model_free(init);
         return 1;
     }
@@ -629,6 +659,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "qdup-train: %s\n", err);
             qd_pairs_free(train);
             qd_pairs_free(valid);
+            qd_pairs_free(held);
             qd_model_free(init);
             return 1;
         }
@@ -640,13 +671,15 @@ int main(int argc, char **argv)
     qd_train_result r;
     int rc = qd_train(&o, train, valid, on_progress, &st, &m, &r, err, sizeof err);
     corpus_free(&cp);
-    if (rc == 0 && fit && fit_and_set(m, train, valid, o.threads, st.quiet) != 0) {
+    if (rc == 0 && fit &&
+        fit_and_set(m, held ? held : train, held ? held : valid, o.threads, st.quiet) != 0) {
         qd_model_free(m);
         rc = QD_ERR_INVAL;
         snprintf(err, sizeof err, "no model written");
     }
     qd_pairs_free(train);
     qd_pairs_free(valid);
+    qd_pairs_free(held);
     qd_model_free(init);
     if (rc) {
         fprintf(stderr, "\nqdup-train: %s\n", err);

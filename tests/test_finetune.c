@@ -6,7 +6,8 @@
  * of its own, moved away from the n-gram mean it started from, and the forum's
  * duplicates score above its non-duplicates better than before. Extending a
  * vocabulary alone must not change a single vector. Then the pieces: graded columns,
- * grades to labels, mixing in other pairs, and MAP on hand-checked lists.
+ * grades to labels, mixing in other pairs, splitting by groups, and MAP on hand-checked
+ * lists.
  */
 #include <math.h>
 #include <stdio.h>
@@ -254,6 +255,18 @@ static void test_grades(void **state)
         assert_true(found);
     }
     qd_pairs_free(mixed);
+
+    /* Splitting by qid1 groups: every pair in one part, no group in both. */
+    qd_pairs *kept, *held;
+    assert_int_equal(qd_finetune_split(p, 0.5, 3, &kept, &held), 0);
+    assert_int_equal(kept->n + held->n, p->n);
+    assert_true(kept->n > 0 && held->n > 0);
+    for (size_t i = 0; i < kept->n; i++)
+        for (size_t j = 0; j < held->n; j++)
+            assert_true(kept->qid1[i] != held->qid1[j]);
+    assert_int_equal(held->grade[0] >= 0, 1);
+    qd_pairs_free(kept);
+    qd_pairs_free(held);
     qd_pairs_free(p);
 
     /* A grade that is not a digit costs its row, with the reason. */

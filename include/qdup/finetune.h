@@ -62,6 +62,13 @@ int qd_finetune_relabel(qd_pairs *p, unsigned mask, unsigned skip);
 int qd_finetune_mix(const qd_pairs *a, const qd_pairs *b, double share, uint64_t seed,
                     qd_pairs **out);
 
+/* Splits p by groups (the pairs sharing a qid1; a pair without ids is its own group)
+ * into *kept and *held, each group held with probability share (decided by a hash of
+ * its qid1 and seed): e.g. pairs to fine-tune the encoder on, and pairs its scoring is
+ * fitted on with cosines it was not trained to raise. */
+int qd_finetune_split(const qd_pairs *p, double share, uint64_t seed, qd_pairs **kept,
+                      qd_pairs **held);
+
 #ifdef __cplusplus
 }
 #endif
