@@ -250,9 +250,9 @@ static int calibrate(const qd_model *m, const qd_lex_stats *st, const qd_pairs *
         cal->ece = qd_head_ece(prob, p->dup, p->n, 10);
         cal->brier = qd_head_brier(prob, p->dup, p->n);
         cal->at = pr_at(prob, p->dup, p->n, sc->min_p);
-        cal->auc = qd_auc(prob, p->dup, p->n);
+        cal->auc = qd_pairs_auc(prob, p->dup, p->n);
         if (p->grade)
-            cal->map = qd_map(prob, p->qid1, p->grade, p->n, 1, &cal->map_groups);
+            cal->map = qd_pairs_map(prob, p->qid1, p->grade, p->n, 1, &cal->map_groups);
         for (size_t k = 0; k < N_PR; k++)
             cal->table[k] = pr_at(prob, p->dup, p->n, pr_thresholds[k]);
     }
