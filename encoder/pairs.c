@@ -2,34 +2,34 @@
  * pairs.c - loading labelled question pairs, and the pair metrics (ROC AUC, accuracy at
  * a threshold, the best threshold).
  *
- * The loader reads the whole file (pair files are small: the shared train.tsv is 4 MB),
+ * The loader reads the file's rows with the row reader the dumps use (rowread.h),
  * finds the columns by name in the header, and copies the texts into one arena.
  *
  * Two flavours of the Quora format share one header: the shared split files are plain
  * TSV (a quote is an ordinary character), the original release quotes fields RFC 4180
  * style with tab as the delimiter (inner quotes doubled, quoted fields may span lines).
- * The loader decides as the dump readers do (dump.h, quoting AUTO): rows are read plain
- * until the first field holding a quote character; if that quote is not the field's
- * first byte the file is plain, otherwise it is quoted when that row parses as a
- * well-formed quoted row with the header's number of fields, and plain if not.
+ * The reader decides which (QD_ROWREAD_DETECT, as the dump readers' quoting AUTO): rows
+ * are read plain until the first field holding a quote character; if that quote is not
+ * the field's first byte the file is plain, otherwise it is quoted when that row parses
+ * as a well-formed quoted row with the header's number of fields, and plain if not. A
+ * broken quoted row costs that row only (a warning), not the rest of the file.
  */
 #include "qdup/pairs.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qdup/common.h"
-#include "qdup/fileio.h"
+#include "qdup/rowread.h"
 
-#define PAIRS_MAX_BYTES ((size_t)2 << 30)
 #define PAIRS_MAX_COLS 32
 #define PAIRS_MAX_WARNINGS 5
-/* Longest quoted record, in bytes: an unterminated quote costs one row, not the file. */
-#define PAIRS_MAX_QUOTED ((size_t)1 << 20)
-
-/* How rows are split (see the top of the file). */
-enum { ROWS_DETECT, ROWS_PLAIN, ROWS_QUOTED };
+/* Longest line or quoted record, in bytes: an unterminated quote costs one row. */
+#define PAIRS_MAX_LINE ((size_t)1 << 20)
 
 void qd_pairs_free(qd_pairs *p)
 {
@@ -47,95 +47,6 @@ void qd_pairs_free(qd_pairs *p)
     qd_free(p);
 }
 
-/* Splits line[0..len) at tabs into at most max fields; returns the field count (max + 1
- * if there are more). */
-static size_t split_tabs(char *line, size_t len, char **field, size_t *flen, size_t max)
-{
-    size_t n = 0;
-    char *p = line, *end = line + len;
-    for (;;) {
-        char *tab = memchr(p, '\t', (size_t)(end - p));
-        char *stop = tab ? tab : end;
-        if (n == max)
-            return max + 1;
-        field[n] = p;
-        flen[n] = (size_t)(stop - p);
-        n++;
-        if (!tab)
-            return n;
-        p = tab + 1;
-    }
-}
-
-/* Splits one quoted-style record starting at s (before end) into at most max fields,
- * unquoting into buf (at least end - s bytes); fields point into buf. A CR just before
- * an LF is dropped, inside quoted fields too. Returns the field count (max + 1 if there
- * are more) with *next at the start of the following record and *nl the newlines the
- * record holds inside quoted fields; or -1 with *why saying what is broken. */
-static long split_quoted(const char *s, const char *end, char *buf, char **field,
-                         size_t *flen, size_t max, const char **next, size_t *nl,
-                         const char **why)
-{
-    const char *p = s;
-    char *o = buf;
-    size_t n = 0;
-    *nl = 0;
-    for (;;) {
-        if (n == max)
-            return (long)max + 1;
-        field[n] = o;
-        if (p < end && *p == '"') {
-            for (p++;; p++) {
-                if (p >= end) {
-                    *why = "quoted field not closed at the end of the file";
-                    return -1;
-                }
-                if ((size_t)(p - s) > PAIRS_MAX_QUOTED) {
-                    *why = "quoted field still open after 1 MiB (unterminated quote?)";
-                    return -1;
-                }
-                if (*p == '"') {
-                    if (p + 1 < end && p[1] == '"') {
-                        *o++ = '"';
-                        p++;
-                        continue;
-                    }
-                    p++;
-                    break;
-                }
-                if (*p == '\r' && p + 1 < end && p[1] == '\n')
-                    continue;
-                *nl += *p == '\n';
-                *o++ = *p;
-            }
-            if (p < end && *p == '\r' && p + 1 < end && p[1] == '\n')
-                p++;
-            if (p < end && *p != '\t' && *p != '\n') {
-                *why = "text after a closing quote (inner quotes must be doubled)";
-                return -1;
-            }
-        } else {
-            for (; p < end && *p != '\t' && *p != '\n'; p++) {
-                if (*p == '"') {
-                    *why = "quote inside an unquoted field";
-                    return -1;
-                }
-                *o++ = *p;
-            }
-            if (o > field[n] && o[-1] == '\r' && (p == end || *p == '\n'))
-                o--;
-        }
-        flen[n] = (size_t)(o - field[n]);
-        n++;
-        if (p < end && *p == '\t') {
-            p++;
-            continue;
-        }
-        *next = p < end ? p + 1 : end;
-        return (long)n;
-    }
-}
-
 int qd_pairs_parse_qid(const char *s, size_t n, int64_t *out)
 {
     if (n == 0 || n > 18)
@@ -150,180 +61,193 @@ int qd_pairs_parse_qid(const char *s, size_t n, int64_t *out)
     return 0;
 }
 
+/* Makes room for one more pair in every per-pair array (the grades too when the file
+ * has them). */
+static int pairs_reserve(qd_pairs *p, size_t *cap)
+{
+    if (p->n < *cap)
+        return 0;
+    size_t n = *cap ? *cap * 2 : 1024;
+    size_t *l1 = qd_reallocarray(p->len1, n, sizeof *l1);
+    if (l1)
+        p->len1 = l1;
+    size_t *l2 = qd_reallocarray(p->len2, n, sizeof *l2);
+    if (l2)
+        p->len2 = l2;
+    uint8_t *dup = qd_reallocarray(p->dup, n, sizeof *dup);
+    if (dup)
+        p->dup = dup;
+    int64_t *id1 = qd_reallocarray(p->qid1, n, sizeof *id1);
+    if (id1)
+        p->qid1 = id1;
+    int64_t *id2 = qd_reallocarray(p->qid2, n, sizeof *id2);
+    if (id2)
+        p->qid2 = id2;
+    int8_t *grade = p->grade ? qd_reallocarray(p->grade, n, sizeof *grade) : NULL;
+    if (grade)
+        p->grade = grade;
+    if (!l1 || !l2 || !dup || !id1 || !id2 || (p->grade && !grade))
+        return QD_ERR_NOMEM;
+    *cap = n;
+    return 0;
+}
+
+/* Appends s[0..n) and a NUL to the arena. */
+static int arena_add(qd_pairs *p, size_t *used, size_t *cap, const char *s, size_t n)
+{
+    if (*used + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 64 * 1024;
+        while (c < *used + n + 1)
+            c *= 2;
+        char *a = qd_realloc(p->arena, c);
+        if (!a)
+            return QD_ERR_NOMEM;
+        p->arena = a;
+        *cap = c;
+    }
+    memcpy(p->arena + *used, s, n);
+    p->arena[*used + n] = '\0';
+    *used += n + 1;
+    return 0;
+}
+
+/* Reads the header: the columns' positions by name. */
+static int read_header(qd_rowread *rr, const char *path, int col[6], size_t *ncols, char *err,
+                       size_t errlen)
+{
+    static const char *const names[6] = {"question1", "question2", "is_duplicate",
+                                         "qid1",      "qid2",      "relevance"};
+    qd_rowread_field *field;
+    size_t nf;
+    uint64_t line;
+    int r;
+    while ((r = qd_rowread_next(rr, &field, &nf, &line)) == QD_ERR_FORMAT)
+        ; /* an over-long line before the header: skipped like any bad row */
+    if (r < 0)
+        return qd_errf(err, errlen, r, "%s", qd_rowread_errmsg(rr));
+    if (r == 0)
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "%s: empty file (no header)", path);
+    if (nf > PAIRS_MAX_COLS)
+        return qd_errf(err, errlen, QD_ERR_FORMAT, "%s:%llu: header has over %d columns",
+                       path, (unsigned long long)line, PAIRS_MAX_COLS);
+    for (int c = 0; c < 6; c++)
+        col[c] = -1;
+    for (size_t i = 0; i < nf; i++)
+        for (int c = 0; c < 6; c++)
+            if (strcmp(field[i].p, names[c]) == 0)
+                col[c] = (int)i;
+    if (col[0] < 0 || col[1] < 0 || col[2] < 0)
+        return qd_errf(err, errlen, QD_ERR_FORMAT,
+                       "%s:%llu: header lacks question1, question2 or is_duplicate "
+                       "(a Quora pair file has: id qid1 qid2 question1 question2 "
+                       "is_duplicate)",
+                       path, (unsigned long long)line);
+    *ncols = nf;
+    return 0;
+}
+
 int qd_pairs_load(const char *path, void (*warn)(const char *msg, void *arg), void *arg,
                   qd_pairs **out, char *err, size_t errlen)
 {
     *out = NULL;
-    char *data;
-    char *qbuf = NULL; /* unquoted fields of the current quoted row */
-    size_t len;
-    int rc = qd_file_read(path, PAIRS_MAX_BYTES, &data, &len, err, errlen);
-    if (rc)
-        return rc;
+    qd_rowread *rr = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        return qd_errf(err, errlen, e == ENOENT ? QD_ERR_NOTFOUND : QD_ERR_IO, "%s: %s", path,
+                       strerror(e));
+    }
+    int rc;
     qd_pairs *p = qd_calloc(1, sizeof *p);
-    if (!p) {
+    if (!p || qd_rowread_open(fd, path, PAIRS_MAX_LINE, &rr) != 0) {
         rc = qd_errf(err, errlen, QD_ERR_NOMEM, "%s: out of memory", path);
         goto fail;
     }
-    /* Rows are at most the number of newlines + 1. */
-    size_t maxrows = 1;
-    for (size_t i = 0; i < len; i++)
-        maxrows += data[i] == '\n';
-    p->q1 = qd_calloc(maxrows, sizeof *p->q1);
-    p->q2 = qd_calloc(maxrows, sizeof *p->q2);
-    p->len1 = qd_calloc(maxrows, sizeof *p->len1);
-    p->len2 = qd_calloc(maxrows, sizeof *p->len2);
-    p->dup = qd_calloc(maxrows, sizeof *p->dup);
-    p->qid1 = qd_calloc(maxrows, sizeof *p->qid1);
-    p->qid2 = qd_calloc(maxrows, sizeof *p->qid2);
-    p->arena = qd_malloc(len + 1);
-    if (!p->q1 || !p->q2 || !p->len1 || !p->len2 || !p->dup || !p->qid1 || !p->qid2 ||
-        !p->arena) {
+    int col[6]; /* question1, question2, is_duplicate, qid1, qid2, relevance; -1: absent */
+    size_t ncols = 0, cap = 0, used = 0, arena_cap = 0, warned = 0;
+    if ((rc = read_header(rr, path, col, &ncols, err, errlen)) != 0)
+        goto fail;
+    int c_q1 = col[0], c_q2 = col[1], c_dup = col[2], c_id1 = col[3], c_id2 = col[4],
+        c_grade = col[5];
+    if (c_grade >= 0 && !(p->grade = qd_malloc(1))) {
         rc = qd_errf(err, errlen, QD_ERR_NOMEM, "%s: out of memory", path);
         goto fail;
     }
-
-    char *field[PAIRS_MAX_COLS + 1];
-    size_t flen[PAIRS_MAX_COLS + 1];
-    int c_q1 = -1, c_q2 = -1, c_dup = -1, c_id1 = -1, c_id2 = -1, c_grade = -1;
-    size_t ncols = 0, lineno = 0, used = 0, warned = 0;
-    int rows_mode = ROWS_DETECT;
-    char *pos = data, *end = data + len;
-    /* Skip a UTF-8 byte order mark. */
-    if (len >= 3 && memcmp(pos, "\xEF\xBB\xBF", 3) == 0)
-        pos += 3;
-    while (pos < end) {
-        char *nl = memchr(pos, '\n', (size_t)(end - pos));
-        char *line = pos;
-        size_t n = (size_t)((nl ? nl : end) - pos);
-        pos = nl ? nl + 1 : end;
-        lineno++;
-        if (n > 0 && line[n - 1] == '\r')
-            n--;
-        if (n == 0)
-            continue;
-        size_t row_line = lineno, nf = 0;
+    qd_rowread_set_expect(rr, ncols);
+    qd_rowread_set_mode(rr, QD_ROWREAD_DETECT);
+    for (;;) {
+        qd_rowread_field *field;
+        size_t nf;
+        uint64_t line;
+        int r = qd_rowread_next(rr, &field, &nf, &line);
+        if (r == 0)
+            break;
+        if (r < 0 && r != QD_ERR_FORMAT) {
+            rc = qd_errf(err, errlen, r, "%s", qd_rowread_errmsg(rr));
+            goto fail;
+        }
         const char *why = NULL;
-        int quoted = 0;
-        if (ncols > 0 && rows_mode != ROWS_PLAIN && memchr(line, '"', n)) {
-            if (rows_mode == ROWS_DETECT) {
-                char *q = memchr(line, '"', n);
-                if (q != line && q[-1] != '\t')
-                    rows_mode = ROWS_PLAIN;
-            }
-            if (rows_mode != ROWS_PLAIN) {
-                if (!qbuf && !(qbuf = qd_malloc(len + 1))) {
-                    rc = qd_errf(err, errlen, QD_ERR_NOMEM, "%s: out of memory", path);
-                    goto fail;
-                }
-                const char *next = NULL, *qwhy = NULL;
-                size_t nl_inside = 0;
-                long r = split_quoted(line, end, qbuf, field, flen, PAIRS_MAX_COLS, &next,
-                                      &nl_inside, &qwhy);
-                if (rows_mode == ROWS_DETECT)
-                    rows_mode = r >= 0 && (size_t)r == ncols ? ROWS_QUOTED : ROWS_PLAIN;
-                if (rows_mode == ROWS_QUOTED) {
-                    quoted = 1;
-                    if (r < 0) {
-                        why = qwhy; /* resume at the line after the one it started on */
-                    } else {
-                        nf = (size_t)r;
-                        pos = (char *)next;
-                        lineno += nl_inside;
-                    }
-                }
-            }
-        }
-        if (!quoted)
-            nf = split_tabs(line, n, field, flen, PAIRS_MAX_COLS);
-        if (ncols == 0) {
-            if (nf > PAIRS_MAX_COLS) {
-                rc = qd_errf(err, errlen, QD_ERR_FORMAT, "%s:%zu: header has over %d columns",
-                             path, lineno, PAIRS_MAX_COLS);
-                goto fail;
-            }
-            for (size_t i = 0; i < nf; i++) {
-                char name[32];
-                size_t k = flen[i] < sizeof name - 1 ? flen[i] : sizeof name - 1;
-                memcpy(name, field[i], k);
-                name[k] = '\0';
-                int *slot = !strcmp(name, "question1")      ? &c_q1
-                            : !strcmp(name, "question2")    ? &c_q2
-                            : !strcmp(name, "is_duplicate") ? &c_dup
-                            : !strcmp(name, "qid1")         ? &c_id1
-                            : !strcmp(name, "qid2")         ? &c_id2
-                            : !strcmp(name, "relevance")    ? &c_grade
-                                                            : NULL;
-                if (slot)
-                    *slot = (int)i;
-            }
-            if (c_q1 < 0 || c_q2 < 0 || c_dup < 0) {
-                rc = qd_errf(err, errlen, QD_ERR_FORMAT,
-                             "%s:%zu: header lacks question1, question2 or is_duplicate "
-                             "(a Quora pair file has: id qid1 qid2 question1 question2 "
-                             "is_duplicate)",
-                             path, lineno);
-                goto fail;
-            }
-            if (c_grade >= 0 && !(p->grade = qd_calloc(maxrows, sizeof *p->grade))) {
-                rc = qd_errf(err, errlen, QD_ERR_NOMEM, "%s: out of memory", path);
-                goto fail;
-            }
-            ncols = nf;
-            continue;
-        }
         int64_t id1 = -1, id2 = -1;
-        if (why) {
-            /* broken quoting, said above */
-        } else if (nf != ncols)
-            why = "wrong number of fields";
-        else if (flen[c_dup] != 1 || (field[c_dup][0] != '0' && field[c_dup][0] != '1'))
+        if (r < 0)
+            why = qd_rowread_errmsg(rr); /* "path:line: reason" already */
+        else if (field[c_dup].len != 1 || (field[c_dup].p[0] != '0' && field[c_dup].p[0] != '1'))
             why = "is_duplicate is not 0 or 1";
-        else if (flen[c_q1] == 0 || flen[c_q2] == 0)
+        else if (field[c_q1].len == 0 || field[c_q2].len == 0)
             why = "empty question";
-        else if ((c_id1 >= 0 && qd_pairs_parse_qid(field[c_id1], flen[c_id1], &id1)) ||
-                 (c_id2 >= 0 && qd_pairs_parse_qid(field[c_id2], flen[c_id2], &id2)))
+        else if ((c_id1 >= 0 && qd_pairs_parse_qid(field[c_id1].p, field[c_id1].len, &id1)) ||
+                 (c_id2 >= 0 && qd_pairs_parse_qid(field[c_id2].p, field[c_id2].len, &id2)))
             why = "qid is not a number";
-        else if (c_grade >= 0 && (flen[c_grade] != 1 || field[c_grade][0] < '0' ||
-                                  field[c_grade][0] > '9'))
+        else if (c_grade >= 0 && (field[c_grade].len != 1 || field[c_grade].p[0] < '0' ||
+                                  field[c_grade].p[0] > '9'))
             why = "relevance is not a digit";
         if (why) {
             p->skipped++;
             if (warn && warned++ < PAIRS_MAX_WARNINGS) {
                 char msg[QD_ERRMSG_MAX];
-                snprintf(msg, sizeof msg, "%s:%zu: %s", path, row_line, why);
+                if (r < 0)
+                    snprintf(msg, sizeof msg, "%s", why);
+                else
+                    snprintf(msg, sizeof msg, "%s:%llu: %s", path, (unsigned long long)line,
+                             why);
                 warn(msg, arg);
             }
             continue;
         }
+        if (pairs_reserve(p, &cap) != 0 ||
+            arena_add(p, &used, &arena_cap, field[c_q1].p, field[c_q1].len) != 0 ||
+            arena_add(p, &used, &arena_cap, field[c_q2].p, field[c_q2].len) != 0) {
+            rc = qd_errf(err, errlen, QD_ERR_NOMEM, "%s: out of memory", path);
+            goto fail;
+        }
         size_t i = p->n++;
-        memcpy(p->arena + used, field[c_q1], flen[c_q1]);
-        p->q1[i] = p->arena + used;
-        p->len1[i] = flen[c_q1];
-        used += flen[c_q1];
-        p->arena[used++] = '\0';
-        memcpy(p->arena + used, field[c_q2], flen[c_q2]);
-        p->q2[i] = p->arena + used;
-        p->len2[i] = flen[c_q2];
-        used += flen[c_q2];
-        p->arena[used++] = '\0';
-        p->dup[i] = field[c_dup][0] == '1';
+        p->len1[i] = field[c_q1].len;
+        p->len2[i] = field[c_q2].len;
+        p->dup[i] = field[c_dup].p[0] == '1';
         p->qid1[i] = id1;
         p->qid2[i] = id2;
         if (p->grade)
-            p->grade[i] = (int8_t)(field[c_grade][0] - '0');
+            p->grade[i] = (int8_t)(field[c_grade].p[0] - '0');
     }
-    if (ncols == 0) {
-        rc = qd_errf(err, errlen, QD_ERR_FORMAT, "%s: empty file (no header)", path);
+    /* The texts' pointers, now that the arena has stopped moving: q1 then q2 per pair. */
+    p->q1 = qd_calloc(p->n, sizeof *p->q1);
+    p->q2 = qd_calloc(p->n, sizeof *p->q2);
+    if (!p->q1 || !p->q2) {
+        rc = qd_errf(err, errlen, QD_ERR_NOMEM, "%s: out of memory", path);
         goto fail;
     }
-    qd_free(qbuf);
-    qd_free(data);
+    for (size_t i = 0, at = 0; i < p->n; i++) {
+        p->q1[i] = p->arena + at;
+        at += p->len1[i] + 1;
+        p->q2[i] = p->arena + at;
+        at += p->len2[i] + 1;
+    }
+    qd_rowread_close(rr);
+    close(fd);
     *out = p;
     return 0;
 fail:
-    qd_free(qbuf);
-    qd_free(data);
+    qd_rowread_close(rr);
+    close(fd);
     qd_pairs_free(p);
     return rc;
 }

@@ -1,35 +1,15 @@
 /*
  * dump.c - streaming readers for question dumps (Quora pairs, TSV, CSV, JSON Lines).
  *
- * Three layers, each pulling from the one below:
- *
- *   lines    line_next() cuts the input into lines. It reads the file in 64 KiB chunks
- *            and hands out a line in place when it lies inside one chunk, or copies it
- *            into a line buffer when it crosses chunks. A line longer than
- *            max_line_bytes is consumed to its end without being stored and comes out
- *            flagged too_long. Before the file, lines come from a replay buffer: the
- *            rows layer pushes lines back there to read them again (see below).
- *   rows     row_next() turns lines into rows of fields. Plain rows are one line split
- *            at the delimiter, in place. Quoted rows (CSV, quoted Quora) go through
- *            libcsv in strict mode, fed one line at a time, so that we always know on
- *            which line a row starts; a line without a quote character gives the same
- *            fields either way and takes the plain path, which is faster. A quoted row
- *            keeps a copy of its raw lines. If it turns out broken (stray quote, open
- *            quote at end of file, over max_line_bytes, wrong field count), it is
- *            reported at its first line and its later lines are pushed back into the
- *            replay buffer: an unterminated quote then costs one record, not every
- *            record up to the next quote. The replay never grows past one raw record,
- *            since a failing record only re-queues lines it took from the file or the
- *            replay itself, minus its first line. The Quora quoting auto-detection uses
- *            the same mechanism: it tries the first row holding a quote as a quoted
- *            row, and if that fails, pushes all its lines back and reads them as plain.
- *   records  one function per format maps rows (or, for JSON Lines, lines) to records
- *            and checks ids and texts. Quora rows give up to two records and up to two
- *            errors, so they go through a small queue of events.
+ * Records come from rows (or, for JSON Lines, lines) of the row reader (rowread.h),
+ * which reads the file in chunks, splits rows plain or RFC 4180 quoted and turns a
+ * broken quoted row into one skipped record. One function per format maps rows to
+ * records and checks ids and texts (input.h). Quora rows give up to two records and up
+ * to two errors, so they go through a small queue of events.
  *
  * Pointers handed out stay valid until the next call because every buffer they point
- * into (the read chunk, the line buffer, the replay buffer, the field buffer, the
- * current JSON document) is only touched again by the next call.
+ * into (the row reader's, the current JSON document) is only touched again by the
+ * next call.
  */
 #include "qdup/dump.h"
 
@@ -42,42 +22,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <csv.h>
 #include <jansson.h>
 
 #include "qdup/common.h"
 #include "qdup/fileio.h"
 #include "qdup/input.h"
-
-/* Bytes asked from read() at a time. */
-#define DUMP_CHUNK (64u * 1024u)
-
-/* How rows are cut out of lines. */
-enum {
-    ROW_PLAIN,  /* split each line at the delimiter; quotes are ordinary bytes */
-    ROW_QUOTED, /* RFC 4180 quoting through libcsv */
-    ROW_DETECT, /* Quora AUTO: plain until the first quote decides */
-};
-
-/* row_quoted() in probe mode: the row is not a well-formed quoted row, its lines are
- * back in the replay buffer and nothing was reported. */
-#define ROW_PROBE_FAILED 2
-
-/* One line from line_next(). */
-typedef struct dump_line {
-    char *p;      /* its bytes without the line end, NUL-terminated (p[len] == 0) */
-    size_t len;   /* bytes in p */
-    size_t full;  /* length in the file; over max_line when too_long */
-    uint64_t no;  /* 1-based line number */
-    int too_long; /* 1: over max_line_bytes; p holds nothing useful */
-} dump_line;
-
-/* One field of the current row. */
-typedef struct dump_field {
-    char *p;    /* its bytes, NUL-terminated; set once the row is complete */
-    size_t off; /* while libcsv fills the row: offset of the bytes in fb */
-    size_t len; /* bytes in the field */
-} dump_field;
+#include "qdup/rowread.h"
 
 /* A Quora row's outcome for one of its questions, queued for qd_dump_next(). */
 typedef struct dump_event {
@@ -108,46 +58,9 @@ struct qd_dump {
     char *text_col;       /* csv: name of the text column */
 
     /* Reading the file. */
-    char *buf;            /* (DUMP_CHUNK + 1) bytes read from fd; +1 for a NUL */
-    size_t pos;           /* next unread byte of buf */
-    size_t end;           /* bytes of buf holding data */
-    int eof;              /* 1 once read() returned 0 */
-    int bom_done;         /* 1 once the start was checked for a byte order mark */
-    uint64_t bytes_read;  /* bytes read from fd so far */
-    uint64_t next_line;   /* number of the line line_next() returns next */
-    char *lb;             /* a line crossing chunks, copied (at most max_line bytes) */
-    size_t lb_len;        /* bytes in lb */
-    size_t lb_cap;        /* bytes allocated for lb */
-    char empty[1];        /* "" for a too-long line replayed from the marker */
-
-    /* Lines pushed back to be read again, before anything else. */
-    char *rp;             /* whole lines, each ending in '\n' */
-    size_t rp_len;        /* bytes in rp */
-    size_t rp_pos;        /* next unread byte of rp */
-    size_t rp_cap;        /* bytes allocated for rp */
-    char *rp2;            /* spare buffer the next replay is built in, then swapped */
-    size_t rp2_cap;       /* bytes allocated for rp2 */
-    int rp_marker;        /* 1: after rp, a too-long line comes back (its bytes are gone) */
-    size_t rp_marker_len; /* that line's length in the file */
-
-    /* The row being read. */
-    int row_mode;         /* ROW_PLAIN, ROW_QUOTED or ROW_DETECT */
-    char delim;           /* field delimiter: '\t' or ',' */
-    size_t expect;        /* fields a row must have; 0 for any number (headers) */
-    struct csv_parser csv; /* libcsv state for quoted rows */
-    int csv_ready;        /* 1 once csv_init() succeeded (csv_free() due) */
-    char *raw;            /* raw lines of the current quoted row, each ending in '\n' */
-    size_t raw_len;       /* bytes in raw */
-    size_t raw_cap;       /* bytes allocated for raw */
-    size_t raw_first;     /* bytes of raw taken by the row's first line */
-    char *fb;             /* field bytes of a quoted row, each field NUL-terminated */
-    size_t fb_len;        /* bytes in fb */
-    size_t fb_cap;        /* bytes allocated for fb */
-    dump_field *fields;   /* (fields_cap) fields of the current row */
+    qd_rowread *rr;       /* lines and rows */
+    qd_rowread_field *fields; /* fields of the current row (the reader's) */
     size_t nfields;       /* fields in the current row */
-    size_t fields_cap;    /* fields allocated */
-    int row_done;         /* set by the libcsv row callback */
-    int cb_nomem;         /* set by a libcsv callback that could not allocate */
     uint64_t row_line;    /* line where the current row starts */
 
     /* Per format. */
@@ -218,414 +131,25 @@ static const char *printable(const char *s, size_t n, char *out, size_t outlen, 
     return out;
 }
 
-/* ------------------------------------------------------------------ buffers ------ */
-
-/* Makes *buf hold at least `need` bytes, growing geometrically. */
-static int grow(char **buf, size_t *cap, size_t need)
-{
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 256;
-    while (n < need)
-        n = n > SIZE_MAX / 2 ? need : n * 2;
-    char *p = qd_realloc(*buf, n);
-    if (!p)
-        return QD_ERR_NOMEM;
-    *buf = p;
-    *cap = n;
-    return 0;
-}
-
-/* ------------------------------------------------------------------- lines ------- */
-
-/* Reads more of the file into buf (which must be consumed up to end, or hold less
- * than DUMP_CHUNK bytes from position 0). 1: bytes came; 0: end of file; <0 fatal. */
-static int fill(qd_dump *d)
-{
-    if (d->pos == d->end)
-        d->pos = d->end = 0;
-    QD_ASSERT(d->end < DUMP_CHUNK);
-    for (;;) {
-        ssize_t r = read(d->fd, d->buf + d->end, DUMP_CHUNK - d->end);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = errno;
-            set_msg(d, QD_ERR_IO, "%s: read failed: %s", d->name, strerror(e));
-            return set_fatal(d, QD_ERR_IO);
-        }
-        if (r == 0) {
-            d->eof = 1;
-            return 0;
-        }
-        d->end += (size_t)r;
-        d->bytes_read += (uint64_t)r;
-        return 1;
-    }
-}
-
-/* Skips a UTF-8 byte order mark at the very start of the input. A pipe may deliver
- * fewer than three bytes per read, so keep reading until there are three or the end. */
-static int skip_bom(qd_dump *d)
-{
-    d->bom_done = 1;
-    while (d->end - d->pos < 3 && !d->eof) {
-        int r = fill(d);
-        if (r < 0)
-            return r;
-    }
-    if (d->end - d->pos >= 3 && memcmp(d->buf + d->pos, "\xEF\xBB\xBF", 3) == 0)
-        d->pos += 3;
-    return 0;
-}
-
-/* Appends a piece of a line crossing chunks to lb, keeping at most max_line bytes
- * (a longer line is too long anyway and its bytes are never used). */
-static int lb_append(qd_dump *d, const char *s, size_t n)
-{
-    size_t room = d->lb_len < d->max_line ? d->max_line - d->lb_len : 0;
-    if (n > room)
-        n = room;
-    if (n == 0)
-        return 0;
-    if (grow(&d->lb, &d->lb_cap, d->lb_len + n + 1) != 0)
-        return QD_ERR_NOMEM;
-    memcpy(d->lb + d->lb_len, s, n);
-    d->lb_len += n;
-    return 0;
-}
-
-/* Fills *ln from bytes p[0..len) of a line whose length in the file is `full`; p[len]
- * must be writable (it holds the line end, or is spare room in lb). */
-static int finish_line(qd_dump *d, dump_line *ln, char *p, size_t len, size_t full)
-{
-    ln->no = d->next_line++;
-    ln->full = full;
-    ln->too_long = full > d->max_line;
-    if (ln->too_long) {
-        ln->p = d->empty;
-        ln->len = 0;
-        d->empty[0] = '\0';
-        return 1;
-    }
-    if (len > 0 && p[len - 1] == '\r')
-        len--;
-    p[len] = '\0';
-    ln->p = p;
-    ln->len = len;
-    return 1;
-}
-
-/* Next line: 1 and *ln filled, 0 at the end of the input, <0 fatal. */
-static int line_next(qd_dump *d, dump_line *ln)
-{
-    if (d->rp_pos < d->rp_len) {
-        char *s = d->rp + d->rp_pos;
-        char *nl = memchr(s, '\n', d->rp_len - d->rp_pos);
-        QD_ASSERT(nl != NULL); /* replayed lines always keep their '\n' */
-        size_t len = (size_t)(nl - s);
-        d->rp_pos += len + 1;
-        return finish_line(d, ln, s, len, len);
-    }
-    if (d->rp_marker) {
-        d->rp_marker = 0;
-        return finish_line(d, ln, d->empty, 0, d->rp_marker_len);
-    }
-    if (!d->bom_done) {
-        int r = skip_bom(d);
-        if (r < 0)
-            return r;
-    }
-    int partial = 0; /* 1 once part of this line went to lb */
-    size_t full = 0; /* bytes of this line seen so far */
-    for (;;) {
-        if (d->pos < d->end) {
-            char *s = d->buf + d->pos;
-            size_t avail = d->end - d->pos;
-            char *nl = memchr(s, '\n', avail);
-            size_t take = nl ? (size_t)(nl - s) : avail;
-            d->pos += take + (nl != NULL);
-            full += take;
-            if (nl && !partial)
-                return finish_line(d, ln, s, take, take); /* in place, the common case */
-            if (!partial)
-                d->lb_len = 0;
-            partial = 1;
-            if (lb_append(d, s, take) != 0)
-                return set_fatal(d, QD_ERR_NOMEM);
-            if (nl)
-                break;
-            continue;
-        }
-        if (d->eof) {
-            if (!partial)
-                return 0;
-            break; /* a last line without '\n' */
-        }
-        int r = fill(d);
-        if (r < 0)
-            return r;
-    }
-    if (grow(&d->lb, &d->lb_cap, d->lb_len + 1) != 0)
-        return set_fatal(d, QD_ERR_NOMEM);
-    return finish_line(d, ln, d->lb, d->lb_len, full);
-}
-
-/* Queues raw[from..raw_len) to be read again before everything not yet read: the
- * lines there start at line first_line. Lines still waiting in the replay buffer
- * follow them, since they come later in the file. long_line, if not NULL, is a
- * too-long line the failed row took from the input: it comes back last. */
-static int replay_install(qd_dump *d, size_t from, uint64_t first_line,
-                          const dump_line *long_line)
-{
-    size_t mine = d->raw_len - from;
-    size_t keep = d->rp_len - d->rp_pos;
-    if (grow(&d->rp2, &d->rp2_cap, mine + keep + 1) != 0)
-        return set_fatal(d, QD_ERR_NOMEM);
-    if (mine)
-        memcpy(d->rp2, d->raw + from, mine);
-    if (keep)
-        memcpy(d->rp2 + mine, d->rp + d->rp_pos, keep);
-    char *t = d->rp;
-    size_t tcap = d->rp_cap;
-    d->rp = d->rp2;
-    d->rp_cap = d->rp2_cap;
-    d->rp2 = t;
-    d->rp2_cap = tcap;
-    d->rp_len = mine + keep;
-    d->rp_pos = 0;
-    d->next_line = first_line;
-    if (long_line) {
-        QD_ASSERT(!d->rp_marker); /* a pending marker comes after every line read so far */
-        d->rp_marker = 1;
-        d->rp_marker_len = long_line->full;
-    }
-    return 0;
-}
-
 /* -------------------------------------------------------------------- rows ------- */
-
-/* Makes room for one more field. */
-static int fields_reserve(qd_dump *d)
-{
-    if (d->nfields < d->fields_cap)
-        return 0;
-    size_t n = d->fields_cap ? d->fields_cap * 2 : 16;
-    dump_field *f = qd_reallocarray(d->fields, n, sizeof *f);
-    if (!f)
-        return QD_ERR_NOMEM;
-    d->fields = f;
-    d->fields_cap = n;
-    return 0;
-}
-
-/* Splits one line at the delimiter, in place. */
-static int row_plain(qd_dump *d, dump_line *ln)
-{
-    d->nfields = 0;
-    d->row_line = ln->no;
-    char *s = ln->p, *e = ln->p + ln->len;
-    for (;;) {
-        char *t = memchr(s, d->delim, (size_t)(e - s));
-        if (fields_reserve(d) != 0)
-            return set_fatal(d, QD_ERR_NOMEM);
-        dump_field *f = &d->fields[d->nfields++];
-        f->p = s;
-        f->len = (size_t)((t ? t : e) - s);
-        if (!t)
-            break;
-        *t = '\0';
-        s = t + 1;
-    }
-    if (d->expect && d->nfields != d->expect)
-        return set_msg(d, QD_ERR_FORMAT, "%s:%llu: expected %zu fields, got %zu", d->name,
-                       (unsigned long long)ln->no, d->expect, d->nfields);
-    return 1;
-}
-
-/* libcsv field callback: copies the field to fb. */
-static void csv_field_cb(void *data, size_t len, void *ud)
-{
-    qd_dump *d = ud;
-    if (d->cb_nomem)
-        return;
-    if (fields_reserve(d) != 0 || grow(&d->fb, &d->fb_cap, d->fb_len + len + 1) != 0) {
-        d->cb_nomem = 1;
-        return;
-    }
-    if (len)
-        memcpy(d->fb + d->fb_len, data, len);
-    d->fb[d->fb_len + len] = '\0';
-    dump_field *f = &d->fields[d->nfields++];
-    f->off = d->fb_len;
-    f->len = len;
-    d->fb_len += len + 1;
-}
-
-/* libcsv row callback. */
-static void csv_row_cb(int c, void *ud)
-{
-    (void)c;
-    ((qd_dump *)ud)->row_done = 1;
-}
-
-/* libcsv: spaces around unquoted fields are data (RFC 4180), not trimmed. */
-static int csv_no_space(unsigned char c)
-{
-    (void)c;
-    return 0;
-}
-
-/* libcsv: rows end only at LF. The line layer drops a CR before it, and a lone CR is
- * data, so that line numbers and rows always agree. */
-static int csv_is_term(unsigned char c)
-{
-    return c == '\n';
-}
-
-/* Brings libcsv back to the start of a row after an error. csv_fini() resets the
- * state, but not when strict options make it report an open quote, so drop the
- * options around the call. */
-static void csv_reset(qd_dump *d)
-{
-    int opts = csv_get_opts(&d->csv);
-    csv_set_opts(&d->csv, 0);
-    csv_fini(&d->csv, NULL, NULL, NULL);
-    csv_set_opts(&d->csv, (unsigned char)opts);
-}
-
-static int row_fail(qd_dump *d, uint64_t start, int probe, const dump_line *long_line,
-                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-/* A quoted row that is broken in its structure. Normally: report it at its first line
- * and queue its later lines to be read again. In probe mode: queue all its lines and
- * report nothing. */
-static int row_fail(qd_dump *d, uint64_t start, int probe, const dump_line *long_line,
-                    const char *fmt, ...)
-{
-    csv_reset(d);
-    size_t from = probe ? 0 : d->raw_first;
-    int r = replay_install(d, from, probe ? start : start + 1, long_line);
-    if (r < 0)
-        return r;
-    if (probe)
-        return ROW_PROBE_FAILED;
-    char reason[QD_ERRMSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(reason, sizeof reason, fmt, ap);
-    va_end(ap);
-    return set_msg(d, QD_ERR_FORMAT, "%s:%llu: %s", d->name, (unsigned long long)start,
-                   reason);
-}
-
-/* Reads one quoted row through libcsv, starting with line *ln (not blank, not too
- * long) and taking more lines while a quoted field is open. */
-static int row_quoted(qd_dump *d, dump_line *ln, int probe)
-{
-    uint64_t start = ln->no;
-    d->raw_len = d->raw_first = 0;
-    d->nfields = d->fb_len = 0;
-    d->row_done = d->cb_nomem = 0;
-    for (;;) {
-        if (ln->too_long)
-            return row_fail(d, start, probe, ln,
-                            "quoted field still open at line %llu, which is over the "
-                            "limit of %zu bytes (unterminated quote?)",
-                            (unsigned long long)ln->no, d->max_line);
-        int over = d->raw_len + ln->len > d->max_line;
-        /* Keep the line even when over the limit: it must be read again. */
-        if (grow(&d->raw, &d->raw_cap, d->raw_len + ln->len + 1) != 0)
-            return set_fatal(d, QD_ERR_NOMEM);
-        memcpy(d->raw + d->raw_len, ln->p, ln->len);
-        d->raw_len += ln->len;
-        d->raw[d->raw_len++] = '\n';
-        if (ln->no == start)
-            d->raw_first = d->raw_len;
-        if (over)
-            return row_fail(d, start, probe, NULL,
-                            "quoted field still open after %zu bytes, at line %llu "
-                            "(unterminated quote?)",
-                            d->max_line, (unsigned long long)ln->no);
-        size_t n = csv_parse(&d->csv, ln->p, ln->len, csv_field_cb, csv_row_cb, d);
-        if (n == ln->len)
-            n += csv_parse(&d->csv, "\n", 1, csv_field_cb, csv_row_cb, d);
-        if (d->cb_nomem || (n != ln->len + 1 && csv_error(&d->csv) != CSV_EPARSE)) {
-            csv_reset(d);
-            return set_fatal(d, QD_ERR_NOMEM);
-        }
-        if (n != ln->len + 1) {
-            const char *what = d->csv.quoted
-                                   ? "text after a closing quote (inner quotes must be "
-                                     "doubled)"
-                                   : "quote inside an unquoted field";
-            if (ln->no == start)
-                return row_fail(d, start, probe, NULL, "%s", what);
-            return row_fail(d, start, probe, NULL,
-                            "%s at line %llu (the quoted field may be unterminated)", what,
-                            (unsigned long long)ln->no);
-        }
-        if (d->row_done)
-            break;
-        int r = line_next(d, ln);
-        if (r < 0)
-            return r;
-        if (r == 0)
-            return row_fail(d, start, probe, NULL,
-                            "quoted field not closed at the end of the file");
-    }
-    if (d->expect && d->nfields != d->expect) {
-        if (probe || d->raw_len != d->raw_first)
-            return row_fail(d, start, probe, NULL, "expected %zu fields, got %zu",
-                            d->expect, d->nfields);
-        return set_msg(d, QD_ERR_FORMAT, "%s:%llu: expected %zu fields, got %zu", d->name,
-                       (unsigned long long)start, d->expect, d->nfields);
-    }
-    for (size_t i = 0; i < d->nfields; i++)
-        d->fields[i].p = d->fb + d->fields[i].off;
-    d->row_line = start;
-    return 1;
-}
 
 /* Next row into d->fields: 1, 0 at the end, QD_ERR_FORMAT (a skipped row, message
  * set), or fatal. */
 static int row_next(qd_dump *d)
 {
-    dump_line ln;
-    for (;;) {
-        int r = line_next(d, &ln);
-        if (r <= 0)
-            return r;
-        if (ln.too_long)
-            return set_msg(d, QD_ERR_FORMAT,
-                           "%s:%llu: line of %zu bytes is over the limit of %zu", d->name,
-                           (unsigned long long)ln.no, ln.full, d->max_line);
-        if (ln.len == 0)
-            continue; /* blank line */
-        if (d->row_mode == ROW_PLAIN)
-            return row_plain(d, &ln);
-        char *q = memchr(ln.p, '"', ln.len);
-        if (!q)
-            return row_plain(d, &ln); /* no quote: both readings agree */
-        if (d->row_mode == ROW_QUOTED)
-            return row_quoted(d, &ln, 0);
-        /* ROW_DETECT: the first field holding a quote decides. */
-        if (q != ln.p && q[-1] != d->delim) {
-            d->row_mode = ROW_PLAIN;
-            d->quoting = QD_DUMP_QUOTING_NO;
-            return row_plain(d, &ln);
-        }
-        r = row_quoted(d, &ln, 1);
-        if (r == 1) {
-            d->row_mode = ROW_QUOTED;
-            d->quoting = QD_DUMP_QUOTING_YES;
-            return 1;
-        }
-        if (r < 0)
-            return r;
-        d->row_mode = ROW_PLAIN; /* the row's lines are queued again: read them plain */
-        d->quoting = QD_DUMP_QUOTING_NO;
-    }
+    int r = qd_rowread_next(d->rr, &d->fields, &d->nfields, &d->row_line);
+    if (r < 0)
+        snprintf(d->errmsg, sizeof d->errmsg, "%s", qd_rowread_errmsg(d->rr));
+    return r;
+}
+
+/* Next line (JSON Lines, format sniffing): as qd_rowread_line_next. */
+static int line_next(qd_dump *d, qd_rowread_line *ln)
+{
+    int r = qd_rowread_line_next(d->rr, ln);
+    if (r < 0)
+        snprintf(d->errmsg, sizeof d->errmsg, "%s", qd_rowread_errmsg(d->rr));
+    return r;
 }
 
 /* ------------------------------------------------------------------ checks ------- */
@@ -695,8 +219,16 @@ static int seen_check(qd_dump *d, const char *id, size_t len, uint64_t text_hash
         }
         j = (j + 1) & (d->seen_cap - 1);
     }
-    if (grow(&d->seen_keys, &d->seen_keys_cap, d->seen_keys_len + len) != 0)
-        return QD_ERR_NOMEM;
+    if (d->seen_keys_len + len > d->seen_keys_cap) {
+        size_t cap = d->seen_keys_cap ? d->seen_keys_cap : 4096;
+        while (cap < d->seen_keys_len + len)
+            cap *= 2;
+        char *k = qd_realloc(d->seen_keys, cap);
+        if (!k)
+            return QD_ERR_NOMEM;
+        d->seen_keys = k;
+        d->seen_keys_cap = cap;
+    }
     memcpy(d->seen_keys + d->seen_keys_len, id, len);
     d->seen[j].hash = h;
     d->seen[j].text_hash = text_hash;
@@ -714,7 +246,7 @@ static int quora_row(qd_dump *d)
 {
     d->ev_n = d->ev_i = 0;
     for (int q = 0; q < 2; q++) {
-        dump_field *id = &d->fields[1 + q], *text = &d->fields[3 + q];
+        qd_rowread_field *id = &d->fields[1 + q], *text = &d->fields[3 + q];
         dump_event *ev = &d->ev[d->ev_n];
         char why[256], shown[64];
         const char *bad = check_question(d, id->p, id->len, text->p, text->len, why, sizeof why);
@@ -765,6 +297,11 @@ static int quora_next(qd_dump *d, qd_dump_rec *rec)
         }
         d->ev_n = d->ev_i = 0;
         int r = row_next(d);
+        if (d->quoting == QD_DUMP_QUOTING_AUTO) {
+            qd_rowread_mode m = qd_rowread_get_mode(d->rr);
+            if (m != QD_ROWREAD_DETECT)
+                d->quoting = m == QD_ROWREAD_QUOTED ? QD_DUMP_QUOTING_YES : QD_DUMP_QUOTING_NO;
+        }
         if (r <= 0)
             return r;
         r = quora_row(d);
@@ -789,7 +326,7 @@ static int csv_next(qd_dump *d, qd_dump_rec *rec)
     int r = row_next(d);
     if (r <= 0)
         return r;
-    dump_field *id = &d->fields[d->csv_id], *text = &d->fields[d->csv_text];
+    qd_rowread_field *id = &d->fields[d->csv_id], *text = &d->fields[d->csv_text];
     return make_rec(d, rec, id->p, id->len, text->p, text->len, d->row_line);
 }
 
@@ -797,7 +334,7 @@ static int csv_next(qd_dump *d, qd_dump_rec *rec)
 
 static int jsonl_next(qd_dump *d, qd_dump_rec *rec)
 {
-    dump_line ln;
+    qd_rowread_line ln;
     int r;
     do {
         r = line_next(d, &ln);
@@ -910,7 +447,7 @@ static size_t split_header(char *s, size_t len, char delim, char **f, size_t *fl
  * it to be read again. */
 static int sniff_format(qd_dump *d)
 {
-    dump_line ln;
+    qd_rowread_line ln;
     int r;
     do {
         r = line_next(d, &ln);
@@ -924,13 +461,6 @@ static int sniff_format(qd_dump *d)
         return set_msg(d, QD_ERR_FORMAT,
                        "%s:%llu: first line of %zu bytes is over the limit of %zu", d->name,
                        (unsigned long long)ln.no, ln.full, d->max_line);
-    /* Queue the line again before looking at it (splitting below writes into it). */
-    d->raw_len = 0;
-    if (grow(&d->raw, &d->raw_cap, ln.len + 1) != 0)
-        return set_fatal(d, QD_ERR_NOMEM);
-    memcpy(d->raw, ln.p, ln.len);
-    d->raw[ln.len] = '\n';
-    d->raw_len = ln.len + 1;
     char *f[6];
     size_t flen[6];
     size_t ntab = split_header(ln.p, ln.len, '\t', f, flen, 6);
@@ -944,7 +474,7 @@ static int sniff_format(qd_dump *d)
         d->format = QD_DUMP_QUORA;
     else if (ntab == 2)
         d->format = QD_DUMP_TSV;
-    else if (ntab == 1 && memchr(d->raw, ',', ln.len))
+    else if (ntab == 1 && memchr(ln.p, ',', ln.len))
         d->format = QD_DUMP_CSV;
     else {
         char shown[64];
@@ -952,16 +482,18 @@ static int sniff_format(qd_dump *d)
                        "%s:%llu: cannot tell the format from the first line \"%s\" "
                        "(give one)",
                        d->name, (unsigned long long)ln.no,
-                       printable(d->raw, ln.len, shown, sizeof shown, 48));
+                       printable(ln.p, ln.len, shown, sizeof shown, 48));
     }
-    r = replay_install(d, 0, ln.no, NULL);
-    return r < 0 ? r : 0;
+    /* The line is read again as the header (or first record). */
+    if (qd_rowread_unread(d->rr, &ln) != 0)
+        return set_fatal(d, QD_ERR_NOMEM);
+    return 0;
 }
 
 /* Reads and checks the header row of quora, tsv and csv files. */
 static int read_header(qd_dump *d)
 {
-    d->expect = 0;
+    qd_rowread_set_expect(d->rr, 0);
     int r = row_next(d);
     if (r < 0)
         return r;
@@ -977,14 +509,14 @@ static int read_header(qd_dump *d)
                            "%s:%llu: not a Quora pair file: expected the tab-separated "
                            "header \"id qid1 qid2 question1 question2 is_duplicate\"",
                            d->name, no);
-        d->expect = 6;
+        qd_rowread_set_expect(d->rr, 6);
     } else if (d->format == QD_DUMP_TSV) {
         if (d->nfields != 2)
             return set_msg(d, QD_ERR_FORMAT,
                            "%s:%llu: a two-column TSV header (id, text) has 2 fields, "
                            "this one %zu",
                            d->name, no, d->nfields);
-        d->expect = 2;
+        qd_rowread_set_expect(d->rr, 2);
     } else {
         int id_at = -1, text_at = -1;
         for (size_t i = 0; i < d->nfields; i++) {
@@ -1008,7 +540,7 @@ static int read_header(qd_dump *d)
         }
         d->csv_id = (size_t)id_at;
         d->csv_text = (size_t)text_at;
-        d->expect = d->nfields;
+        qd_rowread_set_expect(d->rr, d->nfields);
     }
     return 0;
 }
@@ -1042,22 +574,13 @@ static int open_common(int fd, int own_fd, const char *name, const qd_dump_opts 
     d->max_text = o->max_text_bytes ? o->max_text_bytes : QD_DUMP_DEFAULT_MAX_TEXT;
     d->max_id = o->max_id_bytes ? o->max_id_bytes : QD_DUMP_DEFAULT_MAX_ID;
     d->max_line = o->max_line_bytes ? o->max_line_bytes : QD_DUMP_DEFAULT_MAX_LINE;
-    d->next_line = 1;
     d->name = qd_strndup(name, strlen(name));
     d->id_col = qd_strndup(o->id_col ? o->id_col : "id", strlen(o->id_col ? o->id_col : "id"));
     const char *tc = o->text_col ? o->text_col : "text";
     d->text_col = qd_strndup(tc, strlen(tc));
-    d->buf = qd_malloc(DUMP_CHUNK + 1);
-    if (!d->name || !d->id_col || !d->text_col || !d->buf)
+    if (!d->name || !d->id_col || !d->text_col ||
+        qd_rowread_open(fd, name, d->max_line, &d->rr) != 0)
         goto fail_nomem;
-    if (csv_init(&d->csv, CSV_STRICT | CSV_STRICT_FINI) != 0)
-        goto fail_nomem;
-    d->csv_ready = 1;
-    csv_set_realloc_func(&d->csv, qd_realloc);
-    csv_set_free_func(&d->csv, qd_free);
-    csv_set_blk_size(&d->csv, 4096);
-    csv_set_space_func(&d->csv, csv_no_space);
-    csv_set_term_func(&d->csv, csv_is_term);
 
     if (d->format == QD_DUMP_AUTO) {
         int stdin_like = strcmp(name, "<stdin>") == 0;
@@ -1070,19 +593,15 @@ static int open_common(int fd, int own_fd, const char *name, const qd_dump_opts 
     }
     switch (d->format) {
     case QD_DUMP_QUORA:
-        d->delim = '\t';
-        d->row_mode = ROW_PLAIN; /* the header has no quotes either way */
+        /* Tab, plain: the header has no quotes either way (the reader's defaults). */
         break;
     case QD_DUMP_TSV:
-        d->delim = '\t';
-        d->row_mode = ROW_PLAIN;
         d->quoting = QD_DUMP_QUOTING_AUTO;
         break;
     case QD_DUMP_CSV:
-        d->delim = ',';
-        d->row_mode = ROW_QUOTED;
+        qd_rowread_set_delim(d->rr, ',');
+        qd_rowread_set_mode(d->rr, QD_ROWREAD_QUOTED);
         d->quoting = QD_DUMP_QUOTING_AUTO;
-        csv_set_delim(&d->csv, ',');
         break;
     default:
         d->quoting = QD_DUMP_QUOTING_AUTO;
@@ -1091,10 +610,9 @@ static int open_common(int fd, int own_fd, const char *name, const qd_dump_opts 
     if (d->format != QD_DUMP_JSONL && (rc = read_header(d)) != 0)
         goto fail;
     if (d->format == QD_DUMP_QUORA) {
-        csv_set_delim(&d->csv, '\t');
-        d->row_mode = d->quoting == QD_DUMP_QUOTING_YES  ? ROW_QUOTED
-                      : d->quoting == QD_DUMP_QUOTING_NO ? ROW_PLAIN
-                                                         : ROW_DETECT;
+        qd_rowread_set_mode(d->rr, d->quoting == QD_DUMP_QUOTING_YES  ? QD_ROWREAD_QUOTED
+                                   : d->quoting == QD_DUMP_QUOTING_NO ? QD_ROWREAD_PLAIN
+                                                                      : QD_ROWREAD_DETECT);
     }
     *out = d;
     return 0;
@@ -1180,7 +698,7 @@ int qd_dump_quoted(const qd_dump *d)
 
 uint64_t qd_dump_bytes_read(const qd_dump *d)
 {
-    return d->bytes_read;
+    return qd_rowread_bytes_read(d->rr);
 }
 
 uint64_t qd_dump_skipped(const qd_dump *d)
@@ -1194,20 +712,12 @@ void qd_dump_close(qd_dump *d)
         return;
     if (d->own_fd)
         close(d->fd);
-    if (d->csv_ready)
-        csv_free(&d->csv);
+    qd_rowread_close(d->rr);
     if (d->json)
         json_decref(d->json);
     qd_free(d->name);
     qd_free(d->id_col);
     qd_free(d->text_col);
-    qd_free(d->buf);
-    qd_free(d->lb);
-    qd_free(d->rp);
-    qd_free(d->rp2);
-    qd_free(d->raw);
-    qd_free(d->fb);
-    qd_free(d->fields);
     qd_free(d->seen);
     qd_free(d->seen_keys);
     qd_free(d);
