@@ -634,8 +634,10 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
                                     .epoch_done = 1, .valid_auc = auc, .best = is_best};
             progress(&pr, arg);
         }
-        if (o->patience > 0 && since_best >= o->patience)
+        if (o->patience > 0 && since_best >= o->patience) {
+            result->stopped_early = epoch < o->epochs;
             break;
+        }
     }
     memcpy(t.m->param_data, best, t.m->nparams * sizeof *best);
     qd_free(best);

@@ -695,6 +695,10 @@ int main(int argc, char **argv)
            "%.1f s, %.0f pairs/s\n",
            out_path, qd_model_fingerprint(m), r.vocab, r.best_epoch, r.epochs_run,
            r.best_valid_auc, r.seconds, r.pairs_per_s);
+    if (r.stopped_early)
+        printf("stopped early after epoch %d of %d: no better validation AUC for %d "
+               "epoch%s (--patience)\n", r.epochs_run, o.epochs, o.patience,
+               o.patience == 1 ? "" : "s");
     if (init_path)
         printf("fine-tuned from %s: %zu words added to its vocabulary\n", init_path,
                r.words_added);

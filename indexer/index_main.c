@@ -213,6 +213,26 @@ static void report_removed(const char *path, void *arg)
     fprintf(stderr, "%s: removed %s, left by an interrupted build\n", prog, path);
 }
 
+/* 0 if every dump can be opened for reading ("-" is standard input); else names the
+ * first that cannot. Checked before the model is loaded, which takes a while. */
+static int check_dumps(char **paths, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (strcmp(paths[i], "-") == 0)
+            continue;
+        struct stat st;
+        if (stat(paths[i], &st) != 0 || access(paths[i], R_OK) != 0) {
+            errorf("%s: %s", paths[i], strerror(errno));
+            return -1;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            errorf("%s: is a directory, not a dump", paths[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int cmd_build(opts *o, int argc, char **argv)
 {
     char err[QD_ERRMSG_MAX], tmp[PATH_MAX];
@@ -224,6 +244,8 @@ static int cmd_build(opts *o, int argc, char **argv)
         errorf("build: no dump to read (see --help)");
         return EXIT_USAGE;
     }
+    if (check_dumps(argv, argc) != 0)
+        return 1;
     double t0 = qd_now();
     /* Refuse at once, not after the work, to replace a file that is not an index
      * (qd_store_install checks again, under the lock). */
@@ -303,6 +325,8 @@ static int cmd_add(opts *o, int argc, char **argv)
         errorf("add: no dump to read (see --help)");
         return EXIT_USAGE;
     }
+    if (check_dumps(argv, argc) != 0)
+        return 1;
     double t0 = qd_now();
     qd_store *s = open_store(o, 0);
     if (!s)
@@ -855,13 +879,20 @@ static const command commands[] = {
      "  --param NAME=V    FAISS search parameter, e.g. nprobe=16 (IVF), efSearch=64\n"
      "  --model MODEL     use this model instead of the remembered one\n"},
     {"info", cmd_info, info_opts, "show counts, model, index type and sizes",
-     "usage: qdup-index info --db DB [--json]\n"},
+     "usage: qdup-index info --db DB [--json]\n\n"
+     "Prints what DB holds: live questions and tombstones (removed, not yet compacted),\n"
+     "the index kind and its vectors, the model (path and fingerprint), the change\n"
+     "sequence and the checkpoint the FAISS file reflects, and the files' sizes. Opens\n"
+     "DB read-only, so it works while a daemon serves it.\n\n"
+     "  --db DB           the index database\n"
+     "  --json            one JSON object instead of text\n"},
     {"verify", cmd_verify, verify_opts, "check the index against its database",
      "usage: qdup-index verify --db DB [--max-report N] [--repair]\n\n"
      "Checks that every live question is in the FAISS index with its stored vector,\n"
      "that the index holds nothing else, that the FAISS file is the checkpoint the\n"
      "database records, that the model matches, and SQLite's integrity. Prints one\n"
      "line per problem; exit status 0 if all holds, 1 if not.\n\n"
+     "  --db DB           the index database\n"
      "  --max-report N    print at most N problems (default 20)\n"
      "  --repair          open for writing first, which rebuilds and rewrites a FAISS\n"
      "                    file the database does not vouch for\n"},
@@ -869,12 +900,16 @@ static const command commands[] = {
      "usage: qdup-index export --db DB [--out FILE]\n\n"
      "Writes every live question as {\"id\": ..., \"text\": ..., \"vector\": [...]}, one per\n"
      "line (what Milvus, Qdrant, Elasticsearch and pgvector bulk loaders take), to\n"
-     "standard output or FILE.\n"},
+     "standard output or FILE.\n\n"
+     "  --db DB           the index database\n"
+     "  --out FILE        write to FILE (replaced only when complete) instead of\n"
+     "                    standard output\n"},
     {"compact", cmd_compact, compact_opts, "delete removed questions and rebuild the index",
      "usage: qdup-index compact --db DB\n\n"
      "Deletes removed questions from the database, rebuilds the FAISS index from the\n"
      "live ones (dropping tombstones of index kinds that cannot remove), rewrites the\n"
-     "FAISS file and vacuums the database.\n"},
+     "FAISS file and vacuums the database.\n\n"
+     "  --db DB           the index database\n"},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof *commands)

@@ -97,6 +97,8 @@ typedef void (*qd_train_progress_fn)(const qd_train_progress *p, void *arg);
 typedef struct qd_train_result {
     int epochs_run;       /* epochs actually trained */
     int best_epoch;       /* the epoch whose weights were kept */
+    int stopped_early;    /* 1 if --patience epochs without a better validation AUC
+                             ended training before o->epochs */
     double best_valid_auc;/* its validation AUC */
     double last_loss;     /* mean loss of the last epoch */
     double seconds;       /* training time (validation included) */

@@ -29,6 +29,7 @@ bin_dir, src = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.join(src, "tests", "dist"))
 sys.path.insert(0, os.path.join(src, "tools", "clients"))
 import promtext  # noqa: E402
+from checks import check, finish  # noqa: E402
 from qdup_client import Client, QdupError  # noqa: E402
 
 tmp = tempfile.mkdtemp(prefix="qdup-ops.", dir="/tmp")
@@ -260,5 +261,4 @@ finally:
             p.wait()
     shutil.rmtree(tmp, ignore_errors=True)
 
-print("%d failure(s)" % failures)
-sys.exit(1 if failures else 0)
+finish()

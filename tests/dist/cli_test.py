@@ -1,0 +1,52 @@
+"""The command line as a new user meets it (issue 12's sharp edges 4 and 6):
+
+- every qdup-index subcommand's --help says what it does and lists each option its
+  usage line names, on a line of its own;
+- `qdup-index build`/`add` check that the dumps can be read before loading the model:
+  with a missing dump and a missing model, the error names the dump.
+
+usage: cli_test.py BIN_DIR
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, finish  # noqa: E402
+
+bin_dir = sys.argv[1]
+index = os.path.join(bin_dir, "qdup-index")
+
+
+top = subprocess.run([index, "--help"], capture_output=True, text=True)
+cmds = re.findall(r"^  ([a-z]+) {2,}\S", top.stdout, re.M)
+check(top.returncode == 0 and len(cmds) >= 8, "qdup-index --help lists its commands: %s" % cmds)
+for cmd in cmds:
+    r = subprocess.run([index, cmd, "--help"], capture_output=True, text=True)
+    out = r.stdout
+    lines = out.splitlines()
+    usage = lines[0] if lines else ""
+    prose = [l for l in lines[1:] if l and not l.startswith(" ")]
+    opts = sorted(set(re.findall(r"--[a-z][a-z-]*", usage)))
+    undocumented = [o for o in opts if not re.search(r"^ +(-\w, )?%s\b" % re.escape(o), out, re.M)]
+    check(r.returncode == 0 and usage.startswith("usage: qdup-index %s" % cmd) and prose
+          and not undocumented,
+          "qdup-index %s --help: what it does, and its options %s%s"
+          % (cmd, opts, " (not described: %s)" % undocumented if undocumented else ""))
+
+with tempfile.TemporaryDirectory(prefix="qdup-cli.") as tmp:
+    missing_dump = os.path.join(tmp, "nonexistent.tsv")
+    missing_model = os.path.join(tmp, "nonexistent.qdm")
+    r = subprocess.run([index, "build", "--model", missing_model, "--db",
+                        os.path.join(tmp, "x.db"), missing_dump], capture_output=True, text=True)
+    check(r.returncode != 0 and missing_dump in r.stderr and missing_model not in r.stderr,
+          "build: the missing dump is named before the model is looked at (%s)"
+          % r.stderr.strip().replace("\n", " | "))
+    check(not os.path.exists(os.path.join(tmp, "x.db")), "build: nothing written")
+    r = subprocess.run([index, "build", "--model", missing_model, "--db",
+                        os.path.join(tmp, "x.db"), tmp], capture_output=True, text=True)
+    check(r.returncode != 0 and "is a directory" in r.stderr, "build: a directory is not a dump")
+
+finish()
