@@ -57,18 +57,63 @@
  * OpenMP's team costs more than it saves. */
 #define FS_PARALLEL_MIN ((size_t)1 << 21)
 
-/* Scores one block (FS_BLOCK vectors) for one query: out (16) gets the candidate scores,
- * the result has bit v set where out[v] > bar. qs and qu are the query's signed codes
- * and the same + 128, dim4 * 4 bytes each. */
-typedef unsigned (*fs_kernel_fn)(const int8_t *blk, size_t dim4, const int8_t *qs,
-                                 const uint8_t *qu, const float *scale, const int32_t *csum,
-                                 float bar, float *out);
+/* Queries scored together by the wide kernels: each load of a block serves all of them. */
+#define FS_QB 4
+
+/* Blocks scanned by all queries of a batch before the next ones: 256 blocks of 128
+ * components are 512 KiB, which stay in the L2 cache while every query passes. */
+#define FS_CHUNK 256
+
+/* The block kernels below are inlined into a "run" per instruction set: a run scores
+ * blocks b, b + 1, ... for one query (or FS_QB queries, their codes qstride bytes apart:
+ * qs signed, qu + 128) and stops at the first block where some score beats its query's
+ * bar, returning that block's index (b1 if none): out (16 per query) then holds that
+ * block's scores and mask (one per query) the lanes above the bar. Most blocks beat
+ * nothing, so the loop stays in the kernel. */
+typedef size_t (*fs_run_fn)(const struct qd_flatscan *fs, size_t b, size_t b1,
+                            const int8_t *qs, const uint8_t *qu, size_t qstride,
+                            const float *bar, float *out, unsigned *mask);
 
 struct fs_kernel {
     const char *name;   /* as qd_flatscan_kernel() reports it */
-    fs_kernel_fn fn;    /* the block kernel */
+    fs_run_fn run;      /* one query */
+    fs_run_fn run4;     /* FS_QB queries, or NULL */
     int (*runs)(void);  /* 1 if this processor can run it */
 };
+
+#define FS_INLINE __attribute__((always_inline)) inline
+
+/* Defines a run of one query over the block kernel KERN with target attribute TGT. */
+#define FS_DEFINE_RUN(name, tgt, kern)                                                   \
+    tgt static size_t name(const struct qd_flatscan *fs, size_t b, size_t b1,           \
+                           const int8_t *qs, const uint8_t *qu, size_t qstride,         \
+                           const float *bar, float *out, unsigned *mask)                \
+    {                                                                                    \
+        (void)qstride;                                                                   \
+        size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;                                  \
+        for (; b < b1; b++)                                                              \
+            if ((mask[0] = kern(fs->codes + b * bbytes, fs->dim4, qs, qu,                \
+                                fs->scale + b * FS_BLOCK, fs->csum + b * FS_BLOCK,       \
+                                bar[0], out)) != 0)                                      \
+                break;                                                                   \
+        return b;                                                                        \
+    }
+
+/* The same for FS_QB queries over KERN4. */
+#define FS_DEFINE_RUN4(name, tgt, kern4)                                                 \
+    tgt static size_t name(const struct qd_flatscan *fs, size_t b, size_t b1,           \
+                           const int8_t *qs, const uint8_t *qu, size_t qstride,         \
+                           const float *bar, float *out, unsigned *mask)                \
+    {                                                                                    \
+        size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;                                  \
+        for (; b < b1; b++) {                                                            \
+            kern4(fs->codes + b * bbytes, fs->dim4, qs, qu, qstride,                     \
+                  fs->scale + b * FS_BLOCK, fs->csum + b * FS_BLOCK, bar, out, mask);    \
+            if (mask[0] | mask[1] | mask[2] | mask[3])                                   \
+                break;                                                                   \
+        }                                                                                \
+        return b;                                                                        \
+    }
 
 struct qd_flatscan {
     int dim;                     /* vector dimension */
@@ -87,7 +132,7 @@ struct qd_flatscan {
 
 /* --- kernels ---------------------------------------------------------------------------- */
 
-static unsigned fs_kernel_generic(const int8_t *blk, size_t dim4, const int8_t *qs,
+FS_INLINE static unsigned fs_kernel_generic(const int8_t *blk, size_t dim4, const int8_t *qs,
                                   const uint8_t *qu, const float *scale, const int32_t *csum,
                                   float bar, float *out)
 {
@@ -116,10 +161,12 @@ static int fs_runs_generic(void)
     return 1;
 }
 
+FS_DEFINE_RUN(fs_run_generic, , fs_kernel_generic)
+
 #if defined(__x86_64__) || defined(__i386__)
 #define FS_X86 1
 
-__attribute__((target("avx2"))) static unsigned
+FS_INLINE __attribute__((target("avx2"))) static unsigned
 fs_kernel_avx2(const int8_t *blk, size_t dim4, const int8_t *qs, const uint8_t *qu,
                const float *scale, const int32_t *csum, float bar, float *out)
 {
@@ -148,13 +195,69 @@ fs_kernel_avx2(const int8_t *blk, size_t dim4, const int8_t *qs, const uint8_t *
            (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(f1, b, _CMP_GT_OQ)) << 8;
 }
 
+/* One query's step for a group in the AVX2 kernels: the 4 codes at q broadcast, times
+ * the block's two halves, into the query's two accumulators. */
+#define FS_AVX2_STEP(q, lo, hi)                                                          \
+    do {                                                                                 \
+        int32_t qw_;                                                                     \
+        memcpy(&qw_, (q), sizeof qw_);                                                   \
+        __m256i qb_ = _mm256_set1_epi32(qw_);                                            \
+        lo = _mm256_add_epi32(                                                           \
+            lo, _mm256_madd_epi16(_mm256_maddubs_epi16(ax0, _mm256_sign_epi8(qb_, x0)), ones)); \
+        hi = _mm256_add_epi32(                                                           \
+            hi, _mm256_madd_epi16(_mm256_maddubs_epi16(ax1, _mm256_sign_epi8(qb_, x1)), ones)); \
+    } while (0)
+
+/* The scores and mask of one query from its two AVX2 accumulators. */
+#define FS_AVX2_FINISH(lo, hi, barv, outp, maskv)                                         \
+    do {                                                                                 \
+        __m256 f0_ = _mm256_mul_ps(_mm256_cvtepi32_ps(lo), s0);                          \
+        __m256 f1_ = _mm256_mul_ps(_mm256_cvtepi32_ps(hi), s1);                          \
+        _mm256_storeu_ps((outp), f0_);                                                   \
+        _mm256_storeu_ps((outp) + 8, f1_);                                               \
+        __m256 b_ = _mm256_set1_ps(barv);                                                \
+        maskv = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(f0_, b_, _CMP_GT_OQ)) |       \
+                (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(f1_, b_, _CMP_GT_OQ)) << 8;   \
+    } while (0)
+
+FS_INLINE __attribute__((target("avx2"))) static void
+fs_kernel4_avx2(const int8_t *blk, size_t dim4, const int8_t *qs, const uint8_t *qu,
+                size_t qstride, const float *scale, const int32_t *csum, const float *bar,
+                float *out, unsigned *mask)
+{
+    (void)qu;
+    (void)csum;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i l0 = _mm256_setzero_si256(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0,
+            l3 = l0, h3 = l0;
+    for (size_t g = 0; g < dim4; g++) {
+        const int8_t *x = blk + g * FS_BLOCK * FS_GROUP;
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)x);
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(x + 32));
+        __m256i ax0 = _mm256_abs_epi8(x0), ax1 = _mm256_abs_epi8(x1);
+        const int8_t *q = qs + g * FS_GROUP;
+        FS_AVX2_STEP(q, l0, h0);
+        FS_AVX2_STEP(q + qstride, l1, h1);
+        FS_AVX2_STEP(q + 2 * qstride, l2, h2);
+        FS_AVX2_STEP(q + 3 * qstride, l3, h3);
+    }
+    __m256 s0 = _mm256_loadu_ps(scale), s1 = _mm256_loadu_ps(scale + 8);
+    FS_AVX2_FINISH(l0, h0, bar[0], out, mask[0]);
+    FS_AVX2_FINISH(l1, h1, bar[1], out + 16, mask[1]);
+    FS_AVX2_FINISH(l2, h2, bar[2], out + 32, mask[2]);
+    FS_AVX2_FINISH(l3, h3, bar[3], out + 48, mask[3]);
+}
+
+FS_DEFINE_RUN(fs_run_avx2, __attribute__((target("avx2"))), fs_kernel_avx2)
+FS_DEFINE_RUN4(fs_run4_avx2, __attribute__((target("avx2"))), fs_kernel4_avx2)
+
 static int fs_runs_avx2(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) static unsigned
+FS_INLINE __attribute__((target("avx512f,avx512bw,avx512vnni"))) static unsigned
 fs_kernel_avx512vnni(const int8_t *blk, size_t dim4, const int8_t *qs, const uint8_t *qu,
                      const float *scale, const int32_t *csum, float bar, float *out)
 {
@@ -184,6 +287,72 @@ fs_kernel_avx512vnni(const int8_t *blk, size_t dim4, const int8_t *qs, const uin
     return (unsigned)_mm512_cmp_ps_mask(f, _mm512_set1_ps(bar), _CMP_GT_OQ);
 }
 
+/* One query's step for two groups in the VNNI kernel (the second into its own
+ * accumulator, for two independent chains per query). */
+#define FS_VNNI_STEP2(q, a, b)                                                           \
+    do {                                                                                 \
+        int32_t w0_, w1_;                                                                \
+        memcpy(&w0_, (q), sizeof w0_);                                                   \
+        memcpy(&w1_, (q) + 4, sizeof w1_);                                               \
+        a = _mm512_dpbusd_epi32(a, _mm512_set1_epi32(w0_), x0);                          \
+        b = _mm512_dpbusd_epi32(b, _mm512_set1_epi32(w1_), x1);                          \
+    } while (0)
+
+#define FS_VNNI_STEP1(q, a)                                                              \
+    do {                                                                                 \
+        int32_t w_;                                                                      \
+        memcpy(&w_, (q), sizeof w_);                                                     \
+        a = _mm512_dpbusd_epi32(a, _mm512_set1_epi32(w_), x0);                           \
+    } while (0)
+
+#define FS_VNNI_FINISH(a, b, barv, outp, maskv)                                          \
+    do {                                                                                 \
+        __m512i acc_ = _mm512_sub_epi32(_mm512_add_epi32(a, b), corr);                   \
+        __m512 f_ = _mm512_mul_ps(_mm512_cvtepi32_ps(acc_), sc);                         \
+        _mm512_storeu_ps((outp), f_);                                                    \
+        maskv = (unsigned)_mm512_cmp_ps_mask(f_, _mm512_set1_ps(barv), _CMP_GT_OQ);      \
+    } while (0)
+
+FS_INLINE __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void
+fs_kernel4_avx512vnni(const int8_t *blk, size_t dim4, const int8_t *qs, const uint8_t *qu,
+                      size_t qstride, const float *scale, const int32_t *csum,
+                      const float *bar, float *out, unsigned *mask)
+{
+    (void)qs;
+    __m512i a0 = _mm512_setzero_si512(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0,
+            a3 = a0, b3 = a0;
+    const int8_t *x = blk;
+    size_t g = 0;
+    for (; g + 2 <= dim4; g += 2, x += 2 * FS_BLOCK * FS_GROUP) {
+        __m512i x0 = _mm512_loadu_si512(x), x1 = _mm512_loadu_si512(x + 64);
+        const uint8_t *q = qu + g * FS_GROUP;
+        FS_VNNI_STEP2(q, a0, b0);
+        FS_VNNI_STEP2(q + qstride, a1, b1);
+        FS_VNNI_STEP2(q + 2 * qstride, a2, b2);
+        FS_VNNI_STEP2(q + 3 * qstride, a3, b3);
+    }
+    if (g < dim4) {
+        __m512i x0 = _mm512_loadu_si512(x);
+        const uint8_t *q = qu + g * FS_GROUP;
+        FS_VNNI_STEP1(q, a0);
+        FS_VNNI_STEP1(q + qstride, a1);
+        FS_VNNI_STEP1(q + 2 * qstride, a2);
+        FS_VNNI_STEP1(q + 3 * qstride, a3);
+    }
+    /* (c_q + 128) . c_x = c_q . c_x + 128 sum(c_x) */
+    __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(csum), 7);
+    __m512 sc = _mm512_loadu_ps(scale);
+    FS_VNNI_FINISH(a0, b0, bar[0], out, mask[0]);
+    FS_VNNI_FINISH(a1, b1, bar[1], out + 16, mask[1]);
+    FS_VNNI_FINISH(a2, b2, bar[2], out + 32, mask[2]);
+    FS_VNNI_FINISH(a3, b3, bar[3], out + 48, mask[3]);
+}
+
+FS_DEFINE_RUN(fs_run_avx512vnni, __attribute__((target("avx512f,avx512bw,avx512vnni"))),
+              fs_kernel_avx512vnni)
+FS_DEFINE_RUN4(fs_run4_avx512vnni, __attribute__((target("avx512f,avx512bw,avx512vnni"))),
+               fs_kernel4_avx512vnni)
+
 static int fs_runs_avx512vnni(void)
 {
     __builtin_cpu_init();
@@ -195,10 +364,10 @@ static int fs_runs_avx512vnni(void)
 /* Best first: the first one this processor runs is the default. */
 static const struct fs_kernel fs_kernels[] = {
 #ifdef FS_X86
-    {"avx512vnni", fs_kernel_avx512vnni, fs_runs_avx512vnni},
-    {"avx2", fs_kernel_avx2, fs_runs_avx2},
+    {"avx512vnni", fs_run_avx512vnni, fs_run4_avx512vnni, fs_runs_avx512vnni},
+    {"avx2", fs_run_avx2, fs_run4_avx2, fs_runs_avx2},
 #endif
-    {"generic", fs_kernel_generic, fs_runs_generic},
+    {"generic", fs_run_generic, NULL, fs_runs_generic},
 };
 #define FS_NKERNELS (sizeof fs_kernels / sizeof fs_kernels[0])
 
@@ -453,29 +622,43 @@ static int fs_cand_cmp(const void *pa, const void *pb)
     return (a->pos > b->pos) - (a->pos < b->pos);
 }
 
-/* Scans blocks [b0, b1) for every query, pushing candidates into heaps (nq). */
+/* Pushes the lanes of block b set in mask (its scores in out) into heap h. */
+static void fs_push_lanes(const qd_flatscan *fs, struct fs_heap *h, size_t b, unsigned mask,
+                          const float *out)
+{
+    size_t first = b * FS_BLOCK;
+    if (fs->n - first < FS_BLOCK)
+        mask &= (1u << (fs->n - first)) - 1; /* padding vectors of the last block */
+    while (mask) {
+        int v = __builtin_ctz(mask);
+        mask &= mask - 1;
+        fs_heap_push(h, out[v], (int64_t)(first + (size_t)v));
+    }
+}
+
+/* Scans blocks [b0, b1) for every query, pushing candidates into heaps (nq): chunk by
+ * chunk, every query (FS_QB at a time where the kernel can) over the chunk. */
 static void fs_scan(const qd_flatscan *fs, size_t b0, size_t b1, const int8_t *qs,
                     const uint8_t *qu, size_t nq, struct fs_heap *heaps)
 {
     size_t qbytes = fs->dim4 * FS_GROUP;
-    size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;
-    fs_kernel_fn kern = fs->kern->fn;
-    float out[FS_BLOCK];
-    for (size_t b = b0; b < b1; b++) {
-        const int8_t *blk = fs->codes + b * bbytes;
-        size_t first = b * FS_BLOCK;
-        size_t valid = fs->n - first < FS_BLOCK ? fs->n - first : FS_BLOCK;
-        unsigned live = valid == FS_BLOCK ? 0xffffu : (1u << valid) - 1;
-        for (size_t j = 0; j < nq; j++) {
-            struct fs_heap *h = &heaps[j];
-            unsigned mask = kern(blk, fs->dim4, qs + j * qbytes, qu + j * qbytes,
-                                 fs->scale + first, fs->csum + first, fs_heap_bar(h), out);
-            mask &= live;
-            while (mask) {
-                int v = __builtin_ctz(mask);
-                mask &= mask - 1;
-                fs_heap_push(h, out[v], (int64_t)(first + (size_t)v));
+    float out[FS_QB * FS_BLOCK], bar[FS_QB];
+    unsigned mask[FS_QB];
+    for (size_t c0 = b0; c0 < b1; c0 += FS_CHUNK) {
+        size_t c1 = b1 - c0 < FS_CHUNK ? b1 : c0 + FS_CHUNK;
+        for (size_t j = 0; j < nq;) {
+            size_t m = fs->kern->run4 && nq - j >= FS_QB ? FS_QB : 1;
+            fs_run_fn run = m == FS_QB ? fs->kern->run4 : fs->kern->run;
+            for (size_t b = c0;; b++) {
+                for (size_t i = 0; i < m; i++)
+                    bar[i] = fs_heap_bar(&heaps[j + i]);
+                b = run(fs, b, c1, qs + j * qbytes, qu + j * qbytes, qbytes, bar, out, mask);
+                if (b >= c1)
+                    break;
+                for (size_t i = 0; i < m; i++)
+                    fs_push_lanes(fs, &heaps[j + i], b, mask[i], out + i * FS_BLOCK);
             }
+            j += m;
         }
     }
 }
@@ -491,10 +674,13 @@ int qd_flatscan_approx(const qd_flatscan *fs, const float *q, float *out)
     qd_flatscan_quantize(q, fs->dim, qs, &qscale);
     for (size_t i = 0; i < qbytes; i++)
         qu[i] = (uint8_t)(qs[i] + 128);
-    size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;
-    for (size_t b = 0; b * FS_BLOCK < fs->n; b++) {
-        fs->kern->fn(fs->codes + b * bbytes, fs->dim4, qs, qu, fs->scale + b * FS_BLOCK,
-                     fs->csum + b * FS_BLOCK, -INFINITY, blk_out);
+    size_t nblocks = (fs->n + FS_BLOCK - 1) / FS_BLOCK;
+    float bar = -INFINITY;
+    unsigned mask;
+    for (size_t b = 0; b < nblocks; b++) {
+        /* Every score beats -INFINITY: the run stops at each block. */
+        size_t at = fs->kern->run(fs, b, b + 1, qs, qu, qbytes, &bar, blk_out, &mask);
+        QD_ASSERT(at == b && mask == 0xffffu);
         for (size_t v = 0; v < FS_BLOCK && b * FS_BLOCK + v < fs->n; v++)
             out[b * FS_BLOCK + v] = blk_out[v];
     }
@@ -527,13 +713,15 @@ static int fs_list_push(struct fs_list *l, float score, int64_t pos)
 static int fs_collect(const qd_flatscan *fs, const int8_t *qs, const uint8_t *qu, float bar,
                       struct fs_list *l)
 {
-    size_t bbytes = fs->dim4 * FS_BLOCK * FS_GROUP;
+    size_t nblocks = (fs->n + FS_BLOCK - 1) / FS_BLOCK;
     float out[FS_BLOCK];
+    unsigned mask;
     l->n = 0;
-    for (size_t b = 0; b * FS_BLOCK < fs->n; b++) {
+    for (size_t b = 0;; b++) {
+        b = fs->kern->run(fs, b, nblocks, qs, qu, 0, &bar, out, &mask);
+        if (b >= nblocks)
+            break;
         size_t first = b * FS_BLOCK;
-        unsigned mask = fs->kern->fn(fs->codes + b * bbytes, fs->dim4, qs, qu,
-                                     fs->scale + first, fs->csum + first, bar, out);
         while (mask) {
             size_t v = (size_t)__builtin_ctz(mask);
             mask &= mask - 1;
@@ -548,8 +736,16 @@ static int fs_collect(const qd_flatscan *fs, const int8_t *qs, const uint8_t *qu
 static void fs_rescore(const qd_flatscan *fs, const float *xb, const float *q,
                        struct fs_cand *c, size_t m)
 {
-    for (size_t i = 0; i < m; i++)
+    /* The rows are scattered over the float array: ask for a few ahead. */
+    size_t row = (size_t)fs->dim * sizeof(float);
+    for (size_t i = 0; i < m; i++) {
+        if (i + 4 < m) {
+            const char *next = (const char *)(xb + (size_t)c[i + 4].pos * (size_t)fs->dim);
+            for (size_t off = 0; off < row; off += 64)
+                __builtin_prefetch(next + off);
+        }
         c[i].score = fs_dot(q, xb + (size_t)c[i].pos * (size_t)fs->dim, fs->dim);
+    }
     qsort(c, m, sizeof *c, fs_cand_cmp);
 }
 
