@@ -637,7 +637,10 @@ static void fs_push_lanes(const qd_flatscan *fs, struct fs_heap *h, size_t b, un
 }
 
 /* Scans blocks [b0, b1) for every query, pushing candidates into heaps (nq): chunk by
- * chunk, every query (FS_QB at a time where the kernel can) over the chunk. */
+ * chunk, every query over the chunk, FS_QB at a time where the kernel can. qs and qu
+ * hold nq rounded up to FS_QB rows: a last group of two or three queries is padded with
+ * rows whose bar (+INFINITY) nothing beats, since the wide kernel costs little more than
+ * two passes of the narrow one, whose speed is the memory's. */
 static void fs_scan(const qd_flatscan *fs, size_t b0, size_t b1, const int8_t *qs,
                     const uint8_t *qu, size_t nq, struct fs_heap *heaps)
 {
@@ -647,15 +650,18 @@ static void fs_scan(const qd_flatscan *fs, size_t b0, size_t b1, const int8_t *q
     for (size_t c0 = b0; c0 < b1; c0 += FS_CHUNK) {
         size_t c1 = b1 - c0 < FS_CHUNK ? b1 : c0 + FS_CHUNK;
         for (size_t j = 0; j < nq;) {
-            size_t m = fs->kern->run4 && nq - j >= FS_QB ? FS_QB : 1;
+            size_t m = fs->kern->run4 && nq - j >= 2 ? FS_QB : 1;
+            size_t real = nq - j < m ? nq - j : m;
             fs_run_fn run = m == FS_QB ? fs->kern->run4 : fs->kern->run;
+            for (size_t i = real; i < m; i++)
+                bar[i] = INFINITY;
             for (size_t b = c0;; b++) {
-                for (size_t i = 0; i < m; i++)
+                for (size_t i = 0; i < real; i++)
                     bar[i] = fs_heap_bar(&heaps[j + i]);
                 b = run(fs, b, c1, qs + j * qbytes, qu + j * qbytes, qbytes, bar, out, mask);
                 if (b >= c1)
                     break;
-                for (size_t i = 0; i < m; i++)
+                for (size_t i = 0; i < real; i++)
                     fs_push_lanes(fs, &heaps[j + i], b, mask[i], out + i * FS_BLOCK);
             }
             j += m;
@@ -780,19 +786,20 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
         if (nt < 1)
             nt = 1;
     }
-    if (nq > SIZE_MAX / 2 / qbytes || nq > SIZE_MAX / (size_t)nt / r / sizeof(struct fs_cand))
+    if (nq > SIZE_MAX / 4 / qbytes || nq > SIZE_MAX / (size_t)nt / r / sizeof(struct fs_cand))
         return QD_ERR_RANGE;
+    size_t nqp = (nq + FS_QB - 1) / FS_QB * FS_QB; /* rows of codes, padded for fs_scan */
 
     int rc = QD_ERR_NOMEM;
     struct fs_list extra = {0};
-    int8_t *qs = qd_malloc(2 * nq * qbytes);
+    int8_t *qs = qd_calloc(2 * nqp, qbytes);
     float *qscale = qd_mallocarray(nq, 2 * sizeof *qscale);
     struct fs_heap *heaps = qd_mallocarray((size_t)nt * nq, sizeof *heaps);
     struct fs_cand *cands = qd_mallocarray((size_t)nt * nq * r, sizeof *cands);
     struct fs_cand *all = qd_mallocarray((size_t)nt * r, sizeof *all);
     if (!qs || !qscale || !heaps || !cands || !all)
         goto out;
-    uint8_t *qu = (uint8_t *)qs + nq * qbytes;
+    uint8_t *qu = (uint8_t *)qs + nqp * qbytes;
     float *qerr = qscale + nq; /* (nq) E of each query, in exact-score units */
     for (size_t j = 0; j < nq; j++) {
         int8_t *c = qs + j * qbytes;
