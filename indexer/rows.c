@@ -15,6 +15,7 @@
 
 #include "qdup/common.h"
 #include "qdup/fileio.h"
+#include "qdup/parallel.h"
 #include "qdup/store.h"
 #include "qdup/tok.h"
 #include "store_impl.h"
@@ -223,54 +224,40 @@ uint64_t qd_store_text_key(const qd_store *s, const char *text, size_t len)
 }
 
 /* Text keys of n items on several threads (tokenizing a million questions takes a
- * few seconds on one core). */
+ * few seconds on one core): at most 16, and one for under 4,096 items. */
+#define KEY_MAX_THREADS 16
+
 typedef struct key_job {
-    const qd_store_item *items; /* (n) */
-    uint64_t *keys;             /* (n) output */
-    size_t lo, hi;              /* this worker's range */
-    int rc;                     /* its result */
+    const qd_store_item *items;  /* (n) */
+    uint64_t *keys;              /* (n) output */
+    int rc[KEY_MAX_THREADS];     /* each worker's result */
 } key_job;
 
-static void *key_worker(void *arg)
+/* One worker's share (qd_parallel_for). */
+static void key_share(size_t lo, size_t hi, int worker, void *arg)
 {
     key_job *j = arg;
     qd_tokbuf tb;
     qd_tokbuf_init(&tb);
-    for (size_t i = j->lo; i < j->hi && !j->rc; i++)
-        j->rc = st_text_key_tb(&tb, j->items[i].text, j->items[i].text_len, &j->keys[i]);
+    int rc = 0;
+    for (size_t i = lo; i < hi && !rc; i++)
+        rc = st_text_key_tb(&tb, j->items[i].text, j->items[i].text_len, &j->keys[i]);
+    j->rc[worker] = rc;
     qd_tokbuf_free(&tb);
-    return NULL;
 }
 
 int st_text_keys(const qd_store_item *items, size_t n, int threads, uint64_t *keys)
 {
-    if (threads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = c > 0 ? (int)c : 1;
-    }
-    if (threads > 16)
-        threads = 16;
+    threads = qd_parallel_workers(n, threads);
+    if (threads > KEY_MAX_THREADS)
+        threads = KEY_MAX_THREADS;
     if (n < 4096)
         threads = 1;
-    key_job jobs[16];
-    pthread_t tid[16];
-    int started[16] = {0};
-    for (int t = 0; t < threads; t++) {
-        jobs[t] = (key_job){items, keys, n * (size_t)t / (size_t)threads,
-                            n * (size_t)(t + 1) / (size_t)threads, 0};
-        if (t > 0)
-            started[t] = pthread_create(&tid[t], NULL, key_worker, &jobs[t]) == 0;
-    }
-    key_worker(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(tid[t], NULL);
-        else
-            key_worker(&jobs[t]); /* could not start a thread: do its share here */
-    }
+    key_job j = {.items = items, .keys = keys};
+    qd_parallel_for(n, threads, key_share, &j);
     for (int t = 0; t < threads; t++)
-        if (jobs[t].rc)
-            return st_fail(jobs[t].rc, "tokenizing: %s", qd_strerror(jobs[t].rc));
+        if (j.rc[t])
+            return st_fail(j.rc[t], "tokenizing: %s", qd_strerror(j.rc[t]));
     return 0;
 }
 /* Loads every row of the questions table into the row table. */

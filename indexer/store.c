@@ -131,13 +131,6 @@ void st_hook(const char *point)
 
 /* --- small helpers ------------------------------------------------------------------ */
 
-double st_wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 const qd_model *qd_store_model(const qd_store *s)
 {
     return s->model;
@@ -299,7 +292,7 @@ int qd_store_create(const char *db_path, const qd_store_opts *o, qd_store **out,
         rc = st_dbfail(s->db, db_path, "starting a transaction");
     if (!rc)
         rc = st_db_exec(s, qd_store_schema_sql);
-    double now = st_wall_now();
+    double now = qd_wall_now();
     if (!rc)
         rc = st_meta_set(s, "dim", 'i', s->dim, NULL, 0);
     if (!rc)

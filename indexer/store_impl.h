@@ -75,8 +75,6 @@ int st_dbfail(sqlite3 *db, const char *path, const char *what);
 void st_format(char *dst, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Calls the test hook, if set, at a named point. */
 void st_hook(const char *point);
-/* Unix time now, seconds. */
-double st_wall_now(void);
 
 /* --- the row table (rows.c) ------------------------------------------------------------ */
 

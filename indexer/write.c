@@ -49,7 +49,7 @@ static int classify(qd_store *s, const qd_store_item *items, size_t n, int repla
     *nstore = *nreplace = 0;
     if ((rc = st_map_reserve(&bid, n, NULL)) != 0 || (rc = st_map_reserve(&btext, n, NULL)) != 0)
         goto out;
-    double now = st_wall_now();
+    double now = qd_wall_now();
     for (size_t i = 0; i < n; i++) {
         const qd_store_item *it = &items[i];
         res[i] = (qd_store_result){QD_STORE_ADDED, -1, -1};
@@ -338,7 +338,7 @@ static int add_common(qd_store *s, const qd_store_item *items, size_t n, int rep
             goto out;
         }
     }
-    double now = st_wall_now();
+    double now = qd_wall_now();
     uint64_t seq = s->seq + 1;
     if ((rc = write_add(s, items, n, plan, x, seq, now)) != 0)
         goto out;
@@ -422,7 +422,7 @@ int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *
     }
     if (m == 0)
         goto out;
-    double now = st_wall_now();
+    double now = qd_wall_now();
     uint64_t seq = s->seq + 1;
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
         rc = st_dbfail(s->db, s->db_path, "starting a transaction");

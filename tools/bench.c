@@ -35,6 +35,7 @@
 #include "qdup/dump.h"
 #include "qdup/fileio.h"
 #include "qdup/model.h"
+#include "qdup/parallel.h"
 #include "qdup/pairs.h"
 #include "qdup/tok.h"
 #include "qdup/train.h"
@@ -385,11 +386,7 @@ static int cmd_encode(const bench_opts *o)
     }
     if (qd_texts_load(PROG, o->input, NULL, &t) != 0)
         goto done;
-    int threads = o->threads;
-    if (threads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = c > 0 ? (int)c : 1;
-    }
+    int threads = qd_parallel_workers(SIZE_MAX, o->threads); /* 0: one per core */
     const qd_model_hdr *h = qd_model_header(m);
     size_t H = (size_t)qd_model_dim(m);
     out = qd_mallocarray(t.n, H * sizeof *out);
