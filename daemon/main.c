@@ -162,6 +162,13 @@ static int set_search_pad(cfg *c, const char *v, char *err, size_t errlen)
     return 0;
 }
 
+static int set_rank(cfg *c, const char *v, char *err, size_t errlen)
+{
+    if (qd_rank_mode_parse(v, &c->so.rank))
+        return qd_errf(err, errlen, QD_ERR_INVAL, "must be fused or cosine");
+    return 0;
+}
+
 static int set_blas_threshold(cfg *c, const char *v, char *err, size_t errlen)
 {
     size_t x;
@@ -352,6 +359,10 @@ static const opt options[] = {
      "FAISS's exact search computes a search call of N or more queries as one matrix "
      "product, process-wide (default 1 for a Flat index, measured cheaper even for one "
      "query; else FAISS's 20; 0: FAISS's 20)"},
+    {"rank", "MODE", set_rank,
+     "how queries are ranked unless a request says: fused (default: the cosine "
+     "re-scored with BM25 over the model's candidates, by the model's fusion weight) "
+     "or cosine"},
     {"param", "NAME=VALUE", set_param,
      "FAISS search parameter of the index, e.g. nprobe=16 (IVF: lists visited per "
      "query), efSearch=64 (HNSW: candidates kept); repeatable"},
@@ -594,6 +605,12 @@ static const char *st_errmsg(void *ctx)
     return qd_store_errmsg(ctx);
 }
 
+static int st_search_text(void *ctx, const float *q, size_t nq, const qd_store_query *o,
+                          qd_store_hits *out)
+{
+    return qd_store_search_text(ctx, q, nq, o, out);
+}
+
 static void store_backend(qd_store *st, qd_backend *be)
 {
     *be = (qd_backend){
@@ -609,6 +626,7 @@ static void store_backend(qd_store *st, qd_backend *be)
         .info = st_info,
         .checkpoint = st_checkpoint,
         .errmsg = st_errmsg,
+        .search_text = st_search_text,
     };
 }
 

@@ -253,16 +253,20 @@ static int mi_add(void *ctx, const qd_store_item *items, size_t n, int replace,
             continue;
         }
         long other = find_live(mi, it->ext_id, it->ext_id_len);
-        if (other >= 0 && !replace) {
+        if (other >= 0 && !(replace & QD_STORE_REPLACE)) {
             res[i].status = QD_STORE_DUP_ID;
             res[i].other_row = other;
             continue;
         }
         long same = find_text(mi, it->text, it->text_len);
-        if (same >= 0 && same != other) {
+        if (same >= 0 && same != other && !(replace & QD_STORE_REPOSTS)) {
             res[i].status = QD_STORE_DUP_TEXT;
             res[i].other_row = same;
             continue;
+        }
+        if (same >= 0 && same != other) {
+            res[i].status = QD_STORE_REPOST; /* stored below, like the store does */
+            res[i].other_row = same;
         }
         if (mi->max_rows && mi->n >= mi->max_rows) {
             rc = set_err(QD_ERR_BUSY, "the in-memory index is full");

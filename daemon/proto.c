@@ -73,18 +73,19 @@ typedef struct cmd {
     const char *name;                           /* the "op" string */
     qd_op op;                                   /* its enum value */
     int (*parse)(const qd_proto *p, qd_req *r); /* reads the fields; 0 or fails r */
-    const char *fields[6];                      /* fields allowed besides op and tag */
+    const char *fields[8];                      /* fields allowed besides op and tag */
     qd_req_class cls;                           /* where it runs (check: see parse) */
     int writes;                                 /* 1 if it needs write permission */
 } cmd;
 
 static const cmd commands[QD_OP_COUNT] = {
-    {"query", QD_OP_QUERY, parse_query, {"text", "texts", "k", "min_score"}, QD_REQ_SEARCH, 0},
+    {"query", QD_OP_QUERY, parse_query, {"text", "texts", "k", "min_score", "rank"},
+     QD_REQ_SEARCH, 0},
     {"add", QD_OP_ADD, parse_add, {"id", "text"}, QD_REQ_WRITE, 1},
     {"remove", QD_OP_REMOVE, parse_id_only, {"id"}, QD_REQ_WRITE, 1},
     {"get", QD_OP_GET, parse_id_only, {"id"}, QD_REQ_READ, 0},
-    {"check", QD_OP_CHECK, parse_check, {"id", "text", "k", "min_score", "store"},
-     QD_REQ_WRITE, 1},
+    {"check", QD_OP_CHECK, parse_check,
+     {"id", "text", "k", "min_score", "store", "rank", "min_p"}, QD_REQ_WRITE, 1},
     {"stats", QD_OP_STATS, parse_nothing, {0}, QD_REQ_READ, 0},
     {"ping", QD_OP_PING, parse_nothing, {0}, QD_REQ_DONE, 0},
     {"metrics", QD_OP_METRICS, parse_nothing, {0}, QD_REQ_READ, 0},
@@ -136,10 +137,42 @@ static int get_string(const qd_proto *p, qd_req *r, const char *name, size_t max
 static int get_id(const qd_proto *p, qd_req *r)
 {
     char why[QD_ERRMSG_MAX];
+    json_t *v = json_object_get(r->root, "id");
+    if (json_is_integer(v)) {
+        /* A number, as JSON Lines dumps may give it: stored as its decimal text. */
+        snprintf(r->id_buf, sizeof r->id_buf, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        r->id = r->id_buf;
+        r->id_len = strlen(r->id_buf);
+        return 0;
+    }
+    if (json_is_number(v))
+        return fail(r, QD_CODE_BAD_REQUEST, "\"id\" must be a string or a whole number");
     if (get_string(p, r, "id", SIZE_MAX, QD_CODE_BAD_REQUEST, &r->id, &r->id_len))
         return -1;
     if (qd_input_check_id(r->id, r->id_len, p->lim.max_id, why, sizeof why))
         return fail(r, QD_CODE_BAD_REQUEST, "\"id\": %s", why);
+    return 0;
+}
+
+/* A text by the rules of input.h: white space only is refused like an empty text. */
+static int check_text(const qd_proto *p, qd_req *r, const char *what, const char *t,
+                      size_t n)
+{
+    char why[QD_ERRMSG_MAX];
+    if (qd_input_check_text(t, n, p->lim.max_text, why, sizeof why))
+        return fail(r, QD_CODE_BAD_REQUEST, "%s: %s", what, why);
+    return 0;
+}
+
+/* "rank": "fused" or "cosine" (default: the server's). */
+static int get_rank(const qd_proto *p, qd_req *r)
+{
+    json_t *v = json_object_get(r->root, "rank");
+    r->rank = p->rank;
+    if (!v)
+        return 0;
+    if (!json_is_string(v) || qd_rank_mode_parse(json_string_value(v), &r->rank) != 0)
+        return fail(r, QD_CODE_BAD_REQUEST, "\"rank\" must be \"fused\" or \"cosine\"");
     return 0;
 }
 
@@ -151,8 +184,10 @@ static int get_text(const qd_proto *p, qd_req *r)
     if (!r->texts || !r->lens)
         return fail(r, QD_CODE_INTERNAL, "out of memory");
     r->ntexts = 1;
-    return get_string(p, r, "text", p->lim.max_text, QD_CODE_TOO_LARGE, &r->texts[0],
-                      &r->lens[0]);
+    if (get_string(p, r, "text", p->lim.max_text, QD_CODE_TOO_LARGE, &r->texts[0],
+                   &r->lens[0]))
+        return -1;
+    return check_text(p, r, "\"text\"", r->texts[0], r->lens[0]);
 }
 
 static int get_k(const qd_proto *p, qd_req *r, size_t dflt)
@@ -216,13 +251,17 @@ static int parse_query(const qd_proto *p, qd_req *r)
                 return fail(r, QD_CODE_TOO_LARGE,
                             "\"texts\"[%zu] is %zu bytes, over the limit of %zu", i,
                             r->lens[i], p->lim.max_text);
+            char what[32];
+            snprintf(what, sizeof what, "\"texts\"[%zu]", i);
+            if (check_text(p, r, what, r->texts[i], r->lens[i]))
+                return -1;
         }
         r->ntexts = n;
         r->batch = 1;
     } else if (get_text(p, r)) {
         return -1;
     }
-    if (get_k(p, r, 10) || get_min_score(r, -INFINITY))
+    if (get_k(p, r, 10) || get_min_score(r, -INFINITY) || get_rank(p, r))
         return -1;
     return 0;
 }
@@ -239,14 +278,25 @@ static int parse_id_only(const qd_proto *p, qd_req *r)
 
 static int parse_check(const qd_proto *p, qd_req *r)
 {
-    if (get_id(p, r) || get_text(p, r) || get_k(p, r, 5) || get_min_score(r, 0.8f))
-        return -1;
     r->store = 1;
     json_t *v = json_object_get(r->root, "store");
     if (v) {
         if (!json_is_boolean(v))
             return fail(r, QD_CODE_BAD_REQUEST, "\"store\" must be true or false");
         r->store = json_is_true(v);
+    }
+    /* Without storing, the post needs no id (one given is still excluded). */
+    if ((r->store || json_object_get(r->root, "id")) && get_id(p, r))
+        return -1;
+    if (get_text(p, r) || get_k(p, r, 5) || get_min_score(r, -INFINITY) || get_rank(p, r))
+        return -1;
+    r->min_p = qd_model_get_scoring(p->be->model)->min_p;
+    v = json_object_get(r->root, "min_p");
+    if (v) {
+        double x = json_is_number(v) ? json_number_value(v) : -1;
+        if (!(x >= 0 && x <= 1))
+            return fail(r, QD_CODE_BAD_REQUEST, "\"min_p\" must be a number from 0 to 1");
+        r->min_p = (float)x;
     }
     return 0;
 }
@@ -433,27 +483,48 @@ static int encode(const qd_proto *p, qd_enc_ws *ws, const char *const *texts,
     return rc;
 }
 
-/* Searches nq vectors q with one backend call, padded to p->search_pad queries when
- * that is cheaper (see proto.h); out (nq) gets the results. On failure *by_be says
- * whether the backend raised it (1) or an allocation here (0). */
+/* One backend search call: the hybrid ranking with the texts when the backend has it,
+ * else by cosine. */
+static int be_search(const qd_proto *p, const float *q, size_t nq, size_t k, float min_score,
+                     qd_rank_mode rank, const char *const *texts, const size_t *lens,
+                     const char *const *exclude, qd_store_hits *out)
+{
+    if (!p->be->search_text)
+        return p->be->search(p->be->ctx, q, nq, k, min_score, exclude, out);
+    qd_store_query o = {.k = k, .min_score = min_score, .rank = rank, .texts = texts,
+                        .lens = lens, .exclude = exclude};
+    return p->be->search_text(p->be->ctx, q, nq, &o, out);
+}
+
+/* Searches nq vectors q (of the texts) with one backend call, padded to p->search_pad
+ * queries when that is cheaper (see proto.h); out (nq) gets the results. On failure
+ * *by_be says whether the backend raised it (1) or an allocation here (0). */
 static int search(const qd_proto *p, const float *q, size_t nq, size_t k, float min_score,
+                  qd_rank_mode rank, const char *const *texts, const size_t *lens,
                   const char *const *exclude, qd_store_hits *out, int *by_be)
 {
     size_t pad = (nq >= 2 && nq < p->search_pad && !exclude) ? p->search_pad : nq;
     *by_be = 1;
     if (pad == nq)
-        return p->be->search(p->be->ctx, q, nq, k, min_score, exclude, out);
+        return be_search(p, q, nq, k, min_score, rank, texts, lens, exclude, out);
     size_t dim = (size_t)qd_model_dim(p->be->model);
     float *qp = qd_mallocarray(pad, dim * sizeof(float));
     qd_store_hits *hp = qd_calloc(pad, sizeof *hp);
+    const char **tp = qd_mallocarray(pad, sizeof *tp);
+    size_t *lp = qd_mallocarray(pad, sizeof *lp);
     int rc = QD_ERR_NOMEM;
     *by_be = 0;
-    if (qp && hp) {
+    if (qp && hp && tp && lp) {
         *by_be = 1;
         memcpy(qp, q, nq * dim * sizeof(float));
-        for (size_t i = nq; i < pad; i++)
+        memcpy(tp, texts, nq * sizeof *tp);
+        memcpy(lp, lens, nq * sizeof *lp);
+        for (size_t i = nq; i < pad; i++) {
             memcpy(qp + i * dim, q, dim * sizeof(float));
-        rc = p->be->search(p->be->ctx, qp, pad, k, min_score, NULL, hp);
+            tp[i] = texts[0];
+            lp[i] = lens[0];
+        }
+        rc = be_search(p, qp, pad, k, min_score, rank, tp, lp, NULL, hp);
         if (rc == 0)
             memcpy(out, hp, nq * sizeof *hp);
         for (size_t i = rc == 0 ? nq : 0; i < pad; i++)
@@ -461,6 +532,8 @@ static int search(const qd_proto *p, const float *q, size_t nq, size_t k, float 
     }
     qd_free(qp);
     qd_free(hp);
+    qd_free(tp);
+    qd_free(lp);
     return rc;
 }
 
@@ -482,8 +555,10 @@ static void run_searches(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t
     unsigned char *done = qd_calloc(n, 1);
     float *vec = NULL, *q = NULL;
     qd_store_hits *res = NULL;
+    const char **qt = qd_mallocarray(total, sizeof *qt); /* the texts of one search */
+    size_t *ql = qd_mallocarray(total, sizeof *ql);
     int rc = QD_ERR_NOMEM;
-    if (!texts || !lens || !first || !done)
+    if (!texts || !lens || !first || !done || !qt || !ql)
         goto fail;
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
@@ -509,25 +584,30 @@ static void run_searches(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t
     for (size_t i = 0; i < n; i++) {
         if (reqs[i]->cls != QD_REQ_SEARCH || done[i])
             continue;
-        /* Gather the requests sharing this one's k and min_score. */
+        /* Gather the requests sharing this one's k, min_score and ranking. */
         size_t k = reqs[i]->k, nq = 0;
         float ms = reqs[i]->min_score;
+        qd_rank_mode rk = reqs[i]->rank;
         for (size_t j = i; j < n; j++) {
             qd_req *r = reqs[j];
-            if (r->cls != QD_REQ_SEARCH || done[j] || r->k != k || r->min_score != ms)
+            if (r->cls != QD_REQ_SEARCH || done[j] || r->k != k || r->min_score != ms ||
+                r->rank != rk)
                 continue;
             memcpy(q + nq * dim, vec + first[j] * dim, r->ntexts * dim * sizeof(float));
+            memcpy(qt + nq, r->texts, r->ntexts * sizeof *qt);
+            memcpy(ql + nq, r->lens, r->ntexts * sizeof *ql);
             nq += r->ntexts;
         }
         int by_be;
-        rc = search(p, q, nq, k, ms, NULL, res, &by_be);
+        rc = search(p, q, nq, k, ms, rk, qt, ql, NULL, res, &by_be);
         if (rc)
             for (size_t t = 0; t < nq; t++)
                 hits_release(p, &res[t]);
         size_t at = 0;
         for (size_t j = i; j < n; j++) {
             qd_req *r = reqs[j];
-            if (r->cls != QD_REQ_SEARCH || done[j] || r->k != k || r->min_score != ms)
+            if (r->cls != QD_REQ_SEARCH || done[j] || r->k != k || r->min_score != ms ||
+                r->rank != rk)
                 continue;
             done[j] = 1;
             if (rc) {
@@ -561,6 +641,8 @@ fail:
     qd_free(vec);
     qd_free(q);
     qd_free(res);
+    qd_free(qt);
+    qd_free(ql);
 }
 
 /* Consecutive adds: one encoding pass and one transaction. */
@@ -598,7 +680,7 @@ static void run_adds(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n)
         }
         who[m++] = r;
     }
-    rc = m ? p->be->add(p->be->ctx, items, m, 0, res) : 0;
+    rc = m ? p->be->add(p->be->ctx, items, m, QD_STORE_REPOSTS, res) : 0;
     for (size_t i = 0; i < m; i++) {
         qd_req *r = who[i];
         if (rc) {
@@ -608,6 +690,7 @@ static void run_adds(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n)
         switch (res[i].status) {
         case QD_STORE_ADDED:
         case QD_STORE_REPLACED:
+        case QD_STORE_REPOST:
             r->row = res[i].row;
             break;
         case QD_STORE_DUP_ID:
@@ -656,7 +739,8 @@ static void run_check(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
     /* The post's own id is excluded: re-checking a stored post must not find itself. */
     const char *exclude[1] = {r->id};
     int by_be;
-    rc = search(p, vec, 1, r->k, r->min_score, exclude, r->hits, &by_be);
+    rc = search(p, vec, 1, r->k, r->min_score, r->rank, r->texts, r->lens,
+                r->id ? exclude : NULL, r->hits, &by_be);
     if (rc) {
         if (by_be)
             fail_be(p, r, rc);
@@ -675,7 +759,7 @@ static void run_check(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
         fail(r, QD_CODE_BAD_REQUEST, "%s", why);
         goto out;
     }
-    rc = p->be->add(p->be->ctx, &item, 1, 0, &res);
+    rc = p->be->add(p->be->ctx, &item, 1, QD_STORE_REPOSTS, &res);
     if (rc) {
         fail_be(p, r, rc);
         goto out;
@@ -683,6 +767,7 @@ static void run_check(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
     switch (res.status) {
     case QD_STORE_ADDED:
     case QD_STORE_REPLACED:
+    case QD_STORE_REPOST:
         r->stored = 1;
         r->row = res.row;
         break;
@@ -816,7 +901,8 @@ static void put(json_t *o, const char *key, json_t *v, int *bad)
         *bad = 1;
 }
 
-static json_t *hits_json(const qd_store_hits *h, int *bad)
+/* The results; with min_p >= 0 (check) each gets "duplicate": p_duplicate >= min_p. */
+static json_t *hits_json(const qd_store_hits *h, float min_p, int *bad)
 {
     json_t *a = json_array();
     if (!a) {
@@ -833,6 +919,11 @@ static json_t *hits_json(const qd_store_hits *h, int *bad)
         put(o, "id", jstr(x->row.ext_id, x->row.ext_id ? strlen(x->row.ext_id) : 0), bad);
         put(o, "text", jstr(x->row.text, x->row.text ? strlen(x->row.text) : 0), bad);
         put(o, "score", jreal(x->score), bad);
+        put(o, "cosine", jreal(x->cosine), bad);
+        put(o, "lexical", jreal(x->lexical), bad);
+        put(o, "p_duplicate", jreal(x->p_duplicate), bad);
+        if (min_p >= 0)
+            put(o, "duplicate", json_boolean(x->p_duplicate >= min_p), bad);
         if (json_array_append_new(a, o))
             *bad = 1;
     }
@@ -962,11 +1053,11 @@ static json_t *reply_json(const qd_req *r, int code, const char *msg)
             if (r->batch) {
                 json_t *a = json_array();
                 for (size_t i = 0; a && i < r->ntexts; i++)
-                    if (json_array_append_new(a, hits_json(&r->hits[i], &bad)))
+                    if (json_array_append_new(a, hits_json(&r->hits[i], -1, &bad)))
                         bad = 1;
                 put(o, "results", a, &bad);
             } else {
-                put(o, "results", hits_json(r->hits, &bad), &bad);
+                put(o, "results", hits_json(r->hits, -1, &bad), &bad);
             }
             break;
         case QD_OP_ADD:
@@ -982,14 +1073,20 @@ static json_t *reply_json(const qd_req *r, int code, const char *msg)
             put(o, "row", json_integer(r->got.row), &bad);
             put(o, "created", jtime(r->got.created), &bad);
             break;
-        case QD_OP_CHECK:
-            put(o, "duplicates", hits_json(r->hits, &bad), &bad);
+        case QD_OP_CHECK: {
+            put(o, "duplicates", hits_json(r->hits, r->min_p, &bad), &bad);
+            int any = 0;
+            for (size_t i = 0; r->hits && i < r->hits->n; i++)
+                any |= r->hits->hit[i].p_duplicate >= r->min_p;
+            put(o, "duplicate", json_boolean(any), &bad);
+            put(o, "min_p", jreal(r->min_p), &bad);
             put(o, "stored", json_boolean(r->stored), &bad);
             if (r->stored)
                 put(o, "row", json_integer(r->row), &bad);
             else if (r->not_stored)
                 put(o, "reason", json_string(r->not_stored), &bad);
             break;
+        }
         case QD_OP_STATS:
             put(o, "stats", stats_json(r, &bad), &bad);
             break;

@@ -718,6 +718,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     s->proto.be = &s->be;
     s->proto.lim = o->limits;
     s->proto.search_pad = o->search_pad;
+    s->proto.rank = o->rank;
     qd_sched_limits lim = {
         .threads = o->threads,
         .search_batch = o->search_batch,

@@ -14,6 +14,8 @@
 static int cmp_cand(const void *a, const void *b)
 {
     const qd_rank_cand *x = a, *y = b;
+    if (x->identical != y->identical)
+        return y->identical - x->identical;
     if (x->score != y->score)
         return x->score < y->score ? 1 : -1;
     if (x->cosine != y->cosine)
@@ -39,6 +41,10 @@ int qd_rank_rescore(const qd_model_scoring *sc, const qd_lex_stats *st, const qd
         c[i].lexical = best > 0 ? (float)(c[i].bm25 / best) : 0.0f;
         c[i].score = mode == QD_RANK_COSINE ? c[i].cosine
                                             : qd_rank_fuse(sc->fusion, c[i].cosine, c[i].lexical);
+        /* A repost is the most certain duplicate there is: it ranks first, with the
+         * highest score the fusion can give. */
+        if (c[i].identical && mode == QD_RANK_FUSED)
+            c[i].score = 1.0f;
         c[i].p = 0;
     }
     qsort(c, n, sizeof *c, cmp_cand);

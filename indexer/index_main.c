@@ -75,6 +75,8 @@ enum opt_id {
     O_IDS,
     O_OUT,
     O_REPAIR,
+    O_RANK,
+    O_IDENTICAL,
 };
 
 static const struct option long_opts[] = {
@@ -99,6 +101,8 @@ static const struct option long_opts[] = {
     {"ids", required_argument, NULL, O_IDS},
     {"out", required_argument, NULL, O_OUT},
     {"repair", no_argument, NULL, O_REPAIR},
+    {"rank", required_argument, NULL, O_RANK},
+    {"identical", required_argument, NULL, O_IDENTICAL},
     {NULL, 0, NULL, 0},
 };
 
@@ -119,6 +123,8 @@ typedef struct opts {
     int nparams;               /* entries of params */
     int strict;                /* --strict */
     int replace;               /* --replace */
+    int keep_identical;        /* --identical keep */
+    qd_rank_mode rank;         /* --rank */
     int json;                  /* --json */
     int quiet;                 /* --quiet: no progress, no summary */
     int progress;              /* --progress: progress lines even without a terminal */
@@ -186,7 +192,8 @@ static qd_ingest_opts ingest_opts(const opts *o)
     return (qd_ingest_opts){.prog = prog, .format = o->format, .id_col = o->id_col,
                             .text_col = o->text_col, .max_text = o->max_text,
                             .max_report = o->max_report, .strict = o->strict,
-                            .replace = o->replace, .threads = o->threads, .quiet = o->quiet};
+                            .replace = o->replace, .threads = o->threads, .quiet = o->quiet,
+                            .keep_identical = o->keep_identical};
 }
 
 /* Reads the dumps and adds them to s as one batch. Returns 0 or 1 (printed). */
@@ -478,6 +485,11 @@ static int print_hits_json(const char *query, const qd_store_hits *h)
         json_object_set_new(r, "id", json_string(h->hit[i].row.ext_id));
         json_object_set_new(r, "text", json_string(h->hit[i].row.text));
         json_object_set_new(r, "score", json_real(round((double)h->hit[i].score * 1e6) / 1e6));
+        json_object_set_new(r, "cosine", json_real(round((double)h->hit[i].cosine * 1e6) / 1e6));
+        json_object_set_new(r, "lexical",
+                            json_real(round((double)h->hit[i].lexical * 1e6) / 1e6));
+        json_object_set_new(r, "p_duplicate",
+                            json_real(round((double)h->hit[i].p_duplicate * 1e6) / 1e6));
         json_object_set_new(r, "row", json_integer(h->hit[i].row.row));
         json_array_append_new(arr, r);
     }
@@ -511,8 +523,10 @@ static int search_batch(qd_store *s, qd_enc_ws *ws, const opts *o, char **texts,
         errorf("encoding the query: %s", qd_strerror(erc));
         goto out;
     }
-    if (qd_store_search(s, q, n, o->k, (float)o->min_score, o->exclude ? excl : NULL, hits) !=
-        0) {
+    qd_store_query sq = {.k = o->k, .min_score = (float)o->min_score, .rank = o->rank,
+                         .texts = (const char *const *)texts, .lens = lens,
+                         .exclude = o->exclude ? excl : NULL};
+    if (qd_store_search_text(s, q, n, &sq, hits) != 0) {
         errorf("%s", qd_store_errmsg(s));
         goto out;
     }
@@ -807,13 +821,13 @@ static int cmd_compact(opts *o, int argc, char **argv)
 
 static const int build_opts[] = {O_DB, O_MODEL, O_INDEX, O_STRICT, O_REPLACE, O_FORMAT,
                                  O_ID_COL, O_TEXT_COL, O_MAX_TEXT, O_MAX_REPORT, O_THREADS,
-                                 O_PROGRESS, O_QUIET, 0};
+                                 O_PROGRESS, O_QUIET, O_IDENTICAL, 0};
 static const int add_opts[] = {O_DB, O_MODEL, O_STRICT, O_REPLACE, O_FORMAT, O_ID_COL,
                                O_TEXT_COL, O_MAX_TEXT, O_MAX_REPORT, O_THREADS, O_PROGRESS,
-                               O_QUIET, 0};
+                               O_QUIET, O_IDENTICAL, 0};
 static const int remove_opts[] = {O_DB, O_MODEL, O_IDS, O_MAX_REPORT, O_QUIET, 0};
 static const int search_opts[] = {O_DB, O_MODEL, O_K, O_JSON, O_MIN_SCORE, O_PARAM,
-                                  O_EXCLUDE, 0};
+                                  O_EXCLUDE, O_RANK, 0};
 static const int info_opts[] = {O_DB, O_MODEL, O_JSON, 0};
 static const int verify_opts[] = {O_DB, O_MODEL, O_MAX_REPORT, O_REPAIR, 0};
 static const int export_opts[] = {O_DB, O_MODEL, O_OUT, 0};
@@ -834,6 +848,9 @@ static const int compact_opts[] = {O_DB, O_MODEL, O_PROGRESS, O_QUIET, 0};
     "  --strict          the first bad record is fatal (nothing is changed)\n"             \
     "  --replace         a repeated id replaces the earlier question instead of being\n"   \
     "                    skipped (within the input: the last one wins)\n"                  \
+    "  --identical W     a text the index (or the input) already has: skip (default)\n"  \
+    "                    or keep (stored as a repost under its own id); reported\n"       \
+    "                    either way\n"                                                    \
     "  --max-report N    print at most N skipped records (default 20), then a count\n"     \
     "  --threads N       encoding threads (default: all cores)\n"                          \
     "  --progress        progress lines even when stderr is not a terminal\n"              \
@@ -867,14 +884,19 @@ static const command commands[] = {
      "  --quiet           no summary\n"},
     {"search", cmd_search, search_opts, "find the questions nearest to a text",
      "usage: qdup-index search --db DB [-k N] [--json] TEXT...\n\n"
-     "Encodes TEXT (the operands joined by spaces) and prints the k nearest questions,\n"
-     "best first: score (cosine similarity), id and text, tab separated. With TEXT\n"
-     "\"-\", each line of standard input is a query.\n\n"
+     "Encodes TEXT (the operands joined by spaces) and prints the k best questions,\n"
+     "best first: score, id and text, tab separated (--json adds cosine, lexical and\n"
+     "p_duplicate). score ranks: the model's fused score (the cosine re-scored with\n"
+     "BM25 over the model's candidates), or the cosine with --rank cosine; lexical is\n"
+     "BM25 relative to the best candidate's; p_duplicate is the model's P(duplicate)\n"
+     "(1 for the same text). With TEXT \"-\", each line of standard input is a query.\n\n"
      "  --db DB           the index\n"
      "  -k N              results per query (default 10)\n"
      "  --json            one JSON object per query: {\"query\", \"results\": [{\"id\",\n"
-     "                    \"text\", \"score\", \"row\"}]}\n"
-     "  --min-score X     only results scoring at least X\n"
+     "                    \"text\", \"score\", \"cosine\", \"lexical\", \"p_duplicate\",\n"
+     "                    \"row\"}]}\n"
+     "  --min-score X     only results whose cosine is at least X\n"
+     "  --rank R          fused (default) or cosine\n"
      "  --exclude ID      leave out the question with this id\n"
      "  --param NAME=V    FAISS search parameter, e.g. nprobe=16 (IVF), efSearch=64\n"
      "  --model MODEL     use this model instead of the remembered one\n"},
@@ -992,6 +1014,20 @@ int main(int argc, char **argv)
         case O_IDS: o.ids_file = optarg; break;
         case O_OUT: o.out = optarg; break;
         case O_EXCLUDE: o.exclude = optarg; break;
+        case O_RANK:
+            if (qd_rank_mode_parse(optarg, &o.rank) != 0) {
+                errorf("--rank: expected fused or cosine, got \"%s\"", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case O_IDENTICAL:
+            if (strcmp(optarg, "keep") == 0 || strcmp(optarg, "skip") == 0)
+                o.keep_identical = optarg[0] == 'k';
+            else {
+                errorf("--identical: expected keep or skip, got \"%s\"", optarg);
+                return EXIT_USAGE;
+            }
+            break;
         case O_JSON: o.json = 1; break;
         case O_QUIET: o.quiet = 1; break;
         case O_PROGRESS: o.progress = 1; break;

@@ -274,6 +274,14 @@ static void describe_refusal(qd_store *s, const qd_store_result *res, const rec 
                  "); use --replace to replace it",
                  file_name(files, r->file), r->line, id, res->other_row);
         break;
+    case QD_STORE_REPOST:
+        if (have)
+            snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": same text as id \"%s\" (row %" PRId64
+                     "), kept", file_name(files, r->file), r->line, id, other.ext_id, other.row);
+        else
+            snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": same text as an earlier record, kept",
+                     file_name(files, r->file), r->line, id);
+        break;
     case QD_STORE_DUP_TEXT:
         if (have)
             snprintf(buf, len, "%s:%" PRIu64 ": id \"%s\": same text as id \"%s\" (row %" PRId64
@@ -419,20 +427,22 @@ int qd_ingest_dumps(qd_store *s, const qd_ingest_opts *o, qd_ingest_progress *p,
                                    R.arena + R.r[i].text_off, R.r[i].text_len, NULL};
         from[n++] = i;
     }
-    if ((rc = qd_store_check(s, items, n, o->replace, res)) != 0) {
+    int flags = (o->replace ? QD_STORE_REPLACE : 0) | (o->keep_identical ? QD_STORE_REPOSTS : 0);
+    if ((rc = qd_store_check(s, items, n, flags, res)) != 0) {
         errorf(&g, "%s", qd_store_errmsg(s));
         goto out;
     }
     if (o->strict)
         for (size_t i = 0; i < n; i++)
-            if (res[i].status != QD_STORE_ADDED && res[i].status != QD_STORE_REPLACED) {
+            if (res[i].status != QD_STORE_ADDED && res[i].status != QD_STORE_REPLACED &&
+                res[i].status != QD_STORE_REPOST) {
                 describe_refusal(s, &res[i], &R.r[from[i]], &R, files, msg, sizeof msg);
                 errorf(&g, "%s", msg);
                 errorf(&g, "%s", strict_stop);
                 rc = QD_ERR_INVAL;
                 goto out;
             }
-    rc = encode_add(s, items, n, o->replace, o->threads, p ? qd_ingest_progress_cb : NULL, p,
+    rc = encode_add(s, items, n, flags, o->threads, p ? qd_ingest_progress_cb : NULL, p,
                     res, 1, msg, sizeof msg);
     if (rc) {
         errorf(&g, "%s", msg);
@@ -447,6 +457,7 @@ int qd_ingest_dumps(qd_store *s, const qd_ingest_opts *o, qd_ingest_progress *p,
         case QD_STORE_DUP_ID: t->dup_id++; break;
         case QD_STORE_DUP_TEXT: t->dup_text++; break;
         case QD_STORE_EMPTY: t->empty++; break;
+        case QD_STORE_REPOST: t->indexed++; t->reposts++; break;
         }
         describe_refusal(s, &res[i], &R.r[from[i]], &R, files, msg, sizeof msg);
         skipf(&g, "%s", msg);
@@ -472,10 +483,10 @@ void qd_ingest_summary(const qd_ingest_opts *o, const char *cmd, const qd_ingest
     fprintf(stderr,
             "%s %s: %" PRIu64 " records read from %d file%s, %" PRIu64 " indexed, %" PRIu64
             " skipped (%" PRIu64 " malformed, %" PRIu64 " duplicate id, %" PRIu64
-            " duplicate text, %" PRIu64 " empty), %" PRIu64 " replaced; %.2f s, %.0f "
-            "records/s\n",
+            " duplicate text, %" PRIu64 " empty), %" PRIu64 " replaced, %" PRIu64
+            " identical kept; %.2f s, %.0f records/s\n",
             prog, cmd, t->read, nfiles, nfiles == 1 ? "" : "s", t->indexed, skipped,
-            t->malformed, t->dup_id, t->dup_text, t->empty, t->replaced, seconds,
+            t->malformed, t->dup_id, t->dup_text, t->empty, t->replaced, t->reposts, seconds,
             seconds > 0 ? (double)t->read / seconds : 0.0);
 }
 

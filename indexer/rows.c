@@ -37,11 +37,21 @@ static uint64_t id_hash(const char *id, size_t len)
 }
 
 st_row *st_row_new(int64_t row, const char *id, size_t id_len, const char *text,
-                       size_t text_len, uint64_t key, double created, double removed)
+                   size_t text_len, uint64_t key, const qd_lex_doc *doc, double created,
+                   double removed)
 {
-    st_row *r = qd_malloc(sizeof *r + id_len + text_len + 2);
+    size_t tb = st_row_terms_bytes(doc->n);
+    st_row *r = qd_malloc(sizeof *r + tb + id_len + text_len + 2);
     if (!r)
         return NULL;
+    r->doc.n = doc->n;
+    r->doc.len = doc->len;
+    r->doc.term = doc->n ? (uint64_t *)(void *)r->data : NULL;
+    r->doc.tf = doc->n ? (uint32_t *)(void *)(r->data + doc->n * sizeof(uint64_t)) : NULL;
+    if (doc->n) {
+        memcpy(r->doc.term, doc->term, doc->n * sizeof *doc->term);
+        memcpy(r->doc.tf, doc->tf, doc->n * sizeof *doc->tf);
+    }
     r->row = row;
     r->text_key = key;
     r->id_hash = id_hash(id, id_len);
@@ -50,10 +60,11 @@ st_row *st_row_new(int64_t row, const char *id, size_t id_len, const char *text,
     r->id_len = (uint32_t)id_len;
     r->text_len = (uint32_t)text_len;
     r->flags = 0;
-    memcpy(r->data, id, id_len);
-    r->data[id_len] = '\0';
-    memcpy(r->data + id_len + 1, text, text_len);
-    r->data[id_len + 1 + text_len] = '\0';
+    char *p = r->data + tb;
+    memcpy(p, id, id_len);
+    p[id_len] = '\0';
+    memcpy(p + id_len + 1, text, text_len);
+    p[id_len + 1 + text_len] = '\0';
     return r;
 }
 
@@ -85,7 +96,7 @@ st_row *st_map_get_ext(const st_map *m, const char *id, size_t len)
     uint64_t h = id_hash(id, len);
     for (size_t i = h & m->mask;; i = (i + 1) & m->mask) {
         st_row *r = m->slot[i];
-        if (!r || (r->id_hash == h && r->id_len == len && memcmp(r->data, id, len) == 0))
+        if (!r || (r->id_hash == h && r->id_len == len && memcmp(st_row_ext(r), id, len) == 0))
             return r;
     }
 }
@@ -230,6 +241,7 @@ uint64_t qd_store_text_key(const qd_store *s, const char *text, size_t len)
 typedef struct key_job {
     const qd_store_item *items;  /* (n) */
     uint64_t *keys;              /* (n) output */
+    qd_lex_doc *docs;            /* (n) output, or NULL */
     int rc[KEY_MAX_THREADS];     /* each worker's result */
 } key_job;
 
@@ -240,20 +252,24 @@ static void key_share(size_t lo, size_t hi, int worker, void *arg)
     qd_tokbuf tb;
     qd_tokbuf_init(&tb);
     int rc = 0;
-    for (size_t i = lo; i < hi && !rc; i++)
+    for (size_t i = lo; i < hi && !rc; i++) {
         rc = st_text_key_tb(&tb, j->items[i].text, j->items[i].text_len, &j->keys[i]);
+        if (!rc && j->docs)
+            rc = qd_lex_doc_make(&tb, j->items[i].text, j->items[i].text_len, &j->docs[i]);
+    }
     j->rc[worker] = rc;
     qd_tokbuf_free(&tb);
 }
 
-int st_text_keys(const qd_store_item *items, size_t n, int threads, uint64_t *keys)
+int st_text_keys(const qd_store_item *items, size_t n, int threads, uint64_t *keys,
+                 qd_lex_doc *docs)
 {
     threads = qd_parallel_workers(n, threads);
     if (threads > KEY_MAX_THREADS)
         threads = KEY_MAX_THREADS;
     if (n < 4096)
         threads = 1;
-    key_job j = {.items = items, .keys = keys};
+    key_job j = {.items = items, .keys = keys, .docs = docs};
     qd_parallel_for(n, threads, key_share, &j);
     for (int t = 0; t < threads; t++)
         if (j.rc[t])
@@ -280,6 +296,8 @@ int st_load_rows(qd_store *s)
     if (rc)
         return rc;
     int src;
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t row = sqlite3_column_int64(st, 0);
         const char *id = (const char *)sqlite3_column_text(st, 1);
@@ -296,9 +314,22 @@ int st_load_rows(qd_store *s)
                              : sqlite3_column_double(st, 5);
         if (sqlite3_column_type(st, 5) != SQLITE_NULL && removed == 0)
             removed = 1e-9; /* a removal time of 0 would read as live */
+        /* The terms are not stored: they are made again from the text, so that the
+         * term statistics can never be out of step with the rows. */
+        qd_lex_doc doc;
+        if ((rc = qd_lex_doc_make(&tb, text, text_len, &doc)) != 0) {
+            rc = st_fail(rc, "%s: row %" PRId64 ": terms: %s", s->db_path, row,
+                         qd_strerror(rc));
+            break;
+        }
         st_row *r = st_row_new(row, id, id_len, text, text_len,
-                            (uint64_t)sqlite3_column_int64(st, 3),
-                            sqlite3_column_double(st, 4), removed);
+                               (uint64_t)sqlite3_column_int64(st, 3), &doc,
+                               sqlite3_column_double(st, 4), removed);
+        qd_lex_doc_free(&doc);
+        if (r && removed == 0 && qd_lex_stats_add(s->lex, &r->doc) != 0) {
+            qd_free(r);
+            r = NULL;
+        }
         if (!r) {
             rc = st_fail(QD_ERR_NOMEM, "%s: out of memory for the row table", s->db_path);
             break;
@@ -316,15 +347,14 @@ int st_load_rows(qd_store *s)
         st_map_put(&s->by_row, r);
         if (removed == 0) {
             st_map_put(&s->by_ext, r);
-            /* Two live rows with one text cannot be added through the store; should
-             * someone have inserted them by hand, the first keeps the key. */
-            if (!st_map_get_text(&s->by_text, r->text_key))
-                st_map_put(&s->by_text, r);
+            /* Live rows may share a text (reposts): each is in the table. */
+            st_map_put(&s->by_text, r);
             s->live++;
         } else {
             s->tombs++;
         }
     }
+    qd_tokbuf_free(&tb);
     if (!rc && src != SQLITE_DONE)
         rc = st_dbfail(s->db, s->db_path, "reading the questions");
     sqlite3_finalize(st);

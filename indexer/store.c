@@ -175,6 +175,7 @@ static void st_free(qd_store *s)
     st_map_free(&s->by_row);
     st_map_free(&s->by_ext);
     st_map_free(&s->by_text);
+    qd_lex_stats_free(s->lex);
     qd_model_free(s->model);
     pthread_mutex_destroy(&s->wmu);
     pthread_rwlock_destroy(&s->rw);
@@ -197,6 +198,11 @@ static int st_new(const char *db_path, const qd_store_opts *o, qd_store **out, c
     s->by_text.key = KEY_TEXT;
     s->readonly = o ? o->readonly : 0;
     s->threads = o ? o->threads : 0;
+    s->lex = qd_lex_stats_new();
+    if (!s->lex) {
+        qd_free(s);
+        return qd_errf(err, errlen, QD_ERR_NOMEM, "out of memory");
+    }
     pthread_mutex_init(&s->wmu, NULL);
     /* Writers would starve behind a steady stream of searches with glibc's default
      * (readers first). */
@@ -599,44 +605,73 @@ int qd_store_get_row(qd_store *s, int64_t row_id, qd_store_row *row)
     return rc;
 }
 
-/* Turns one query's FAISS results (fetch of them) into hits. *more gets 1 if the
- * query came up short while FAISS may hold further candidates worth fetching. */
-static int collect(qd_store *s, const float *scores, const int64_t *ids, size_t fetch,
-                   size_t k, float min_score, const char *exclude, qd_store_hits *out,
-                   int *more)
+/* The live rows among one query's FAISS results (fetch of them, best first): up to
+ * `want` of them with cosine >= min_score, the excluded id left out, into rows and
+ * cos. *more gets 1 if fewer than k were found while FAISS may hold further ones worth
+ * fetching. Caller holds the read lock. */
+static size_t gather(qd_store *s, const float *scores, const int64_t *ids, size_t fetch,
+                     size_t want, size_t k, float min_score, const char *exclude,
+                     const st_row **rows, float *cos, int *more)
 {
-    size_t excl_len = exclude ? strlen(exclude) : 0;
+    size_t excl_len = exclude ? strlen(exclude) : 0, n = 0, j = 0;
     *more = 0;
-    qd_store_hits_free(out);
-    out->hit = qd_mallocarray(k, sizeof *out->hit);
-    if (!out->hit)
-        return st_fail(QD_ERR_NOMEM, "out of memory for %zu results", k);
-    size_t j = 0;
-    for (; j < fetch && out->n < k; j++) {
+    for (; j < fetch && n < want; j++) {
         if (ids[j] < 0 || scores[j] < min_score)
-            return 0; /* FAISS has nothing further, or nothing good enough */
+            return n; /* FAISS has nothing further, or nothing good enough */
         const st_row *r = st_map_get_row(&s->by_row, ids[j]);
         if (!r || r->removed != 0)
             continue;
         if (exclude && r->id_len == excl_len && memcmp(st_row_ext(r), exclude, excl_len) == 0)
             continue;
-        qd_store_hit *h = &out->hit[out->n];
-        int rc = st_row_copy(r, &h->row);
+        rows[n] = r;
+        cos[n++] = scores[j];
+    }
+    *more = n < k && j == fetch;
+    return n;
+}
+
+/* The hits of one query from its gathered rows: ranked by rank.h when the query's
+ * terms are known (q not NULL), else in cosine order with no lexical score. */
+static int make_hits(qd_store *s, const qd_store_query *o, const qd_lex_doc *q,
+                     uint64_t qkey, const st_row **rows, const float *cos, size_t n,
+                     qd_rank_cand *cand, qd_store_hits *out)
+{
+    size_t k = o->k < n ? o->k : n;
+    out->hit = qd_calloc(k ? k : 1, sizeof *out->hit);
+    if (!out->hit)
+        return st_fail(QD_ERR_NOMEM, "out of memory for %zu results", k);
+    for (size_t i = 0; i < n; i++)
+        cand[i] = (qd_rank_cand){.doc = &rows[i]->doc, .cosine = cos[i],
+                                 .identical = q && qkey && rows[i]->text_key == qkey,
+                                 .index = i, .score = cos[i]};
+    if (q) {
+        int rc = qd_rank_rescore(qd_model_get_scoring(s->model), s->lex, q, o->rank, cand, n,
+                                 k);
+        if (rc)
+            return st_fail(rc, "ranking: %s", qd_strerror(rc));
+    }
+    for (size_t i = 0; i < k; i++) {
+        qd_store_hit *h = &out->hit[i];
+        int rc = st_row_copy(rows[cand[i].index], &h->row);
         if (rc)
             return rc;
-        h->score = scores[j];
         out->n++;
+        h->score = cand[i].score;
+        h->cosine = cand[i].cosine;
+        h->lexical = q ? cand[i].lexical : 0;
+        h->p_duplicate = q ? cand[i].p : 0;
+        h->identical = cand[i].identical;
     }
-    *more = out->n < k && j == fetch;
     return 0;
 }
 
-int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_score,
-                    const char *const *exclude, qd_store_hits *out)
+int qd_store_search_text(qd_store *s, const float *q, size_t nq, const qd_store_query *o,
+                         qd_store_hits *out)
 {
     st_enter();
     for (size_t i = 0; i < nq; i++)
         out[i] = (qd_store_hits){0, NULL};
+    size_t k = o->k;
     if (k == 0 || k > QD_STORE_MAX_K)
         return st_fail(QD_ERR_INVAL, "k = %zu not in 1..%d", k, QD_STORE_MAX_K);
     if (nq == 0)
@@ -648,10 +683,49 @@ int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_
         if (!isfinite(q[i]))
             return st_fail(QD_ERR_INVAL, "query %zu: component %zu is not finite", i / dim,
                            i % dim);
+    /* How many nearest rows each query ranks. */
+    size_t want = k;
+    if (o->texts && o->rank == QD_RANK_FUSED) {
+        size_t c = o->candidates ? o->candidates : qd_model_get_scoring(s->model)->candidates;
+        if (c > QD_STORE_MAX_K)
+            c = QD_STORE_MAX_K;
+        if (c > want)
+            want = c;
+    }
 
-    float *scores = NULL;
+    float *scores = NULL, *cos = NULL;
     int64_t *ids = NULL;
+    const st_row **rows = NULL;
+    qd_rank_cand *cand = NULL;
+    qd_lex_doc *docs = NULL;
+    uint64_t *keys = NULL;
     int rc = 0;
+    rows = qd_mallocarray(want, sizeof *rows);
+    cos = qd_mallocarray(want, sizeof *cos);
+    cand = qd_mallocarray(want, sizeof *cand);
+    if (o->texts) {
+        docs = qd_calloc(nq, sizeof *docs);
+        keys = qd_calloc(nq, sizeof *keys);
+    }
+    if (!rows || !cos || !cand || (o->texts && (!docs || !keys))) {
+        rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu candidates", want);
+        goto free;
+    }
+    if (o->texts) {
+        /* The queries' terms and text keys, before taking the lock. */
+        qd_tokbuf tb;
+        qd_tokbuf_init(&tb);
+        for (size_t i = 0; i < nq && !rc; i++) {
+            rc = st_text_key_tb(&tb, o->texts[i], o->lens[i], &keys[i]);
+            if (!rc)
+                rc = qd_lex_doc_make(&tb, o->texts[i], o->lens[i], &docs[i]);
+        }
+        qd_tokbuf_free(&tb);
+        if (rc) {
+            rc = st_fail(rc, "query terms: %s", qd_strerror(rc));
+            goto free;
+        }
+    }
     pthread_rwlock_rdlock(&s->rw);
     size_t ntotal = qd_ann_count(s->ann);
     if (ntotal == 0 || s->live == 0)
@@ -662,7 +736,7 @@ int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_
     size_t extra = ntotal > s->live ? (size_t)(ntotal - s->live) : 0;
     if (extra > 4 * k + 16)
         extra = 4 * k + 16;
-    size_t fetch = k + extra + (exclude ? 1 : 0);
+    size_t fetch = want + extra + (o->exclude ? 1 : 0);
     if (fetch > ntotal)
         fetch = ntotal;
     scores = qd_mallocarray(nq * fetch, sizeof *scores);
@@ -678,9 +752,9 @@ int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_
     }
     for (size_t i = 0; i < nq && !rc; i++) {
         int more;
-        const char *ex = exclude ? exclude[i] : NULL;
-        rc = collect(s, scores + i * fetch, ids + i * fetch, fetch, k, min_score, ex, &out[i],
-                     &more);
+        const char *ex = o->exclude ? o->exclude[i] : NULL;
+        size_t n = gather(s, scores + i * fetch, ids + i * fetch, fetch, want, k,
+                          o->min_score, ex, rows, cos, &more);
         /* Ask again for this query alone, four times deeper each time. */
         for (size_t f = fetch; !rc && more && f < ntotal;) {
             f = f > ntotal / 4 ? ntotal : f * 4;
@@ -691,19 +765,39 @@ int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_
             else if ((rc = qd_ann_search(s->ann, q + i * dim, 1, f, sc, id)) != 0)
                 rc = st_fail(rc, "%s", qd_ann_errmsg(s->ann));
             else
-                rc = collect(s, sc, id, f, k, min_score, ex, &out[i], &more);
+                n = gather(s, sc, id, f, want, k, o->min_score, ex, rows, cos, &more);
             qd_free(sc);
             qd_free(id);
         }
+        if (!rc)
+            rc = make_hits(s, o, docs ? &docs[i] : NULL, keys ? keys[i] : 0, rows, cos, n,
+                           cand, &out[i]);
     }
 out:
     pthread_rwlock_unlock(&s->rw);
+free:
     qd_free(scores);
     qd_free(ids);
+    qd_free(rows);
+    qd_free(cos);
+    qd_free(cand);
+    if (docs)
+        for (size_t i = 0; i < nq; i++)
+            qd_lex_doc_free(&docs[i]);
+    qd_free(docs);
+    qd_free(keys);
     if (rc)
         for (size_t i = 0; i < nq; i++)
             qd_store_hits_free(&out[i]);
     return rc;
+}
+
+int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_score,
+                    const char *const *exclude, qd_store_hits *out)
+{
+    qd_store_query o = {.k = k, .min_score = min_score, .rank = QD_RANK_COSINE,
+                        .exclude = exclude};
+    return qd_store_search_text(s, q, nq, &o, out);
 }
 
 int qd_store_get_info(qd_store *s, qd_store_info *info)

@@ -28,6 +28,7 @@
 
 #include "qdup/ann.h"
 #include "qdup/common.h"
+#include "qdup/lex.h"
 #include "qdup/store.h"
 #include "qdup/tok.h"
 
@@ -90,13 +91,23 @@ typedef struct st_row {
     uint32_t id_len;    /* bytes of ext_id */
     uint32_t text_len;  /* bytes of text */
     unsigned flags;     /* ROW_* marks used by the writer within one call */
-    char data[];        /* ext_id, NUL, text, NUL */
+    qd_lex_doc doc;     /* the text's terms (lex.h), pointing into data */
+    _Alignas(uint64_t) char data[]; /* the terms (doc.n hashes, then doc.n counts),
+                           ext_id, NUL,
+                           text, NUL */
 } st_row;
 
 enum { ROW_REPLACING = 1u, ROW_REMOVING = 2u };
 
-static inline const char *st_row_ext(const st_row *r) { return r->data; }
-static inline const char *st_row_text(const st_row *r) { return r->data + r->id_len + 1; }
+static inline size_t st_row_terms_bytes(uint32_t n)
+{
+    return (size_t)n * (sizeof(uint64_t) + sizeof(uint32_t));
+}
+static inline const char *st_row_ext(const st_row *r)
+{
+    return r->data + st_row_terms_bytes(r->doc.n);
+}
+static inline const char *st_row_text(const st_row *r) { return st_row_ext(r) + r->id_len + 1; }
 
 /* Which key a table is over. */
 enum st_key { KEY_ROW, KEY_EXT, KEY_TEXT };
@@ -110,9 +121,10 @@ typedef struct st_map {
     enum st_key key;    /* what the entries are hashed by */
 } st_map;
 
-/* A row entry with copies of its strings, or NULL without memory. */
+/* A row entry with copies of its strings and terms (doc), or NULL without memory. */
 st_row *st_row_new(int64_t row, const char *id, size_t id_len, const char *text,
-                   size_t text_len, uint64_t key, double created, double removed);
+                   size_t text_len, uint64_t key, const qd_lex_doc *doc, double created,
+                   double removed);
 st_row *st_map_get_row(const st_map *m, int64_t row);
 st_row *st_map_get_ext(const st_map *m, const char *id, size_t len);
 st_row *st_map_get_text(const st_map *m, uint64_t key);
@@ -127,8 +139,10 @@ void st_map_free(st_map *m);
 int st_row_copy(const st_row *r, qd_store_row *out);
 /* The text key of text (0: no tokens), tokenizing with tb. */
 int st_text_key_tb(qd_tokbuf *tb, const char *text, size_t len, uint64_t *key);
-/* Text keys of n items on up to `threads` threads. */
-int st_text_keys(const qd_store_item *items, size_t n, int threads, uint64_t *keys);
+/* Text keys of n items on up to `threads` threads, and their terms into docs (n; the
+ * caller frees them with qd_lex_doc_free) if docs is not NULL. */
+int st_text_keys(const qd_store_item *items, size_t n, int threads, uint64_t *keys,
+                 qd_lex_doc *docs);
 
 /* --- the store object ------------------------------------------------------------------ */
 
@@ -156,6 +170,7 @@ struct qd_store {
     st_map by_ext;                /* live rows by external id (rw) */
     st_map by_text;               /* live rows by text key (rw) */
     uint64_t live;                /* live rows (rw) */
+    qd_lex_stats *lex;            /* term statistics of the live rows' texts (rw) */
     uint64_t tombs;               /* tombstones: removed rows still in SQLite (rw) */
     uint64_t seq;                 /* last change number (written under wmu and rw) */
     uint64_t faiss_seq;           /* change the FAISS file on disk reflects (wmu + rw) */

@@ -40,12 +40,12 @@ static size_t batch_item(int64_t row) { return (size_t)(-(row + 2)); }
  * ROW_REPLACING, which the caller clears. The batch maps find duplicates within the
  * batch: the first item with an id or a text that is stored claims it. Caller holds
  * wmu. */
-static int classify(qd_store *s, const qd_store_item *items, size_t n, int replace,
-                    const uint64_t *keys, qd_store_result *res, add_plan *plan,
-                    size_t *nstore, size_t *nreplace)
+static int classify(qd_store *s, const qd_store_item *items, size_t n, int flags,
+                    const uint64_t *keys, const qd_lex_doc *docs, qd_store_result *res,
+                    add_plan *plan, size_t *nstore, size_t *nreplace)
 {
     st_map bid = {.key = KEY_EXT}, btext = {.key = KEY_TEXT};
-    int rc;
+    int rc, replace = flags & QD_STORE_REPLACE;
     *nstore = *nreplace = 0;
     if ((rc = st_map_reserve(&bid, n, NULL)) != 0 || (rc = st_map_reserve(&btext, n, NULL)) != 0)
         goto out;
@@ -69,26 +69,29 @@ static int classify(qd_store *s, const qd_store_item *items, size_t n, int repla
             continue;
         }
         st_row *t = st_map_get_text(&btext, keys[i]);
-        if (t) {
+        if (!t) {
+            /* A live row with this text does not count if this item or an earlier one
+             * replaces it. */
+            t = st_map_get_text(&s->by_text, keys[i]);
+            if (t && (t == old || (t->flags & ROW_REPLACING)))
+                t = NULL;
+        }
+        if (t && !(flags & QD_STORE_REPOSTS)) {
             res[i] = (qd_store_result){QD_STORE_DUP_TEXT, -1, t->row};
             continue;
         }
-        /* A live row with this text does not count if this item or an earlier one
-         * replaces it. */
-        t = st_map_get_text(&s->by_text, keys[i]);
-        if (t && t != old && !(t->flags & ROW_REPLACING)) {
-            res[i] = (qd_store_result){QD_STORE_DUP_TEXT, -1, t->row};
-            continue;
-        }
+        if (t)
+            res[i] = (qd_store_result){QD_STORE_REPOST, -1, t->row};
         st_row *r = st_row_new(batch_mark(i), it->ext_id, it->ext_id_len, it->text,
-                            it->text_len, keys[i], now, 0);
+                               it->text_len, keys[i], &docs[i], now, 0);
         if (!r) {
             rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu new rows", n);
             goto out;
         }
         plan[i].r = r;
         st_map_put(&bid, r);
-        st_map_put(&btext, r);
+        if (!t)
+            st_map_put(&btext, r);
         if (old) {
             old->flags |= ROW_REPLACING;
             plan[i].old = old;
@@ -234,6 +237,7 @@ static int apply_add(qd_store *s, add_plan *plan, size_t n, size_t nstore, size_
         old->removed = now;
         st_map_del(&s->by_ext, old);
         st_map_del(&s->by_text, old);
+        qd_lex_stats_remove(s->lex, &old->doc);
         s->live--;
         s->tombs++;
     }
@@ -244,6 +248,9 @@ static int apply_add(qd_store *s, add_plan *plan, size_t n, size_t nstore, size_
         st_map_put(&s->by_row, r);
         st_map_put(&s->by_ext, r);
         st_map_put(&s->by_text, r);
+        /* Cannot fail: room was reserved before the commit. */
+        int lrc = qd_lex_stats_add(s->lex, &r->doc);
+        QD_ASSERT(lrc == 0);
         plan[i].r = NULL; /* owned by the table now */
         s->live++;
     }
@@ -293,24 +300,26 @@ static int add_common(qd_store *s, const qd_store_item *items, size_t n, int rep
         return 0;
 
     uint64_t *keys = qd_mallocarray(n, sizeof *keys);
+    qd_lex_doc *docs = qd_calloc(n, sizeof *docs);
     add_plan *plan = qd_calloc(n, sizeof *plan);
     const float *x = NULL;
     float *own = NULL;
     int64_t *ids = NULL, *old_ids = NULL;
     size_t nstore = 0, nreplace = 0;
     int rc = 0, stored = 0;
-    if (!keys || !plan) {
+    if (!keys || !plan || !docs) {
         qd_free(keys);
+        qd_free(docs);
         qd_free(plan);
         return st_fail(QD_ERR_NOMEM, "out of memory for a batch of %zu", n);
     }
     /* Tokenizing needs no lock; keep other writers out only from here. */
-    rc = st_text_keys(items, n, s->threads, keys);
+    rc = st_text_keys(items, n, s->threads, keys, dry ? NULL : docs);
     pthread_mutex_lock(&s->wmu);
     if (!rc && s->broken)
         rc = st_fail(QD_ERR_INDEX, "%s", s->broken_msg);
     if (!rc)
-        rc = classify(s, items, n, replace, keys, res, plan, &nstore, &nreplace);
+        rc = classify(s, items, n, replace, keys, docs, res, plan, &nstore, &nreplace);
     if (rc || dry || nstore + nreplace == 0)
         goto out;
 
@@ -328,6 +337,17 @@ static int add_common(qd_store *s, const qd_store_item *items, size_t n, int rep
         (rc = st_map_reserve(&s->by_ext, nstore, &s->rw)) != 0 ||
         (rc = st_map_reserve(&s->by_text, nstore, &s->rw)) != 0)
         goto out;
+    size_t new_terms = 0;
+    for (size_t i = 0; i < n; i++)
+        if (plan[i].r)
+            new_terms += qd_lex_stats_missing(s->lex, &plan[i].r->doc);
+    pthread_rwlock_wrlock(&s->rw); /* the table may move */
+    rc = qd_lex_stats_reserve(s->lex, new_terms);
+    pthread_rwlock_unlock(&s->rw);
+    if (rc) {
+        rc = st_fail(rc, "out of memory for the term statistics");
+        goto out;
+    }
     if (qd_ann_needs_training(s->ann)) {
         pthread_rwlock_wrlock(&s->rw);
         rc = qd_ann_train(s->ann, x, nstore < ST_MAX_TRAIN ? nstore : ST_MAX_TRAIN);
@@ -359,7 +379,10 @@ out:
         qd_free(plan[i].r); /* NULL once the row table took it */
     }
     pthread_mutex_unlock(&s->wmu);
+    for (size_t i = 0; i < n; i++)
+        qd_lex_doc_free(&docs[i]);
     qd_free(keys);
+    qd_free(docs);
     qd_free(plan);
     qd_free(own);
     qd_free(ids);
@@ -452,6 +475,7 @@ int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *
         rows[i]->removed = now;
         st_map_del(&s->by_ext, rows[i]);
         st_map_del(&s->by_text, rows[i]);
+        qd_lex_stats_remove(s->lex, &rows[i]->doc);
     }
     s->live -= m;
     s->tombs += m;

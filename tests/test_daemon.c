@@ -422,6 +422,98 @@ static void test_socket_mode(void **state)
     assert_int_equal(st.st_mode & 0777, 0660);
 }
 
+/* The hybrid answer (issue 10): every result carries score, cosine, lexical and
+ * p_duplicate; check marks duplicates by min_p; a repost is stored under its own id and
+ * reports the stored question with p_duplicate 1; white space only is refused; ids may
+ * be numbers; check without storing needs no id; "rank":"cosine" ranks by the cosine. */
+static void test_hybrid_answer(void **state)
+{
+    (void)state;
+    conn c;
+    assert_int_equal(conn_open(&c, sock1), 0);
+    char t[64];
+    qtext(t, sizeof t, 23);
+    json_t *j = rpcf(&c, "{\"op\":\"query\",\"text\":\"%s\",\"k\":5}", t);
+    json_t *res = json_object_get(j, "results");
+    assert_int_equal(json_array_size(res), 5);
+    for (size_t i = 0; i < 5; i++) {
+        json_t *h = json_array_get(res, i);
+        double score = json_number_value(json_object_get(h, "score"));
+        double cosine = json_number_value(json_object_get(h, "cosine"));
+        double lexical = json_number_value(json_object_get(h, "lexical"));
+        double p = json_number_value(json_object_get(h, "p_duplicate"));
+        assert_true(json_is_number(json_object_get(h, "p_duplicate")));
+        assert_true(lexical >= 0 && lexical <= 1 && p >= 0 && p <= 1);
+        assert_true(cosine >= -1 && cosine <= 1.0001);
+        if (i > 0) /* fused order: scores do not increase */
+            assert_true(score <= json_number_value(json_object_get(json_array_get(res, i - 1),
+                                                                    "score")) + 1e-6);
+        else /* the stored text itself: first, p_duplicate 1 */
+            assert_true(p == 1 && score > 0.9999);
+    }
+    json_decref(j);
+    /* Ranked by the cosine alone: non-increasing cosines, score = cosine. */
+    j = rpcf(&c, "{\"op\":\"query\",\"text\":\"%s w1\",\"k\":5,\"rank\":\"cosine\"}", t);
+    res = json_object_get(j, "results");
+    for (size_t i = 0; i < json_array_size(res); i++) {
+        json_t *h = json_array_get(res, i);
+        qt_assert_near(json_number_value(json_object_get(h, "score")),
+                       json_number_value(json_object_get(h, "cosine")), 1e-6);
+        if (i > 0)
+            assert_true(json_number_value(json_object_get(h, "cosine")) <=
+                        json_number_value(json_object_get(json_array_get(res, i - 1),
+                                                          "cosine")) + 1e-6);
+    }
+    json_decref(j);
+
+    /* A repost: identical text under a new id is stored, and check reports the stored
+     * one with p_duplicate 1 and "duplicate": true. */
+    j = rpcf(&c, "{\"op\":\"check\",\"id\":\"repost-1\",\"text\":\"%s\"}", t);
+    assert_true(is_ok(j));
+    assert_true(json_is_true(json_object_get(j, "stored")));
+    assert_true(json_is_true(json_object_get(j, "duplicate")));
+    json_t *d0 = json_array_get(json_object_get(j, "duplicates"), 0);
+    assert_string_equal(json_string_value(json_object_get(d0, "id")), "s23");
+    qt_assert_near(json_number_value(json_object_get(d0, "p_duplicate")), 1.0, 0);
+    assert_true(json_is_true(json_object_get(d0, "duplicate")));
+    json_decref(j);
+    j = rpcf(&c, "{\"op\":\"get\",\"id\":\"repost-1\"}");
+    assert_true(is_ok(j));
+    assert_string_equal(json_string_value(json_object_get(j, "text")), t);
+    json_decref(j);
+    /* min_p decides: at 1 only the reposts are duplicates. */
+    j = rpcf(&c, "{\"op\":\"check\",\"text\":\"%s\",\"store\":false,\"min_p\":1,"
+                 "\"k\":4}", t);
+    assert_true(is_ok(j));
+    json_t *ds = json_object_get(j, "duplicates");
+    assert_int_equal(json_array_size(ds), 4);
+    size_t marked = 0;
+    for (size_t i = 0; i < json_array_size(ds); i++)
+        marked += json_is_true(json_object_get(json_array_get(ds, i), "duplicate"));
+    assert_int_equal(marked, 2); /* s23 and repost-1 */
+    assert_true(json_is_false(json_object_get(j, "stored")));
+    json_decref(j);
+    expect_ok(rpcf(&c, "{\"op\":\"remove\",\"id\":\"repost-1\"}"));
+
+    /* White space only is refused everywhere, like an empty text. */
+    expect_code(rpcf(&c, "{\"op\":\"add\",\"id\":\"ws\",\"text\":\"   \"}"), "bad_request");
+    expect_code(rpcf(&c, "{\"op\":\"query\",\"text\":\" \\t\\n \"}"), "bad_request");
+    expect_code(rpcf(&c, "{\"op\":\"check\",\"id\":\"ws\",\"text\":\"   \"}"),
+                "bad_request");
+    /* A numeric id is kept as its decimal text. */
+    expect_ok(rpcf(&c, "{\"op\":\"add\",\"id\":90210,\"text\":\"w9 w8 w7 w6 w5 w4\"}"));
+    j = rpcf(&c, "{\"op\":\"get\",\"id\":\"90210\"}");
+    assert_true(is_ok(j));
+    json_decref(j);
+    expect_ok(rpcf(&c, "{\"op\":\"remove\",\"id\":90210}"));
+    /* check without storing needs no id; storing does. */
+    j = rpcf(&c, "{\"op\":\"check\",\"text\":\"%s\",\"store\":false}", t);
+    assert_true(is_ok(j));
+    json_decref(j);
+    expect_code(rpcf(&c, "{\"op\":\"check\",\"text\":\"%s\"}", t), "bad_request");
+    conn_close(&c);
+}
+
 static void test_every_op(void **state)
 {
     (void)state;
@@ -461,8 +553,11 @@ static void test_every_op(void **state)
     json_decref(j);
     expect_code(rpcf(&c, "{\"op\":\"add\",\"id\":\"op-a\",\"text\":\"w2 w2 w2 w2 w2\"}"),
                 "duplicate_id");
-    expect_code(rpcf(&c, "{\"op\":\"add\",\"id\":\"op-b\",\"text\":\"W39  w38 w37 w36 w35\"}"),
-                "duplicate_text");
+    /* A repost (the same words, other case and spacing) is stored under its own id. */
+    j = rpcf(&c, "{\"op\":\"add\",\"id\":\"op-b\",\"text\":\"W39  w38 w37 w36 w35\"}");
+    assert_true(is_ok(j));
+    json_decref(j);
+    expect_ok(rpcf(&c, "{\"op\":\"remove\",\"id\":\"op-b\"}"));
     j = rpcf(&c, "{\"op\":\"check\",\"id\":\"op-c\",\"text\":\"w39 w38 w37 w36 w35\","
                  "\"store\":false}");
     assert_true(is_ok(j));
@@ -614,7 +709,7 @@ static void test_malformed(void **state)
         {"{\"op\":\"query\",\"text\":\"w3\",\"k\":-1}", "bad_request"},
         {"{\"op\":\"query\",\"text\":\"w3\",\"min_score\":true}", "bad_request"},
         {"{\"op\":\"add\",\"id\":\"x\"}", "bad_request"},
-        {"{\"op\":\"add\",\"id\":5,\"text\":\"w3\"}", "bad_request"},
+        {"{\"op\":\"add\",\"id\":5.5,\"text\":\"w3\"}", "bad_request"},
         {"{\"op\":\"remove\",\"id\":\"\"}", "bad_request"},
         {"{\"op\":\"check\",\"text\":\"w3\"}", "bad_request"},
         {"{\"op\":\"get\"}", "bad_request"},
@@ -1856,6 +1951,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_socket_mode),
         cmocka_unit_test(test_every_op),
+        cmocka_unit_test(test_hybrid_answer),
         cmocka_unit_test(test_client),
         cmocka_unit_test(test_pipelined),
         cmocka_unit_test(test_malformed),

@@ -292,7 +292,10 @@ static void test_rank_rescore(void **state)
         best = fmax(best, c[i].bm25);
     for (int i = 0; i < 4; i++) {
         qt_assert_near(c[i].lexical, c[i].bm25 / best, 1e-6);
-        qt_assert_near(c[i].score, 0.5 * c[i].cosine + 0.5 * c[i].lexical, 1e-6);
+        if (c[i].index == 0) /* the repost: first, with score 1 */
+            qt_assert_near(c[i].score, 1.0, 0);
+        else
+            qt_assert_near(c[i].score, 0.5 * c[i].cosine + 0.5 * c[i].lexical, 1e-6);
         if (i)
             assert_true(c[i - 1].score >= c[i].score);
         if (c[i].index == 0)
@@ -300,8 +303,15 @@ static void test_rank_rescore(void **state)
         else
             assert_true(c[i].p > 0 && c[i].p < 1);
     }
-    assert_int_equal(c[0].index, 0); /* lexical 1 and cosine 0.6 beat 0.9 with less */
+    assert_int_equal(c[0].index, 0);
     qt_assert_near(c[0].lexical, 1.0, 1e-6);
+    /* Without the repost mark the lexical match still wins: lexical 1 and cosine 0.6
+     * beat cosine 0.9 with a lower lexical score. */
+    for (int i = 0; i < 4; i++)
+        c[i] = (qd_rank_cand){.doc = &d[i], .cosine = cosv[i], .index = (size_t)i};
+    assert_int_equal(qd_rank_rescore(&sc, st, &q, QD_RANK_FUSED, c, 4, 4), 0);
+    assert_int_equal(c[0].index, 0);
+    assert_true(c[0].p < 1);
     for (int i = 0; i < 4; i++)
         c[i] = (qd_rank_cand){.doc = &d[i], .cosine = cosv[i], .index = (size_t)i};
     assert_int_equal(qd_rank_rescore(&sc, st, &q, QD_RANK_COSINE, c, 4, 1), 0);

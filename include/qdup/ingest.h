@@ -67,6 +67,9 @@ typedef struct qd_ingest_opts {
                                records with one id wins) */
     int threads;            /* encoding threads (0: all cores) */
     int quiet;              /* no summary */
+    int keep_identical;     /* a record with the normalized text of a live question (or
+                               of an earlier record) is stored all the same, as a repost,
+                               and reported; 0: skipped and reported */
 } qd_ingest_opts;
 
 /* What happened to the input, for the summary. */
@@ -75,7 +78,8 @@ typedef struct qd_ingest_tally {
     uint64_t indexed;    /* stored */
     uint64_t malformed;  /* refused by the dump reader */
     uint64_t dup_id;     /* id repeated in the input, or live without replace */
-    uint64_t dup_text;   /* same normalized text as another question */
+    uint64_t dup_text;   /* same normalized text as another question (skipped) */
+    uint64_t reposts;    /* same normalized text, kept (keep_identical) */
     uint64_t empty;      /* no tokens */
     uint64_t replaced;   /* replaced a live row, or an earlier record of the input */
     uint64_t shown;      /* skip messages counted (printed up to max_report) */

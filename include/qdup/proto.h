@@ -3,16 +3,27 @@
  * line out, and the request handler behind it.
  *
  * Requests (one JSON object per line; an optional "tag" of any JSON type is echoed):
- *   {"op":"query","text":"...","k":10,"min_score":0.7}  the k best stored questions
+ *   {"op":"query","text":"...","k":10,"min_score":0.7,"rank":"fused"}
+ *                                                       the k best stored questions
  *   {"op":"query","texts":["...","..."],"k":10}         a batch: one result list each
  *   {"op":"add","id":"...","text":"..."}                store a question
  *   {"op":"remove","id":"..."}                          remove it
  *   {"op":"get","id":"..."}                             look it up
- *   {"op":"check","id":"...","text":"...","k":5,"min_score":0.8,"store":true}
- *                                                       duplicates of a new post, then
- *                                                       store it (unless store is false)
- * Defaults: query k 10 and no min_score; check k 5, min_score 0.8, store true. A text
- * without a single token has no neighbours (an empty list) and cannot be added.
+ *   {"op":"check","id":"...","text":"...","k":5,"min_p":0.46,"store":true}
+ *                                                       the k best matches of a new post,
+ *                                                       each with "duplicate" (p_duplicate
+ *                                                       >= min_p), then store the post
+ *                                                       (unless store is false; then no
+ *                                                       id is needed)
+ * Each result carries id, text, score (the ranking score: fused, or the cosine with
+ * "rank":"cosine"), cosine, lexical (BM25 relative to the best candidate's) and
+ * p_duplicate (the model's calibrated P(duplicate); 1 for the very same text).
+ * Defaults: query k 10; check k 5, min_p the model's operating point, store true; no
+ * min_score (a bound on the cosine); rank the server's (fused unless qdup-daemon --rank
+ * cosine). An id may be a string or a whole number (kept as its decimal text). A text
+ * of white space only is refused like an empty one. A text with the same words as a
+ * stored question (a repost) is stored under its own id by add and check, and check
+ * reports the stored one with p_duplicate 1.
  *   {"op":"stats"}, {"op":"ping"}
  * Replies: {"ok":true,"tag":...,...} or
  *          {"ok":false,"tag":...,"error":{"code":"not_found","message":"..."}} with the
@@ -71,6 +82,10 @@ typedef struct qd_backend {
     int (*info)(void *ctx, qd_store_info *info);
     int (*checkpoint)(void *ctx);
     const char *(*errmsg)(void *ctx); /* detail of the calling thread's last failure */
+    /* Optional (may be NULL: search, by cosine): qd_store_search_text, the hybrid
+     * ranking with the query texts. */
+    int (*search_text)(void *ctx, const float *q, size_t nq, const qd_store_query *o,
+                       qd_store_hits *out);
 } qd_backend;
 
 /* Size limits on requests and replies. */
@@ -96,6 +111,7 @@ typedef struct qd_proto {
                                them at its BLAS threshold (qd_ann_set_blas_threshold,
                                20 by default), which can make 20 queries cost what 2
                                do; at a threshold of 1 padding only adds work. */
+    qd_rank_mode rank;      /* ranking of a request that names none (0: fused) */
 } qd_proto;
 
 /* The operations, in the order of the command table. */
@@ -200,7 +216,10 @@ typedef struct qd_req {
     const char *id;           /* external id: add, remove, get, check */
     size_t id_len;
     size_t k;                 /* results wanted per text */
-    float min_score;          /* smallest score returned (-INFINITY: no bound) */
+    float min_score;          /* smallest cosine returned (-INFINITY: no bound) */
+    qd_rank_mode rank;        /* query, check: how results are ranked */
+    float min_p;              /* check: p_duplicate from which a result is a duplicate */
+    char id_buf[24];          /* an id given as a number, as decimal text */
     int store;                /* check: store the post after the search */
     /* outcome */
     int code;                 /* qd_proto_code; QD_CODE_OK on success */

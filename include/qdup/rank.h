@@ -11,7 +11,8 @@
  *            cosine mode (QD_RANK_COSINE) the cosine alone
  *   p        P(duplicate) from the model's head (head.h) over the cosine and the pair
  *            signals; 1 for a candidate with the query's very token sequence (a repost)
- * and sorts them by score, best first (ties: higher cosine, then the order given).
+ * and sorts them by score, best first (ties: higher cosine, then the order given); a
+ * repost comes before everything else, and in fused mode its score is 1.
  * The daemon, qdup-index search and qdup-eval all rank through qd_rank_rescore.
  */
 #ifndef QDUP_RANK_H

@@ -72,6 +72,7 @@ typedef struct qd_server_opts {
      * NULL: SIGHUP is only logged. See qd_server_run for what changes live. */
     int (*reload)(void *ctx, struct qd_server_opts *o);
     void *reload_ctx;         /* reload's first argument */
+    qd_rank_mode rank;        /* see qd_proto.rank (0: fused) */
 } qd_server_opts;
 
 /* The defaults above (socket_path NULL). */

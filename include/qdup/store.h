@@ -54,6 +54,7 @@
 #include <stdio.h>
 
 #include "qdup/model.h"
+#include "qdup/rank.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -139,16 +140,28 @@ typedef enum qd_store_status {
     QD_STORE_DUP_ID,           /* not stored: the id is live (or twice in the batch) */
     QD_STORE_DUP_TEXT,         /* not stored: same normalized text as a live row */
     QD_STORE_EMPTY,            /* not stored: no tokens (empty after normalization) */
+    QD_STORE_REPOST,           /* stored (QD_STORE_REPOSTS), same normalized text as the
+                                  live row other_row (or an earlier item of the batch) */
 } qd_store_status;
 
 typedef struct qd_store_result {
     qd_store_status status;  /* the outcome */
     int64_t row;             /* row id (the FAISS id) when stored, else -1 */
-    int64_t other_row;       /* for DUP_ID / DUP_TEXT: the row it collided with, or -1 */
+    int64_t other_row;       /* for DUP_ID / DUP_TEXT / REPOST: the row it collided
+                                with, or -1 */
 } qd_store_result;
 
-/* Adds n questions in one transaction; with `replace`, an item whose id is live
- * replaces that row instead of being refused. res (n) gets each item's outcome. The
+/* Flags of qd_store_add and qd_store_check (1 is QD_STORE_REPLACE, so a caller's
+ * "replace" boolean keeps its meaning). */
+enum {
+    QD_STORE_REPLACE = 1, /* an item whose id is live replaces that row (else DUP_ID) */
+    QD_STORE_REPOSTS = 2, /* an item with the normalized text of a live row is stored
+                             all the same, as QD_STORE_REPOST (else DUP_TEXT) */
+};
+
+/* Adds n questions in one transaction; `replace` holds the flags above (with
+ * QD_STORE_REPLACE, an item whose id is live replaces that row instead of being
+ * refused). res (n) gets each item's outcome. The
  * store does not encode: every item it stores must bring its vector (qd_store_check
  * says which those are; qd_ingest_add in ingest.h encodes and adds). When the vectors
  * of the stored items lie one after another in one array, in item order, the store
@@ -222,10 +235,16 @@ int qd_store_get(qd_store *s, const char *ext_id, size_t ext_id_len, qd_store_ro
  * there is none (never added, or compacted away). */
 int qd_store_get_row(qd_store *s, int64_t row_id, qd_store_row *row);
 
-/* One search result. */
+/* One search result. Without a query text (qd_store_search) score is the cosine and
+ * lexical and p_duplicate are 0. */
 typedef struct qd_store_hit {
     qd_store_row row;   /* the stored question */
-    float score;        /* cosine similarity to the query */
+    float score;        /* the ranking score: fused (rank.h) or, ranking by cosine, the
+                           cosine */
+    float cosine;       /* cosine similarity to the query */
+    float lexical;      /* BM25 relative to the best candidate's, 0..1 (rank.h) */
+    float p_duplicate;  /* P(duplicate) from the model's head; 1 for the same text */
+    int identical;      /* 1 if its normalized text is the query's (a repost) */
 } qd_store_hit;
 
 typedef struct qd_store_hits {
@@ -243,6 +262,29 @@ void qd_store_hits_free(qd_store_hits *h);
  * queries must be finite (QD_ERR_INVAL). Approximate kinds may miss neighbours. */
 int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_score,
                     const char *const *exclude, qd_store_hits *out);
+
+/* A search with the query texts: the hybrid ranking. */
+typedef struct qd_store_query {
+    size_t k;                   /* results per query, 1..QD_STORE_MAX_K */
+    float min_score;            /* keep rows whose cosine is >= min_score */
+    qd_rank_mode rank;          /* QD_RANK_FUSED or QD_RANK_COSINE */
+    size_t candidates;          /* fused: nearest vectors re-scored (0: the model's) */
+    const char *const *texts;   /* (nq) the query texts */
+    const size_t *lens;         /* (nq) their lengths */
+    const char *const *exclude; /* (nq) external ids to leave out (NULL, or NULLs) */
+} qd_store_query;
+
+/* Like qd_store_search, ranked as rank.h describes: with QD_RANK_FUSED the
+ * `candidates` nearest live rows (at least k) are re-scored with BM25 against the
+ * query text over the store's term statistics and fused with the cosine, with
+ * QD_RANK_COSINE the k nearest are kept in cosine order (their lexical score relative
+ * to the best of those k); every hit gets its lexical score and P(duplicate), and a
+ * row with the query's very normalized text gets p_duplicate 1 and identical 1. The
+ * term statistics (document frequencies over the live rows, their mean length) are
+ * rebuilt from the stored texts at open and kept in step with every add and remove
+ * in memory. */
+int qd_store_search_text(qd_store *s, const float *q, size_t nq, const qd_store_query *o,
+                         qd_store_hits *out);
 
 /* Counts and sizes for `qdup-index info` and the daemon's stats. */
 typedef struct qd_store_info {

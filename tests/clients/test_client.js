@@ -47,7 +47,9 @@ async function main() {
   check(!r.stored && r.duplicates[0].id === 'q3', 'check with store: false');
   check(await raises('not_found', () => c.get('c3')), '... and does not store');
   r = await c.check('c4', 'How can I bake bread at home?');
-  check(!r.stored && r.reason === 'duplicate_text', 'check of a stored text: not stored again');
+  check(r.stored && r.duplicates[0].id === 'q3' && r.duplicates[0].p_duplicate === 1 &&
+        r.duplicate === true, 'check of a stored text: a repost, stored, the original with p_duplicate 1');
+  await c.remove('c4');
 
   await c.remove('c1');
   check(await raises('not_found', () => c.get('c1')), 'remove, then get: not_found');

@@ -55,7 +55,9 @@ check(not r["stored"] and r["duplicates"][0]["id"] == "q3", "check with store=Fa
 check(raises("not_found", lambda: c.get("c3")), "... and does not store")
 
 r = c.check("c4", "How can I bake bread at home?")
-check(not r["stored"] and r["reason"] == "duplicate_text", "check of a stored text: not stored again")
+check(r["stored"] and r["duplicates"][0]["id"] == "q3" and r["duplicates"][0]["p_duplicate"] == 1
+      and r["duplicate"] is True, "check of a stored text: a repost, stored, the original with p_duplicate 1")
+c.remove("c4")
 
 c.remove("c1")
 check(raises("not_found", lambda: c.get("c1")), "remove, then get: not_found")
@@ -68,8 +70,9 @@ st = c.stats()
 check(st["questions"] == 4 and st["requests"]["add"] >= 2, "stats counts questions and requests")
 # README ("What survives what"): a removed question stays as a tombstone row until
 # qdup-index compact, whatever the index kind; a Flat index drops its vector at once.
-check(st["tombstones"] == 1 and st["index"]["spec"] == "Flat" and st["index"]["vectors"] == 4,
-      "stats: the removed question is a tombstone row; Flat holds only live vectors")
+# Two removed: c1 and the repost c4.
+check(st["tombstones"] == 2 and st["index"]["spec"] == "Flat" and st["index"]["vectors"] == 4,
+      "stats: removed questions are tombstone rows; Flat holds only live vectors")
 check(raises("bad_request", lambda: c.request({"op": "query", "text": "x", "k": 0})),
       "a bad request raises bad_request; the connection stays usable")
 c.ping()

@@ -42,7 +42,9 @@ r = c.check("c3", "How can I bake bread at home", store: false)
 check(!r["stored"] && r["duplicates"][0]["id"] == "q3", "check with store: false")
 check(raises("not_found") { c.get("c3") }, "... and does not store")
 r = c.check("c4", "How can I bake bread at home?")
-check(!r["stored"] && r["reason"] == "duplicate_text", "check of a stored text: not stored again")
+check(r["stored"] && r["duplicates"][0]["id"] == "q3" && r["duplicates"][0]["p_duplicate"] == 1 &&
+      r["duplicate"] == true, "check of a stored text: a repost, stored, the original with p_duplicate 1")
+c.remove("c4")
 
 c.remove("c1")
 check(raises("not_found") { c.get("c1") }, "remove, then get: not_found")
