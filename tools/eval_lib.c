@@ -205,17 +205,17 @@ int qd_bm25_query(const char *text, size_t len, char **out, size_t *nterms)
     size_t i = 0;
     while (rc == 0 && i < len) {
         /* Skip to the start of a term. */
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t k = utf8proc_iterate(s + i, (utf8proc_ssize_t)(len - i), &cp);
-        if (k <= 0 || !is_term_char(cp)) {
-            i += k > 0 ? (size_t)k : 1;
+        int32_t cp; /* -1 for an ill-formed sequence: a separator, like a space */
+        size_t k = qd_utf8_decode(s + i, len - i, &cp);
+        if (cp < 0 || !is_term_char(cp)) {
+            i += k;
             continue;
         }
         /* The term runs while term characters follow; fold it into a key. */
         size_t start = i, key_at = set.keys.n;
         while (i < len) {
-            k = utf8proc_iterate(s + i, (utf8proc_ssize_t)(len - i), &cp);
-            if (k <= 0 || !is_term_char(cp))
+            k = qd_utf8_decode(s + i, len - i, &cp);
+            if (cp < 0 || !is_term_char(cp))
                 break;
             if ((rc = fold_char(&set.keys, cp)) != 0)
                 break;
