@@ -35,6 +35,7 @@
 
 #include "qdup/common.h"
 #include "qdup/fileio.h"
+#include "qdup/backend.h"
 #include "qdup/log.h"
 #include "qdup/memidx.h"
 #include "qdup/server.h"
@@ -558,78 +559,6 @@ static int parse_args(cfg *c, int argc, char **argv)
     return 0;
 }
 
-/* --- the store behind the handler's backend interface ---------------------------------- */
-
-static int st_search(void *ctx, const float *q, size_t nq, size_t k, float min_score,
-                     const char *const *exclude, qd_store_hits *out)
-{
-    return qd_store_search(ctx, q, nq, k, min_score, exclude, out);
-}
-
-/* The store refuses writes with QD_ERR_FORBIDDEN only when it was opened read-only,
- * which the daemon does only when it must (a read-only filesystem): to a client that
- * is the machine refusing, "unavailable", not a permission of its own. */
-static int st_write_rc(int rc)
-{
-    return rc == QD_ERR_FORBIDDEN ? QD_ERR_UNAVAILABLE : rc;
-}
-
-static int st_add(void *ctx, const qd_store_item *items, size_t n, int replace,
-                  qd_store_result *res)
-{
-    return st_write_rc(qd_store_add(ctx, items, n, replace, res));
-}
-
-static int st_remove(void *ctx, const char *id, size_t len)
-{
-    return st_write_rc(qd_store_remove(ctx, id, len));
-}
-
-static int st_get(void *ctx, const char *id, size_t len, qd_store_row *row)
-{
-    return qd_store_get(ctx, id, len, row);
-}
-
-static int st_info(void *ctx, qd_store_info *info)
-{
-    return qd_store_get_info(ctx, info);
-}
-
-static int st_checkpoint(void *ctx)
-{
-    return qd_store_checkpoint(ctx);
-}
-
-static const char *st_errmsg(void *ctx)
-{
-    return qd_store_errmsg(ctx);
-}
-
-static int st_search_text(void *ctx, const float *q, size_t nq, const qd_store_query *o,
-                          qd_store_hits *out)
-{
-    return qd_store_search_text(ctx, q, nq, o, out);
-}
-
-static void store_backend(qd_store *st, qd_backend *be)
-{
-    *be = (qd_backend){
-        .ctx = st,
-        .model = qd_store_model(st),
-        .search = st_search,
-        .hits_free = qd_store_hits_free,
-        .add = st_add,
-        .check_item = qd_store_check_item,
-        .remove = st_remove,
-        .get = st_get,
-        .row_free = qd_store_row_free,
-        .info = st_info,
-        .checkpoint = st_checkpoint,
-        .errmsg = st_errmsg,
-        .search_text = st_search_text,
-    };
-}
-
 /* Room for max_clients connections plus the files the store keeps open. */
 static void raise_nofile(size_t clients)
 {
@@ -762,7 +691,7 @@ int main(int argc, char **argv)
         }
         if (apply_params(&c, store))
             goto out;
-        store_backend(store, &be);
+        qd_backend_store(store, &be);
         qd_store_info info;
         if (qd_store_get_info(store, &info) == 0) {
             qd_log(QD_LOG_INFO, "%s: %llu questions, index %s, model %s (%s)",

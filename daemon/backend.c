@@ -1,0 +1,77 @@
+/*
+ * backend.c - the question store behind the handler's backend interface (backend.h):
+ * each function passes its call to the qd_store_* namesake, the store as ctx.
+ */
+#include "qdup/backend.h"
+
+#include "qdup/common.h"
+
+static int st_search(void *ctx, const float *q, size_t nq, size_t k, float min_score,
+                     const char *const *exclude, qd_store_hits *out)
+{
+    return qd_store_search(ctx, q, nq, k, min_score, exclude, out);
+}
+
+/* The store refuses writes with QD_ERR_FORBIDDEN only when it was opened read-only,
+ * which the daemon does only when it must (a read-only filesystem): to a client that
+ * is the machine refusing, "unavailable", not a permission of its own. */
+static int st_write_rc(int rc)
+{
+    return rc == QD_ERR_FORBIDDEN ? QD_ERR_UNAVAILABLE : rc;
+}
+
+static int st_add(void *ctx, const qd_store_item *items, size_t n, int replace,
+                  qd_store_result *res)
+{
+    return st_write_rc(qd_store_add(ctx, items, n, replace, res));
+}
+
+static int st_remove(void *ctx, const char *id, size_t len)
+{
+    return st_write_rc(qd_store_remove(ctx, id, len));
+}
+
+static int st_get(void *ctx, const char *id, size_t len, qd_store_row *row)
+{
+    return qd_store_get(ctx, id, len, row);
+}
+
+static int st_info(void *ctx, qd_store_info *info)
+{
+    return qd_store_get_info(ctx, info);
+}
+
+static int st_checkpoint(void *ctx)
+{
+    return qd_store_checkpoint(ctx);
+}
+
+static const char *st_errmsg(void *ctx)
+{
+    return qd_store_errmsg(ctx);
+}
+
+static int st_search_text(void *ctx, const float *q, size_t nq, const qd_store_query *o,
+                          qd_store_hits *out)
+{
+    return qd_store_search_text(ctx, q, nq, o, out);
+}
+
+void qd_backend_store(qd_store *st, qd_backend *be)
+{
+    *be = (qd_backend){
+        .ctx = st,
+        .model = qd_store_model(st),
+        .search = st_search,
+        .hits_free = qd_store_hits_free,
+        .add = st_add,
+        .check_item = qd_store_check_item,
+        .remove = st_remove,
+        .get = st_get,
+        .row_free = qd_store_row_free,
+        .info = st_info,
+        .checkpoint = st_checkpoint,
+        .errmsg = st_errmsg,
+        .search_text = st_search_text,
+    };
+}
