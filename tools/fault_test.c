@@ -38,7 +38,8 @@
  * once the filesystem is writable.
  *
  * Disk full (--scenario diskfull), the operator's story of issue 15 with the
- * interposer's switch file in place of a small tmpfs: adds stream to the daemon; the
+ * interposer's switch file in place of a small tmpfs (or, with --fs-dir, on a real small
+ * filesystem that a ballast file fills; the test mounts nothing): adds stream to the daemon; the
  * disk fills (every write to the store's files fails from then on); further adds are
  * refused `unavailable` while queries go on; the daemon is killed with SIGKILL and
  * restarted with the disk still full: it must start, serve queries and report
@@ -52,6 +53,7 @@
  * test fixture fwd_plain.qdm unless --model says otherwise.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <libgen.h>
@@ -92,6 +94,8 @@ typedef struct cfg {
     size_t rows;          /* questions in the initial store */
     int verbose;          /* a line per run */
     long only;            /* --only N: fail only call N (0: sweep) */
+    char fs_dir[PATH_MAX]; /* --fs-dir: a small real filesystem for diskfull ("": none) */
+    long long room;       /* --room: bytes left free when it fills */
     int kind;             /* --kind: only this kind (-1: all) */
 } cfg;
 
@@ -810,74 +814,138 @@ static int wait_checkpoint_failing(daemon_t *d, int want, double secs)
     return 0;
 }
 
+/* How the disk fills and empties: the interposer's switch file, or (--fs-dir) a real
+ * small filesystem filled with a ballast file up to C.room free bytes. */
+typedef struct disk {
+    char sw[PATH_MAX + 16];      /* the switch file (interposer) */
+    char ballast[PATH_MAX + 16]; /* the ballast file (real filesystem) */
+    int real;                    /* 1 on a real filesystem */
+} disk_t;
+
+static void disk_fill(const disk_t *k)
+{
+    if (!k->real) {
+        FILE *f = fopen(k->sw, "w");
+        if (f)
+            fclose(f);
+        return;
+    }
+    /* Fill to the last byte, then give back C.room bytes. */
+    int fd = open(k->ballast, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die("%s: %s", k->ballast, strerror(errno));
+    static char block[65536];
+    ssize_t w;
+    while ((w = write(fd, block, sizeof block)) > 0)
+        ;
+    int e = errno;
+    off_t size = lseek(fd, 0, SEEK_END);
+    close(fd);
+    if (w < 0 && e != ENOSPC)
+        die("%s: %s", k->ballast, strerror(e));
+    if (truncate(k->ballast, size > C.room ? size - C.room : 0) != 0)
+        die("%s: %s", k->ballast, strerror(errno));
+}
+
+static void disk_free(const disk_t *k)
+{
+    unlink(k->real ? k->ballast : k->sw);
+}
+
+/* The daemon on the disk: under the interposer (switch mode) or as it is. */
+static int disk_daemon_start(const disk_t *k, daemon_t *d)
+{
+    fault full = {F_FULL, 1, k->sw};
+    fault_env(k->real ? NULL : &full, NULL);
+    int up = daemon_start(d, "0.1") == 0;
+    fault_env(NULL, NULL);
+    return up;
+}
+
+/* One add of question f<i>: ask_write's outcome. */
+static int diskfull_add(daemon_t *d, int i)
+{
+    char id[32], text[128];
+    snprintf(id, sizeof id, "f%d", i);
+    text_of(400000 + (uint64_t)i, text, sizeof text);
+    char *args[] = {"add", id, text, NULL};
+    return ask_write(d, args, id);
+}
+
 static void diskfull_scenario(void)
 {
     daemon_t d = {.pid = -1};
-    snprintf(d.db, sizeof d.db, "%s", path_in(C.dir, "store/s.db"));
+    disk_t k = {.real = C.fs_dir[0] != '\0'};
+    const char *root = k.real ? C.fs_dir : C.dir;
+    if (k.real && mkdir(path_in(root, "store"), 0700) != 0 && errno != EEXIST)
+        die("%s: %s", path_in(root, "store"), strerror(errno));
+    snprintf(d.db, sizeof d.db, "%s", path_in(root, "store/s.db"));
     snprintf(d.sock, sizeof d.sock, "%s", path_in(C.dir, "full.sock"));
     snprintf(d.log, sizeof d.log, "%s", path_in(C.dir, "full.log"));
-    char sw[PATH_MAX + 16];
-    snprintf(sw, sizeof sw, "%s", path_in(C.dir, "disk-is-full"));
-    unlink(sw);
+    snprintf(k.sw, sizeof k.sw, "%s", path_in(C.dir, "disk-is-full"));
+    snprintf(k.ballast, sizeof k.ballast, "%s", path_in(root, "ballast"));
+    disk_free(&k);
     LOCAL_PATH(base, "fbase.tsv");
     build_base(d.db, base);
 
-    /* Every write to the store's files fails while the switch file exists. */
-    fault full = {F_FULL, 1, sw};
-    enum { ADDS = 60 };
-    int state[ADDS] = {0}; /* 1 acknowledged, 0 refused, -1 unanswered */
-    char id[32], text[128];
-    fault_env(&full, NULL);
-    int up = daemon_start(&d, "0.1") == 0;
-    fault_env(NULL, NULL);
-    if (!up)
+    enum { MAX_ADDS = 20000 };
+    static int state[MAX_ADDS]; /* 1 acknowledged, 0 refused, -1 unanswered */
+    int n = 0, refused_full = 0, acked_full = 0;
+    if (!disk_daemon_start(&k, &d))
         die("diskfull: the daemon did not start (log %s)", d.log);
-    uint64_t acked = 0, refused = 0;
-    for (int i = 0; i < ADDS; i++) {
-        if (i == 20) {
-            FILE *f = fopen(sw, "w"); /* the disk is full from now on */
-            if (f)
-                fclose(f);
-        }
-        if (i == 40) {
-            /* The daemon must be serving reads and know its checkpoint is failing. */
-            if (daemon_query(&d) != 0)
-                failf("diskfull: a query failed while the disk was full");
-            if (!wait_checkpoint_failing(&d, 1, 10))
-                failf("diskfull: stats do not report checkpoint_failing with the disk full");
-            /* SIGKILL, and start again on the full disk. */
-            daemon_stop(&d, SIGKILL);
-            fault_env(&full, NULL);
-            up = daemon_start(&d, "0.1") == 0;
-            fault_env(NULL, NULL);
-            if (!up) {
-                T.restart_failed++;
-                failf("diskfull: the daemon did not start with the disk still full (log %s)",
-                      d.log);
-                break;
-            }
-            if (daemon_query(&d) != 0)
-                failf("diskfull: no query answered after the restart on a full disk");
-            if (!wait_checkpoint_failing(&d, 1, 10))
-                failf("diskfull: after the restart, stats do not report checkpoint_failing");
-        }
-        if (i == 50)
-            unlink(sw); /* the space comes back */
-        snprintf(id, sizeof id, "f%d", i);
-        text_of(400000 + (uint64_t)i, text, sizeof text);
-        char *args[] = {"add", id, text, NULL};
-        state[i] = ask_write(&d, args, id);
-        acked += state[i] == 1;
-        refused += state[i] == 0;
-        int disk_full = i >= 20 && i < 50;
-        if (disk_full && state[i] != 0)
-            failf("diskfull: add %s with the disk full was not refused unavailable", id);
-        if (!disk_full && state[i] != 1)
-            failf("diskfull: add %s with space on the disk was not acknowledged", id);
+    /* Room on the disk: every add is acknowledged. */
+    for (; n < 20; n++)
+        if ((state[n] = diskfull_add(&d, n)) != 1)
+            failf("diskfull: add f%d with room on the disk was not acknowledged", n);
+    /* The disk fills: adds are refused unavailable (on a real disk, once what little
+     * room is left has gone), and the daemon stays up. */
+    disk_fill(&k);
+    while (n < MAX_ADDS && refused_full < 20) {
+        state[n] = diskfull_add(&d, n);
+        refused_full += state[n] == 0;
+        acked_full += state[n] == 1;
+        if (state[n] != 0 && (!k.real || state[n] != 1))
+            failf("diskfull: add f%d with the disk full was not refused unavailable", n);
+        if (state[n] == -1)
+            break;
+        n++;
     }
-    if (d.pid > 0 && !wait_checkpoint_failing(&d, 0, 20))
+    if (refused_full < 20)
+        failf("diskfull: %d adds refused after %d with the disk full", refused_full, n);
+    if (daemon_query(&d) != 0)
+        failf("diskfull: a query failed while the disk was full");
+    /* On a real disk the FAISS file fits in what is left only if it is small. */
+    int expect_failing = !k.real || C.rows >= 1000;
+    if (expect_failing && !wait_checkpoint_failing(&d, 1, 10))
+        failf("diskfull: stats do not report checkpoint_failing with the disk full");
+    /* SIGKILL, and start again on the full disk. */
+    daemon_stop(&d, SIGKILL);
+    if (!disk_daemon_start(&k, &d)) {
+        T.restart_failed++;
+        failf("diskfull: the daemon did not start with the disk still full (log %s)", d.log);
+        disk_free(&k);
+        return;
+    }
+    if (daemon_query(&d) != 0)
+        failf("diskfull: no query answered after the restart on a full disk");
+    if (expect_failing && !wait_checkpoint_failing(&d, 1, 10))
+        failf("diskfull: after the restart, stats do not report checkpoint_failing");
+    for (int i = 0; i < 10 && n < MAX_ADDS; i++, n++) {
+        state[n] = diskfull_add(&d, n);
+        refused_full += state[n] == 0;
+        acked_full += state[n] == 1;
+        if (state[n] != 0 && (!k.real || state[n] != 1))
+            failf("diskfull: add f%d after the restart on the full disk was not refused "
+                  "unavailable", n);
+    }
+    /* The space comes back: writes resume, the checkpoint catches up. */
+    disk_free(&k);
+    for (int i = 0; i < 10 && n < MAX_ADDS; i++, n++)
+        if ((state[n] = diskfull_add(&d, n)) != 1)
+            failf("diskfull: add f%d once the space came back was not acknowledged", n);
+    if (!wait_checkpoint_failing(&d, 0, 20))
         failf("diskfull: the checkpoint did not recover once the space came back");
-    if (d.pid > 0 && daemon_stop(&d, SIGTERM) != 0)
+    if (daemon_stop(&d, SIGTERM) != 0)
         failf("diskfull: the daemon did not stop cleanly (log %s)", d.log);
     /* Nothing acknowledged is lost, nothing refused is there. */
     fault_env(NULL, NULL);
@@ -886,10 +954,14 @@ static void diskfull_scenario(void)
         failf("diskfull: the daemon does not start at the end (log %s)", d.log);
         return;
     }
-    for (int i = 0; i < ADDS; i++) {
+    uint64_t acked = 0, refused = 0;
+    for (int i = 0; i < n; i++) {
+        char id[32], text[128];
         snprintf(id, sizeof id, "f%d", i);
         text_of(400000 + (uint64_t)i, text, sizeof text);
         int has = daemon_has(&d, id, text);
+        acked += state[i] == 1;
+        refused += state[i] == 0;
         if ((state[i] == 1 && has != 1) || (state[i] == 0 && has != 0)) {
             T.lost++;
             failf("diskfull: %s was %s and is %s", id, state[i] ? "acknowledged" : "refused",
@@ -901,9 +973,10 @@ static void diskfull_scenario(void)
     verify_store(d.db, "diskfull");
     T.acked += acked;
     T.refused += refused;
-    printf("diskfull: %" PRIu64 " adds acknowledged, %" PRIu64 " refused unavailable while "
-           "the disk was full; SIGKILL and restart on the full disk: %s\n",
-           acked, refused, T.restart_failed ? "FAILED" : "served");
+    printf("diskfull%s: %" PRIu64 " adds acknowledged (%d of them after the disk filled), %"
+           PRIu64 " refused unavailable; SIGKILL and restart on the full disk: %s\n",
+           k.real ? " (a real filesystem)" : "", acked, acked_full, refused,
+           T.restart_failed ? "FAILED" : "served");
     fflush(stdout);
 }
 
@@ -1012,6 +1085,9 @@ static void usage(FILE *f)
             "  --all-kinds       every kind of fault at every call (default: in turn)\n"
             "  --kind K          only faults of kind K: enospc, eio, full or powercut\n"
             "  --only N          fail only call N (to look at one case; with --keep)\n"
+            "  --fs-dir DIR      diskfull on a small real filesystem mounted at DIR (e.g.\n"
+            "                    tmpfs, size=16m) instead of the interposer: a ballast file\n"
+            "                    fills it, leaving --room bytes (default 98304)\n"
             "  --rows N          questions in the initial store (default 60)\n"
             "  --bin DIR         where the programs and libqdup-faultio.so are\n"
             "  --model FILE      model (default: the test fixture fwd_plain.qdm)\n"
@@ -1028,11 +1104,13 @@ int main(int argc, char **argv)
     C.stride = 1;
     C.rows = 60;
     C.kind = -1;
+    C.room = 96 * 1024;
     static const struct option lo[] = {
         {"scenario", 1, 0, 'S'}, {"stride", 1, 0, 's'}, {"all-kinds", 0, 0, 'a'},
         {"rows", 1, 0, 'r'},     {"bin", 1, 0, 'b'},    {"model", 1, 0, 'M'},
         {"dir", 1, 0, 'd'},      {"keep", 0, 0, 'K'},   {"verbose", 0, 0, 'v'},
-        {"only", 1, 0, 'o'},     {"kind", 1, 0, 'k'},   {"help", 0, 0, 'h'},
+        {"only", 1, 0, 'o'},     {"kind", 1, 0, 'k'},   {"fs-dir", 1, 0, 'F'},
+        {"room", 1, 0, 'R'},     {"help", 0, 0, 'h'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -1047,6 +1125,8 @@ int main(int argc, char **argv)
         case 'd': snprintf(C.dir, sizeof C.dir, "%s", optarg); C.dir_given = 1; break;
         case 'K': C.keep = 1; break;
         case 'v': C.verbose = 1; break;
+        case 'F': snprintf(C.fs_dir, sizeof C.fs_dir, "%s", optarg); break;
+        case 'R': C.room = opt_long("room", optarg, 0, 1L << 40); break;
         case 'o': C.only = opt_long("only", optarg, 1, LONG_MAX); break;
         case 'k':
             for (C.kind = F_KINDS - 1; C.kind >= 0; C.kind--)
