@@ -82,6 +82,8 @@ struct qd_dump {
     int fatal;            /* 0, or the fatal error every later call returns */
     uint64_t skipped;     /* malformed records reported */
     char errmsg[QD_ERRMSG_MAX]; /* last "file:line: reason" or fatal message */
+    char note[QD_ERRMSG_MAX];   /* how the file was read, for the user ("" if nothing) */
+    int last_empty;             /* 1 if the last record refused had an empty text */
 };
 
 static const char *const quora_header[6] = {"id",        "qid1",      "qid2",
@@ -154,15 +156,26 @@ static int line_next(qd_dump *d, qd_rowread_line *ln)
 
 /* ------------------------------------------------------------------ checks ------- */
 
+/* 1 if the n bytes at s are all white space (input.h's: such a text is empty). */
+static int all_blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strchr(" \t\n\r\v\f", s[i]) || s[i] == '\0')
+            return 0;
+    return 1;
+}
+
 /* Checks an id and its text by the rules of input.h. NULL if fine, else the reason,
- * written into why. */
-static const char *check_question(const qd_dump *d, const char *id, size_t id_len,
+ * written into why; notes whether the reason is an empty text (counted apart). */
+static const char *check_question(qd_dump *d, const char *id, size_t id_len,
                                   const char *text, size_t text_len, char *why, size_t whylen)
 {
-    return qd_input_check_question(id, id_len, d->max_id, text, text_len, d->max_text, 0,
-                                   why, whylen)
-               ? why
-               : NULL;
+    if (!qd_input_check_question(id, id_len, d->max_id, text, text_len, d->max_text, 0, why,
+                                 whylen))
+        return NULL;
+    d->last_empty = all_blank(text, text_len) &&
+                    qd_input_check_id(id, id_len, d->max_id, NULL, 0) == 0;
+    return why;
 }
 
 /* Checks id and text; fills rec or reports the record at `line`. */
@@ -336,11 +349,11 @@ static int jsonl_next(qd_dump *d, qd_dump_rec *rec)
 {
     qd_rowread_line ln;
     int r;
-    do {
+    do { /* blank lines, white space only included, are skipped */
         r = line_next(d, &ln);
         if (r <= 0)
             return r;
-    } while (!ln.too_long && ln.len == 0);
+    } while (!ln.too_long && all_blank(ln.p, ln.len));
     unsigned long long no = (unsigned long long)ln.no;
     if (ln.too_long)
         return set_msg(d, QD_ERR_FORMAT, "%s:%llu: line of %zu bytes is over the limit of %zu",
@@ -490,9 +503,59 @@ static int sniff_format(qd_dump *d)
     return 0;
 }
 
+/* 1 if s (len bytes) is one of the NULL-terminated names, ignoring case. */
+static int is_name(const char *s, size_t len, const char *const *names)
+{
+    for (; *names; names++)
+        if (strlen(*names) == len && strncasecmp(s, *names, len) == 0)
+            return 1;
+    return 0;
+}
+
+/* A two-column TSV's first line is a header only when it names its columns: an id
+ * column (qid, id, ...) or a text column (question, text, ...). Anything else is the
+ * first question, read again as a record, and the note says so: taking it for a
+ * header would lose a question without a word (ids and texts are free text, so no
+ * other reading of one line can tell). */
+static int tsv_header(qd_dump *d)
+{
+    static const char *const id_names[] = {"id", "qid", "qid1", "question_id", "questionid",
+                                           "post_id", "key", NULL};
+    static const char *const text_names[] = {"question", "text", "title", "body", "question1",
+                                             "question_text", "content", NULL};
+    qd_rowread_line ln;
+    int r;
+    do {
+        r = line_next(d, &ln);
+        if (r < 0)
+            return r;
+        if (r == 0)
+            return set_msg(d, QD_ERR_FORMAT, "%s: empty input: no header line", d->name);
+    } while (!ln.too_long && ln.len == 0);
+    qd_rowread_set_expect(d->rr, 2);
+    if (ln.too_long) /* not a header: reported as the first record's error */
+        return 0;
+    char *f[3];
+    size_t flen[3];
+    size_t n = split_header(ln.p, ln.len, '\t', f, flen, 3);
+    if (n == 2 && flen[1] > 0 && f[1][flen[1] - 1] == '\r')
+        flen[1]--;
+    if (n == 2 && (is_name(f[0], flen[0], id_names) || is_name(f[1], flen[1], text_names)))
+        return 0; /* a header: consumed */
+    snprintf(d->note, sizeof d->note,
+             "%s:%llu: no header line (its columns are not named like qid<TAB>question): "
+             "the first line is read as a question",
+             d->name, (unsigned long long)ln.no);
+    if (qd_rowread_unread(d->rr, &ln) != 0)
+        return set_fatal(d, QD_ERR_NOMEM);
+    return 0;
+}
+
 /* Reads and checks the header row of quora, tsv and csv files. */
 static int read_header(qd_dump *d)
 {
+    if (d->format == QD_DUMP_TSV)
+        return tsv_header(d);
     qd_rowread_set_expect(d->rr, 0);
     int r = row_next(d);
     if (r < 0)
@@ -660,6 +723,7 @@ int qd_dump_next(qd_dump *d, qd_dump_rec *rec)
     QD_ASSERT(d != NULL && rec != NULL);
     if (d->fatal)
         return d->fatal;
+    d->last_empty = 0;
     if (d->json) {
         json_decref(d->json);
         d->json = NULL;
@@ -682,6 +746,16 @@ int qd_dump_next(qd_dump *d, qd_dump_rec *rec)
 const char *qd_dump_errmsg(const qd_dump *d)
 {
     return d ? d->errmsg : "";
+}
+
+const char *qd_dump_note(const qd_dump *d)
+{
+    return d ? d->note : "";
+}
+
+int qd_dump_last_empty(const qd_dump *d)
+{
+    return d && d->last_empty;
 }
 
 qd_dump_format qd_dump_format_of(const qd_dump *d)

@@ -165,6 +165,8 @@ static int read_dumps(const ingest *g, int nfiles, recs *R)
             errorf(g, "%s", err);
             return orc;
         }
+        if (*qd_dump_note(d))
+            errorf(g, "note: %s", qd_dump_note(d));
         double last = qd_now();
         for (;;) {
             qd_dump_rec dr;
@@ -173,7 +175,11 @@ static int read_dumps(const ingest *g, int nfiles, recs *R)
                 break;
             if (rc == QD_ERR_FORMAT) {
                 g->t->read++;
-                g->t->malformed++;
+                /* An empty text is counted with the texts without words. */
+                if (qd_dump_last_empty(d))
+                    g->t->empty++;
+                else
+                    g->t->malformed++;
                 if (o->strict) {
                     errorf(g, "%s", qd_dump_errmsg(d));
                     errorf(g, "%s", strict_stop);

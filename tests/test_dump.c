@@ -198,6 +198,61 @@ static void test_tsv_basic(void **state)
     expect_log("q.tsv", "qid\tquestion\n", NULL, "END 0\n");
 }
 
+/* Reads name/content and returns the note set at open (static buffer). */
+static const char *note_of(const char *name, const char *content)
+{
+    static char note[QD_ERRMSG_MAX];
+    const char *path = put("note-input", content, strlen(content));
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    char err[QD_ERRMSG_MAX];
+    qd_dump *d = NULL;
+    assert_int_equal(qd_dump_open_fd(fd, name, NULL, &d, err, sizeof err), 0);
+    snprintf(note, sizeof note, "%s", qd_dump_note(d));
+    qd_dump_close(d);
+    close(fd);
+    return note;
+}
+
+/* A first line is a header only when it names the columns; else it is a question
+ * (never lost) and the note says so. */
+static void test_tsv_header_detection(void **state)
+{
+    (void)state;
+    /* Data from the first line: both records, and a note naming file and line. */
+    expect_log("d.tsv", "1\tHow?\n2\tWhy?\n", NULL, "R 1|1|How?\nR 2|2|Why?\nEND 0\n");
+    assert_string_equal(note_of("d.tsv", "1\tHow?\n2\tWhy?\n"),
+                        "d.tsv:1: no header line (its columns are not named like "
+                        "qid<TAB>question): the first line is read as a question");
+    /* Ids that are words: still data. */
+    expect_log("w.tsv", "abc\tWhat is this?\n", NULL, "R 1|abc|What is this?\nEND 0\n");
+    /* Named columns, any case, CRLF: a header, no note. */
+    expect_log("h.tsv", "QID\tQuestion\r\n5\tfive\r\n", NULL, "R 2|5|five\nEND 0\n");
+    assert_string_equal(note_of("h.tsv", "QID\tQuestion\r\n5\tfive\r\n"), "");
+    expect_log("t.tsv", "post\ttitle\n5\tfive\n", NULL, "R 2|5|five\nEND 0\n");
+    expect_log("i.tsv", "question_id\tsomething\n5\tfive\n", NULL, "R 2|5|five\nEND 0\n");
+    /* An empty text is told apart from other refusals (the import counts it as empty). */
+    {
+        const char *in = "qid\tquestion\n1\t \n2\n";
+        const char *path = put("e.tsv", in, strlen(in));
+        qd_dump *d = NULL;
+        char err[QD_ERRMSG_MAX];
+        qd_dump_rec r;
+        assert_int_equal(qd_dump_open(path, NULL, &d, err, sizeof err), 0);
+        assert_int_equal(qd_dump_next(d, &r), QD_ERR_FORMAT);
+        assert_int_equal(qd_dump_last_empty(d), 1);
+        assert_int_equal(qd_dump_next(d, &r), QD_ERR_FORMAT); /* one field: malformed */
+        assert_int_equal(qd_dump_last_empty(d), 0);
+        qd_dump_close(d);
+    }
+    /* Given as TSV, a first line of three fields is a malformed first record, not a
+     * header. */
+    qd_dump_opts o = qd_dump_opts_default();
+    o.format = QD_DUMP_TSV;
+    expect_log("x.tsv", "1\ta\tb\n2\tok\n", &o,
+               "E x.tsv:1: expected 2 fields, got 3\nR 2|2|ok\nEND 0\n");
+}
+
 static void test_tsv_malformed(void **state)
 {
     (void)state;
@@ -1130,6 +1185,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format_names),
         cmocka_unit_test(test_tsv_basic),
+        cmocka_unit_test(test_tsv_header_detection),
         cmocka_unit_test(test_tsv_malformed),
         cmocka_unit_test(test_csv_quoting),
         cmocka_unit_test(test_csv_malformed),

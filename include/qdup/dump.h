@@ -22,8 +22,10 @@
  *          seen both flavours read the same. The set of seen qids grows with the
  *          number of distinct qids (a 32-byte slot in a table at most 70% full,
  *          plus the qid's bytes).
- *   tsv    Two tab-separated columns, any two-column header (e.g. "qid question"),
- *          no quoting.
+ *   tsv    Two tab-separated columns, no quoting. The first line is a header when it
+ *          names the columns (an id column: qid, id, question_id, ...; or a text
+ *          column: question, text, title, ...), else it is the first question and
+ *          qd_dump_note() says so.
  *   csv    RFC 4180: a header row, the id and text columns chosen by name (id_col,
  *          text_col), fields separated by commas, quoted with doubled inner quotes,
  *          quoted fields may span lines. Parsed with libcsv in strict mode; spaces
@@ -137,6 +139,15 @@ int qd_dump_next(qd_dump *d, qd_dump_rec *rec);
 
 /* The message of the last QD_ERR_FORMAT or fatal error ("" if none). */
 const char *qd_dump_errmsg(const qd_dump *d);
+
+/* 1 if the record the last QD_ERR_FORMAT refused had an empty text ("" or white space
+ * only): importers count those as empty rather than malformed. */
+int qd_dump_last_empty(const qd_dump *d);
+
+/* A remark on how the file is read, to show the user ("" if none): a two-column TSV
+ * without a header line ("file:1: no header line ...: the first line is read as a
+ * question"). Set at open. */
+const char *qd_dump_note(const qd_dump *d);
 
 /* The format being read (never QD_DUMP_AUTO once open). */
 qd_dump_format qd_dump_format_of(const qd_dump *d);

@@ -80,7 +80,7 @@ typedef struct qd_ingest_tally {
     uint64_t dup_id;     /* id repeated in the input, or live without replace */
     uint64_t dup_text;   /* same normalized text as another question (skipped) */
     uint64_t reposts;    /* same normalized text, kept (keep_identical) */
-    uint64_t empty;      /* no tokens */
+    uint64_t empty;      /* empty texts ("" or white space) and texts without words */
     uint64_t replaced;   /* replaced a live row, or an earlier record of the input */
     uint64_t shown;      /* skip messages counted (printed up to max_report) */
 } qd_ingest_tally;

@@ -49,4 +49,25 @@ with tempfile.TemporaryDirectory(prefix="qdup-cli.") as tmp:
                         os.path.join(tmp, "x.db"), tmp], capture_output=True, text=True)
     check(r.returncode != 0 and "is a directory" in r.stderr, "build: a directory is not a dump")
 
+    # The import summary counts empty texts as empty (not malformed); a JSON Lines
+    # line of white space is skipped like a blank one.
+    model = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
+                         "fwd_pool.qdm")
+    dumps = {"s.tsv": "qid\tquestion\n1\tHow do I learn Python?\n2\t\n3\t   \n"
+                      "4\tWhat is love?\n",
+             "s.jsonl": '{"id":"1","text":"a b"}\n   \t\n\n{"id":"2","text":""}\n'
+                        '{"id":"3","text":"c d"}\n'}
+    want = {"s.tsv": "4 records read from 1 file, 2 indexed, 2 skipped (0 malformed, 0 "
+                     "duplicate id, 0 duplicate text, 2 empty)",
+            "s.jsonl": "3 records read from 1 file, 2 indexed, 1 skipped (0 malformed, 0 "
+                       "duplicate id, 0 duplicate text, 1 empty)"}
+    for name, content in dumps.items():
+        path = os.path.join(tmp, name)
+        with open(path, "w") as f:
+            f.write(content)
+        r = subprocess.run([index, "build", "--model", model, "--db",
+                            os.path.join(tmp, name + ".db"), path], capture_output=True, text=True)
+        check(r.returncode == 0 and want[name] in r.stderr and "invalid JSON" not in r.stderr,
+              "summary of %s: %s" % (name, want[name]))
+
 finish()
