@@ -456,20 +456,29 @@ static size_t split_header(char *s, size_t len, char delim, char **f, size_t *fl
     }
 }
 
+/* The first non-empty line into ln; at the end of the input, QD_ERR_FORMAT with
+ * "NAME: empty input: " and `why`. */
+static int first_line(qd_dump *d, qd_rowread_line *ln, const char *why)
+{
+    int r;
+    do {
+        r = line_next(d, ln);
+        if (r < 0)
+            return r;
+        if (r == 0)
+            return set_msg(d, QD_ERR_FORMAT, "%s: empty input: %s", d->name, why);
+    } while (!ln->too_long && ln->len == 0);
+    return 0;
+}
+
 /* AUTO without a telling extension: looks at the first non-blank line, then queues
  * it to be read again. */
 static int sniff_format(qd_dump *d)
 {
     qd_rowread_line ln;
-    int r;
-    do {
-        r = line_next(d, &ln);
-        if (r < 0)
-            return r;
-        if (r == 0)
-            return set_msg(d, QD_ERR_FORMAT,
-                           "%s: empty input: cannot tell its format (give one)", d->name);
-    } while (!ln.too_long && ln.len == 0);
+    int r = first_line(d, &ln, "cannot tell its format (give one)");
+    if (r < 0)
+        return r;
     if (ln.too_long)
         return set_msg(d, QD_ERR_FORMAT,
                        "%s:%llu: first line of %zu bytes is over the limit of %zu", d->name,
@@ -524,14 +533,9 @@ static int tsv_header(qd_dump *d)
     static const char *const text_names[] = {"question", "text", "title", "body", "question1",
                                              "question_text", "content", NULL};
     qd_rowread_line ln;
-    int r;
-    do {
-        r = line_next(d, &ln);
-        if (r < 0)
-            return r;
-        if (r == 0)
-            return set_msg(d, QD_ERR_FORMAT, "%s: empty input: no header line", d->name);
-    } while (!ln.too_long && ln.len == 0);
+    int r = first_line(d, &ln, "no header line");
+    if (r < 0)
+        return r;
     qd_rowread_set_expect(d->rr, 2);
     if (ln.too_long) /* not a header: reported as the first record's error */
         return 0;
