@@ -8,14 +8,16 @@
  *   qdup-index search  --db DB [-k N] [--json] TEXT...
  *   qdup-index info | verify | export | compact --db DB
  *
- * build and add read every dump completely first (reporting each malformed record as
+ * build and add are the import pipeline of ingest.c (ingest.h) behind this command
+ * line: read every dump completely first (reporting each malformed record as
  * "file:line: reason", the first --max-report of them verbatim, then a count), drop
- * repeated ids, and hand the rest to the store as one batch: the store refuses exact
- * duplicates (same token sequence), encodes on all cores and commits the batch in one
- * SQLite transaction, so a killed add leaves the index as it was or with the whole
- * batch. build fills a fresh store under a temporary name beside DB and installs it
- * (qd_store_install: database first, then FAISS file) only when it is complete; the
- * previous index stays usable until then, whatever happens to the process.
+ * repeated ids, ask the store which records it keeps (it refuses exact duplicates:
+ * same token sequence), encode those on all cores and hand them to the store as one
+ * batch, which it commits in one SQLite transaction, so a killed add leaves the index
+ * as it was or with the whole batch. build fills a fresh store under a temporary
+ * name beside DB and installs it (qd_store_install: database first, then FAISS file)
+ * only when it is complete; the previous index stays usable until then, whatever
+ * happens to the process.
  *
  * Exit status: 0 success, 1 failure (or problems found by verify, or ids not found by
  * remove), 2 bad usage.
