@@ -302,12 +302,59 @@ static void test_map(void **state)
     assert_int_equal(groups, 0);
 }
 
+/* qdup-train --init and --head-only from the command line, on the made-up forum. */
+static void test_command_line(void **state)
+{
+    (void)state;
+    const char *forum = write_forum();
+    char base[4096], out[4096], head[4096], cmd[16384];
+    snprintf(base, sizeof base, "%s/fwd_ngram.qdm", qt_fixtures_dir());
+    snprintf(out, sizeof out, "%s/forum.qdm", qt_tmp_dir());
+    snprintf(head, sizeof head, "%s/forum_head.qdm", qt_tmp_dir());
+    snprintf(cmd, sizeof cmd, "'%s/qdup-train' --init '%s' --train '%s' --valid '%s' --out '%s' "
+             "--duplicate-grades 2 --batch 4 --epochs 2 --min-count 1 --threads 1 --quiet "
+             ">/dev/null 2>&1", qt_bin_dir(), base, forum, forum, out);
+    assert_int_equal(system(cmd), 0);
+    qd_model *b, *m, *h;
+    assert_int_equal(qd_model_load(base, &b, err, sizeof err), 0);
+    if (qd_model_load(out, &m, err, sizeof err))
+        fail_msg("%s", err);
+    /* A new model: more words, its own fingerprint. */
+    assert_true(qd_model_header(m)->vocab > qd_model_header(b)->vocab);
+    assert_string_not_equal(qd_model_fingerprint(m), qd_model_fingerprint(b));
+    /* --head-only keeps the vectors: same fingerprint, a fitted scoring. */
+    snprintf(cmd, sizeof cmd, "'%s/qdup-train' --init '%s' --head-only --train '%s' --valid "
+             "'%s' --out '%s' --threads 1 --quiet >/dev/null 2>&1", qt_bin_dir(), out, forum,
+             forum, head);
+    assert_int_equal(system(cmd), 0);
+    if (qd_model_load(head, &h, err, sizeof err))
+        fail_msg("%s", err);
+    assert_string_equal(qd_model_fingerprint(h), qd_model_fingerprint(m));
+    assert_int_equal(qd_model_get_scoring(h)->fitted, 1);
+    /* Grades asked of a file without them: refused, nothing written. */
+    const char *plain = qt_path(qt_tmp_dir(), "plain.tsv");
+    const char text[] = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+                        "0\t1\t2\ta b\tb a\t1\n";
+    qt_write_file(plain, text, sizeof text - 1);
+    char *x = strdup(qt_path(qt_tmp_dir(), "never.qdm"));
+    snprintf(cmd, sizeof cmd, "'%s/qdup-train' --init '%s' --train '%s' --valid '%s' --out '%s' "
+             "--skip-grades 1 >/dev/null 2>&1", qt_bin_dir(), base, plain, forum, x);
+    assert_int_not_equal(system(cmd), 0);
+    FILE *f = fopen(x, "rb");
+    assert_null(f);
+    free(x);
+    qd_model_free(b);
+    qd_model_free(m);
+    qd_model_free(h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_map),
         cmocka_unit_test(test_grades),
         cmocka_unit_test(test_new_word_learned),
+        cmocka_unit_test(test_command_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
