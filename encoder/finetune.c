@@ -20,8 +20,8 @@ void qd_finetune_recipe(qd_train_opts *o)
     o->batch = 16;
     o->hard_negatives = 64;
     o->lr = 0.001f;
-    o->epochs = 5;
-    o->patience = 2;
+    o->epochs = 8;
+    o->patience = 3;
 }
 
 int qd_finetune_extend(const qd_model *base, const qd_vocab *words, uint32_t max_tokens,
