@@ -526,7 +526,7 @@ void qd_model_scoring_default(qd_model_scoring *s)
     s->fusion = 0.6f;
     s->bm25.k1 = 0.9f;
     s->bm25.b = 0.4f;
-    s->candidates = 200;
+    s->candidates = 50;
     /* Platt scaling of the cosine, fitted on the shared valid.tsv with the shared
      * default model (qdup-train's fit there chose these); its operating point. */
     s->head.features = 1;

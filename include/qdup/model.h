@@ -111,8 +111,8 @@ typedef struct qd_model_scoring {
 #define QD_MODEL_DEFAULT_PLATT_B (-4.7028f)
 #define QD_MODEL_DEFAULT_MIN_P 0.4615f
 
-/* The scoring of a model that has none fitted: a = 0.6, k1 = 0.9, b = 0.4, 200
- * candidates (what the issue measured with the shared default model), and a head of
+/* The scoring of a model that has none fitted: a = 0.6, k1 = 0.9, b = 0.4, 50
+ * candidates (what qdup-train chose with the shared default model), and a head of
  * Platt scaling fitted on the shared validation split with that model; only a
  * starting point: a model's own fitted scoring replaces all of it. */
 void qd_model_scoring_default(qd_model_scoring *s);
