@@ -176,6 +176,16 @@ int qd_metrics_format(const qd_store_info *in, const qd_proto_stats *st, char **
         gauge(&b, "qdup_db_bytes", "Size of the SQLite database with its WAL.",
               (double)in->db_bytes);
         gauge(&b, "qdup_faiss_bytes", "Size of the FAISS file.", (double)in->faiss_bytes);
+        gauge(&b, "qdup_checkpoint_failing",
+              "1 while saving the FAISS file fails (a full disk): served from memory.",
+              (double)in->checkpoint_failing);
+        counter(&b, "qdup_checkpoint_failures_total", "Index checkpoints that failed.",
+                in->checkpoint_failures);
+        gauge(&b, "qdup_unsaved_bytes",
+              "Estimated bytes of changes not yet in the FAISS file (in SQLite).",
+              (double)in->unsaved_bytes);
+        gauge(&b, "qdup_readonly", "1 if the store is open read-only (writes refused).",
+              (double)in->readonly);
     }
     if (!b.p)
         put(&b, "%s", "");
