@@ -348,6 +348,51 @@ static void test_command_line(void **state)
     qd_model_free(h);
 }
 
+/* qdup-eval scores a graded file with the task's MAP beside the AUC. */
+static void test_eval_map(void **state)
+{
+    (void)state;
+    const char *forum = write_forum();
+    char dir[4096], model[4096], cmd[16384], line[1024];
+    snprintf(dir, sizeof dir, "%s/evaldata", qt_tmp_dir());
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s' '%s/valid.tsv' && cp '%s' '%s/test.tsv'",
+             dir, forum, dir, forum, dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(model, sizeof model, "%s/fwd_ngram.qdm", qt_fixtures_dir());
+    snprintf(cmd, sizeof cmd, "'%s/qdup-eval' --model '%s' --data '%s' --pairs '%s' "
+             "--no-retrieval --threads 1 2>/dev/null", qt_bin_dir(), model, dir, forum);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    double map = -1;
+    size_t groups = 0;
+    while (fgets(line, sizeof line, f)) {
+        /* The pair metrics' row (the calibration table's row has no "over"). */
+        const char *m = strncmp(line, "forum.tsv ", 10) == 0 ? strstr(line, "MAP ") : NULL;
+        double v;
+        size_t g;
+        if (m && map < 0 && sscanf(m, "MAP %lf over %zu", &v, &g) == 2) {
+            map = v;
+            groups = g;
+        }
+    }
+    assert_int_equal(pclose(f), 0);
+    qd_pairs *p;
+    qd_model *mo;
+    assert_int_equal(qd_pairs_load(forum, NULL, NULL, &p, err, sizeof err), 0);
+    assert_int_equal(qd_model_load(model, &mo, err, sizeof err), 0);
+    float *s = malloc(p->n * sizeof *s);
+    assert_int_equal(qd_score_pairs(mo, p, 1, s), 0);
+    size_t want_groups;
+    double want = qd_pairs_map(s, p->qid1, p->grade, p->n, 1, &want_groups);
+    printf("# qdup-eval MAP %.4f over %zu groups, expected %.4f over %zu\n", map, groups, want,
+           want_groups);
+    qt_assert_near(map, want, 1e-4);
+    assert_int_equal(groups, want_groups);
+    free(s);
+    qd_model_free(mo);
+    qd_pairs_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -355,6 +400,7 @@ int main(void)
         cmocka_unit_test(test_grades),
         cmocka_unit_test(test_new_word_learned),
         cmocka_unit_test(test_command_line),
+        cmocka_unit_test(test_eval_map),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
