@@ -2,9 +2,10 @@
  * memidx.h - a small in-memory question index behind the handler's backend interface
  * (proto.h): the store's semantics without SQLite, FAISS or files.
  *
- * It exists so that the request handler can be exercised without a database: the unit
- * tests of the protocol, fuzz harnesses ("one line in, one reply out against a small
- * in-memory index"), and qdup-daemon --ephemeral. Search is a brute-force scan, fine
+ * It exists so that the request handler can be exercised without a database: fuzz
+ * harnesses ("one line in, one reply out against a small in-memory index"), qdup-daemon
+ * --ephemeral, and test_proto_memidx (the protocol tests, which run against a real
+ * store as test_proto, with the same assertions). Search is a brute-force scan, fine
  * for thousands of questions, not for the real data.
  *
  * Same outcomes as the store (store.h) for the same calls: an id is unique among live
