@@ -39,8 +39,9 @@ static void usage(FILE *f)
             "  remove ID                               remove it\n"
             "  get ID                                  show it\n"
             "  check [-k N] [--min-score X] [--no-store] ID TEXT...\n"
-            "                                          duplicates of a new post (score >=\n"
-            "                                          0.8 unless --min-score), then store it\n"
+            "                                          the k best matches of a new post, a\n"
+            "                                          \"*\" marking duplicates (p_duplicate\n"
+            "                                          >= the model's min_p), then store it\n"
             "  stats [--prometheus]                    the daemon's counters and latencies;\n"
             "                                          --prometheus: the Prometheus text\n"
             "                                          format (op \"metrics\")\n"
@@ -51,7 +52,7 @@ static void usage(FILE *f)
             "  --json              print the reply line as it came (one JSON object)\n"
             "  --timeout SECONDS   give up waiting for the reply (default 60)\n"
             "  -k N                results wanted (query: 10, check: 5)\n"
-            "  --min-score X       only results with cosine score >= X (-1 .. 1)\n"
+            "  --min-score X       only results whose cosine is >= X (-1 .. 1)\n"
             "  --no-store          check: only look for duplicates\n"
             "  --help              this text\n\n"
             "exit status: 0 ok, 1 the daemon answered with an error, 2 anything else\n");
@@ -196,8 +197,10 @@ static void print_hits(json_t *a)
         return;
     }
     json_array_foreach(a, i, h) {
-        json_t *sc = json_object_get(h, "score");
-        printf("%.4f  %s  %s\n", json_is_number(sc) ? json_number_value(sc) : 0.0,
+        json_t *sc = json_object_get(h, "score"), *p = json_object_get(h, "p_duplicate");
+        printf("%.4f  p=%.2f%s  %s  %s\n", json_is_number(sc) ? json_number_value(sc) : 0.0,
+               json_is_number(p) ? json_number_value(p) : 0.0,
+               json_is_true(json_object_get(h, "duplicate")) ? " *" : "",
                str_or(h, "id", "?"), str_or(h, "text", ""));
     }
 }
