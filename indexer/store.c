@@ -220,6 +220,56 @@ static int st_new(const char *db_path, const qd_store_opts *o, qd_store **out, c
     return 0;
 }
 
+/* The real path of the directory holding db_path into dir. */
+static int st_db_dir(const char *db_path, char *dir, size_t dirlen)
+{
+    char copy[PATH_MAX];
+    if (snprintf(copy, sizeof copy, "%s", db_path) >= (int)sizeof copy)
+        return -1;
+    char *slash = strrchr(copy, '/');
+    if (slash == copy)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(copy, sizeof copy, ".");
+    char real[PATH_MAX];
+    if (!realpath(copy, real) || strlen(real) >= dirlen)
+        return -1;
+    memcpy(dir, real, strlen(real) + 1);
+    return 0;
+}
+
+/* How meta remembers the model at model_abs: relative to the database's directory when
+ * the model lies there or below (the two then move together: a directory copied or
+ * renamed whole still finds its model), else absolute. */
+static void st_model_ref(const char *db_path, const char *model_abs, char *out, size_t outlen)
+{
+    char dir[PATH_MAX];
+    size_t n;
+    if (st_db_dir(db_path, dir, sizeof dir) == 0 && (n = strlen(dir)) > 1 &&
+        strncmp(model_abs, dir, n) == 0 && model_abs[n] == '/')
+        snprintf(out, outlen, "%s", model_abs + n + 1);
+    else
+        snprintf(out, outlen, "%s", model_abs);
+}
+
+/* The file a remembered model reference names: a relative one from the database's
+ * directory (not the current one). */
+static void st_model_resolve(const char *db_path, const char *ref, char *out, size_t outlen)
+{
+    char dir[PATH_MAX];
+    size_t n;
+    if (ref[0] != '/' && st_db_dir(db_path, dir, sizeof dir) == 0 &&
+        (n = strlen(dir)) + 1 + strlen(ref) < outlen) {
+        memcpy(out, dir, n);
+        out[n] = '/';
+        memcpy(out + n + 1, ref, strlen(ref) + 1);
+    } else {
+        snprintf(out, outlen, "%s", ref);
+    }
+}
+
 /* Loads the model at path into s, remembering its absolute path. */
 static int st_load_model(qd_store *s, const char *path, char *err, size_t errlen)
 {
@@ -305,8 +355,10 @@ int qd_store_create(const char *db_path, const qd_store_opts *o, qd_store **out,
         rc = st_meta_set(s, "index_spec", 't', 0, s->spec, 0);
     if (!rc)
         rc = st_meta_set(s, "model_fingerprint", 't', 0, s->fingerprint, 0);
+    char model_ref[PATH_MAX];
+    st_model_ref(db_path, s->model_path, model_ref, sizeof model_ref);
     if (!rc)
-        rc = st_meta_set(s, "model_path", 't', 0, s->model_path, 0);
+        rc = st_meta_set(s, "model_path", 't', 0, model_ref, 0);
     if (!rc)
         rc = st_meta_set(s, "seq", 'i', 0, NULL, 0);
     if (!rc)
@@ -479,14 +531,21 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
     s->seq = (uint64_t)seq;
     s->faiss_seq = (uint64_t)faiss_seq;
 
-    const char *model_path = o && o->model_path ? o->model_path : meta_model;
+    char meta_file[2 * PATH_MAX];
+    st_model_resolve(db_path, meta_model, meta_file, sizeof meta_file);
+    const char *model_path = o && o->model_path ? o->model_path : meta_file;
     rc = st_load_model(s, model_path, err, errlen);
     if (rc) {
         if (!(o && o->model_path)) {
             char inner[QD_ERRMSG_MAX];
             snprintf(inner, sizeof inner, "%s", err);
-            qd_errf(err, errlen, rc, "%s: the index's model cannot be loaded (%s); pass "
-                    "--model", db_path, inner);
+            if (meta_model[0] != '/')
+                qd_errf(err, errlen, rc, "%s: the index's model cannot be loaded (%s; "
+                        "remembered as %s, relative to the index's directory); pass "
+                        "--model", db_path, inner, meta_model);
+            else
+                qd_errf(err, errlen, rc, "%s: the index's model cannot be loaded (%s); pass "
+                        "--model", db_path, inner);
         }
         goto fail;
     }
@@ -509,14 +568,16 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
     sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL); /* ends the read transaction */
     st_kind(s);
 
+    char model_ref[PATH_MAX];
+    st_model_ref(db_path, s->model_path, model_ref, sizeof model_ref);
     if (!s->readonly) {
         rc = 0;
-        if (strcmp(s->model_path, meta_model) != 0) {
+        if (strcmp(model_ref, meta_model) != 0) {
             /* Remember where the model is now (it was moved, or --model named it). */
             if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
                 rc = st_dbfail(s->db, db_path, "starting a transaction");
             if (!rc)
-                rc = st_meta_set(s, "model_path", 't', 0, s->model_path, 0);
+                rc = st_meta_set(s, "model_path", 't', 0, model_ref, 0);
             if (!rc && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
                 rc = st_dbfail(s->db, db_path, "recording the model path");
             if (rc)

@@ -49,6 +49,31 @@ with tempfile.TemporaryDirectory(prefix="qdup-cli.") as tmp:
                         os.path.join(tmp, "x.db"), tmp], capture_output=True, text=True)
     check(r.returncode != 0 and "is a directory" in r.stderr, "build: a directory is not a dump")
 
+    # A store moved with the model beside it still finds it (the path is remembered
+    # relative to the store's directory); a missing one is named where it was looked for.
+    a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")
+    os.mkdir(a)
+    src_model = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
+                             "fwd_pool.qdm")
+    with open(src_model, "rb") as f, open(os.path.join(a, "m.qdm"), "wb") as g:
+        g.write(f.read())
+    questions = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "clients",
+                             "questions.tsv")
+    r = subprocess.run([index, "build", "--model", os.path.join(a, "m.qdm"), "--db",
+                        os.path.join(a, "q.db"), questions], capture_output=True, text=True)
+    check(r.returncode == 0, "a store built with the model beside it")
+    os.rename(a, b)
+    r = subprocess.run([index, "info", "--db", os.path.join(b, "q.db")], capture_output=True,
+                       text=True)
+    check(r.returncode == 0 and os.path.join(b, "m.qdm") in r.stdout,
+          "moved with its model, the store finds it there")
+    os.rename(os.path.join(b, "m.qdm"), os.path.join(b, "elsewhere.qdm"))
+    r = subprocess.run([index, "info", "--db", os.path.join(b, "q.db")], capture_output=True,
+                       text=True)
+    check(r.returncode != 0 and os.path.join(b, "m.qdm") in r.stderr and
+          "relative to the index's directory" in r.stderr,
+          "a missing model: the error says where it looked (%s)" % r.stderr.strip())
+
     # The import summary counts empty texts as empty (not malformed); a JSON Lines
     # line of white space is skipped like a blank one.
     model = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
