@@ -729,7 +729,8 @@ int main(int argc, char **argv)
     double p50[2], p99[2], mx[2];
     for (int i = 0; i < 2; i++) {
         good_t *g = &good[i];
-        qsort(g->lat, g->nlat, sizeof *g->lat, cmp_double);
+        if (g->nlat) /* lat is NULL when no answer came: qsort must not see it */
+            qsort(g->lat, g->nlat, sizeof *g->lat, cmp_double);
         p50[i] = pct(g->lat, g->nlat, 50);
         p99[i] = pct(g->lat, g->nlat, 99);
         mx[i] = g->nlat ? g->lat[g->nlat - 1] : 0;
