@@ -20,7 +20,10 @@
  * 10.7 ms; threshold 1: 2.5-2.9, 6.9-7.1, 8.1-8.6 and 10.4-10.8 ms. The cost at
  * threshold 1 grows with the number of queries, so padding a batch (--search-pad,
  * which made 2..19 queries cost what 20 do under the old threshold) only adds work
- * and is off by default.
+ * and is off by default. All of this is for FAISS's own exact search, which a Flat
+ * index uses only with --param flatscan=0: by default qd_ann answers exact searches from
+ * its 8-bit scan (flatscan.h), where a batch costs little more per query than one
+ * query alone and padding would only add work.
  */
 #include <errno.h>
 #include <grp.h>
@@ -705,8 +708,9 @@ int main(int argc, char **argv)
                 long thr = c.blas_threshold >= 0 ? c.blas_threshold : 1;
                 qd_ann_set_blas_threshold((int)thr);
                 pad = thr > 1 ? (size_t)thr : thr == 0 ? 20 : 0;
-                qd_log(QD_LOG_INFO, "exact search: BLAS threshold %ld queries "
-                        "per call, searches padded to %zu", thr ? thr : 20,
+                qd_log(QD_LOG_INFO, "exact search: 8-bit scan with exact re-scoring "
+                        "(FAISS's with --param flatscan=0: BLAS threshold %ld queries per "
+                        "call, searches padded to %zu)", thr ? thr : 20,
                         c.search_pad >= 0 ? (size_t)c.search_pad : pad);
             } else if (c.blas_threshold >= 0) {
                 qd_ann_set_blas_threshold((int)c.blas_threshold);

@@ -8,14 +8,14 @@
 # needs python3-torch and python3-faiss (apt-get install python3-torch python3-faiss).
 #
 # usage: tools/peer_bench.sh [--index Flat|HNSW32] [--ef N] [--clients "1 8"]
-#                            [--requests N] [--runs N] [--db DB] [--model MODEL]
+#                            [--requests N] [--warmup N] [--runs N] [--db DB] [--model MODEL]
 #                            [--questions TSV] [--peer PY] [--build DIR]
 # The store (--db) is built with qdup-index from the questions if it does not exist yet
 # (default models/peer-INDEX.db). Prints the qdup-load RESULT lines, then the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-index=Flat ef=16 clients="1 8" requests=6000 runs=3 db="" build=build
+index=Flat ef=16 clients="1 8" requests=6000 warmup=500 runs=3 db="" build=build
 model=models/default.qdm
 data=${QDUP_DATA:-../shared/data}
 questions=$data/quora/questions.tsv
@@ -26,13 +26,14 @@ while [ $# -gt 0 ]; do
     --ef) ef=$2; shift 2 ;;
     --clients) clients=$2; shift 2 ;;
     --requests) requests=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --db) db=$2; shift 2 ;;
     --model) model=$2; shift 2 ;;
     --questions) questions=$2; shift 2 ;;
     --peer) peer=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "peer_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -84,7 +85,8 @@ for r in $(seq "$runs"); do
     for c in $clients; do
         for who in qdup peer; do
             "$build/qdup-load" --socket "$tmp/$who.sock" --questions "$questions" \
-                --clients "$c" --requests "$requests" --seed "$r" --label "$who" |
+                --clients "$c" --requests "$requests" --warmup "$warmup" --seed "$r" \
+                --label "$who" |
                 tail -n 1 | tee -a "$results"
         done
     done

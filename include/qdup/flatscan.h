@@ -35,7 +35,8 @@ extern "C" {
 typedef struct qd_flatscan qd_flatscan;
 
 /* Makes an empty scan for vectors of dimension dim (1..65536), on the best kernel this
- * processor runs. QD_ERR_INVAL for a bad dim, QD_ERR_NOMEM. */
+ * processor runs, or the one named by the environment variable QDUP_FLATSCAN_KERNEL
+ * if the processor runs it (for benchmarks). QD_ERR_INVAL for a bad dim, QD_ERR_NOMEM. */
 int qd_flatscan_new(int dim, qd_flatscan **out);
 
 /* Frees it; NULL is a no-op. */
