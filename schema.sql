@@ -1,10 +1,11 @@
--- schema.sql - the qdup question store, schema version 1.
+-- schema.sql - the qdup question store, schema version 2.
 --
 -- qdup-index and qdup-daemon apply this script (compiled into the programs, see
 -- indexer/CMakeLists.txt) inside one transaction when they create a store, then
 -- fill in meta (indexer/store.c). The version below must equal
 -- QD_STORE_SCHEMA_VERSION in include/qdup/store.h; a later version of this file
--- comes with the code that migrates stores of the earlier versions.
+-- comes with the code that migrates stores of the earlier versions
+-- (indexer/verdicts.c: version 1 had no verdicts table).
 --
 -- SQLite is the truth: every question keeps its text and its vector, so the FAISS
 -- file beside the database (DB.faiss) can always be rebuilt and checked without
@@ -31,7 +32,7 @@ CREATE TABLE meta (
     value              -- any type; NULL where the comment above allows it
 ) WITHOUT ROWID;
 
-INSERT INTO meta (key, value) VALUES ('schema_version', 1);
+INSERT INTO meta (key, value) VALUES ('schema_version', 2);
 
 -- One row per question ever added and not yet compacted away. A removed question
 -- keeps its row (a tombstone: removed and removed_seq set) until compaction, so that
@@ -60,3 +61,19 @@ CREATE UNIQUE INDEX questions_live_id ON questions (ext_id) WHERE removed IS NUL
 -- For replaying the changes after the FAISS file's checkpoint at open.
 CREATE INDEX questions_seq ON questions (seq);
 CREATE INDEX questions_removed_seq ON questions (removed_seq) WHERE removed_seq IS NOT NULL;
+
+-- Moderators' verdicts on suggested duplicates (version 2): NEW was closed as a
+-- duplicate of OLD (duplicate 1), or the suggestion was dismissed (0). The texts are
+-- kept as they were when the verdict was given, so that removing or compacting a
+-- question loses nothing learned; `qdup-index verdicts` exports them as pairs for
+-- `qdup-train --init`. One verdict per (new_id, old_id): a later one replaces it.
+-- indexer/verdicts.c creates the same table when it migrates a version 1 store.
+CREATE TABLE verdicts (
+    new_id    TEXT NOT NULL,
+    new_text  TEXT NOT NULL,
+    old_id    TEXT NOT NULL,
+    old_text  TEXT NOT NULL,
+    duplicate INTEGER NOT NULL CHECK (duplicate IN (0, 1)),
+    decided   REAL NOT NULL,    -- unix time of the verdict, seconds
+    PRIMARY KEY (new_id, old_id)
+);

@@ -57,6 +57,12 @@ static int st_search_text(void *ctx, const float *q, size_t nq, const qd_store_q
     return qd_store_search_text(ctx, q, nq, o, out);
 }
 
+static int st_verdict(void *ctx, const char *new_id, size_t new_len, const char *old_id,
+                      size_t old_len, int duplicate)
+{
+    return st_write_rc(qd_store_verdict(ctx, new_id, new_len, old_id, old_len, duplicate));
+}
+
 void qd_backend_store(qd_store *st, qd_backend *be)
 {
     *be = (qd_backend){
@@ -73,5 +79,6 @@ void qd_backend_store(qd_store *st, qd_backend *be)
         .checkpoint = st_checkpoint,
         .errmsg = st_errmsg,
         .search_text = st_search_text,
+        .verdict = st_verdict,
     };
 }

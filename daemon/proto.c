@@ -67,6 +67,7 @@ static int parse_add(const qd_proto *p, qd_req *r);
 static int parse_id_only(const qd_proto *p, qd_req *r);
 static int parse_check(const qd_proto *p, qd_req *r);
 static int parse_nothing(const qd_proto *p, qd_req *r);
+static int parse_verdict(const qd_proto *p, qd_req *r);
 
 /* One op: how to parse it, which fields it takes, where it runs. */
 typedef struct cmd {
@@ -89,6 +90,7 @@ static const cmd commands[QD_OP_COUNT] = {
     {"stats", QD_OP_STATS, parse_nothing, {0}, QD_REQ_READ, 0},
     {"ping", QD_OP_PING, parse_nothing, {0}, QD_REQ_DONE, 0},
     {"metrics", QD_OP_METRICS, parse_nothing, {0}, QD_REQ_READ, 0},
+    {"verdict", QD_OP_VERDICT, parse_verdict, {"id", "of", "duplicate"}, QD_REQ_WRITE, 1},
 };
 
 const char *qd_proto_op_name(int op)
@@ -132,26 +134,32 @@ static int get_string(const qd_proto *p, qd_req *r, const char *name, size_t max
     return 0;
 }
 
-/* An external id, by the rules of input.h (ids end up in logs and in the output of
- * tools that print one per line). */
-static int get_id(const qd_proto *p, qd_req *r)
+/* An external id in field `name`, by the rules of input.h (ids end up in logs and in
+ * the output of tools that print one per line); buf (24 bytes) holds a numeric one. */
+static int get_id_field(const qd_proto *p, qd_req *r, const char *name, char *buf,
+                        const char **id, size_t *len)
 {
     char why[QD_ERRMSG_MAX];
-    json_t *v = json_object_get(r->root, "id");
+    json_t *v = json_object_get(r->root, name);
     if (json_is_integer(v)) {
         /* A number, as JSON Lines dumps may give it: stored as its decimal text. */
-        snprintf(r->id_buf, sizeof r->id_buf, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        r->id = r->id_buf;
-        r->id_len = strlen(r->id_buf);
+        snprintf(buf, sizeof r->id_buf, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        *id = buf;
+        *len = strlen(buf);
         return 0;
     }
     if (json_is_number(v))
-        return fail(r, QD_CODE_BAD_REQUEST, "\"id\" must be a string or a whole number");
-    if (get_string(p, r, "id", SIZE_MAX, QD_CODE_BAD_REQUEST, &r->id, &r->id_len))
+        return fail(r, QD_CODE_BAD_REQUEST, "\"%s\" must be a string or a whole number", name);
+    if (get_string(p, r, name, SIZE_MAX, QD_CODE_BAD_REQUEST, id, len))
         return -1;
-    if (qd_input_check_id(r->id, r->id_len, p->lim.max_id, why, sizeof why))
-        return fail(r, QD_CODE_BAD_REQUEST, "\"id\": %s", why);
+    if (qd_input_check_id(*id, *len, p->lim.max_id, why, sizeof why))
+        return fail(r, QD_CODE_BAD_REQUEST, "\"%s\": %s", name, why);
     return 0;
+}
+
+static int get_id(const qd_proto *p, qd_req *r)
+{
+    return get_id_field(p, r, "id", r->id_buf, &r->id, &r->id_len);
 }
 
 /* A text by the rules of input.h: white space only is refused like an empty text. */
@@ -301,6 +309,19 @@ static int parse_check(const qd_proto *p, qd_req *r)
     return 0;
 }
 
+static int parse_verdict(const qd_proto *p, qd_req *r)
+{
+    if (get_id(p, r) || get_id_field(p, r, "of", r->of_buf, &r->of, &r->of_len))
+        return -1;
+    json_t *v = json_object_get(r->root, "duplicate");
+    if (!json_is_boolean(v))
+        return fail(r, QD_CODE_BAD_REQUEST, "\"duplicate\" must be true or false");
+    r->duplicate = json_is_true(v);
+    if (r->id_len == r->of_len && memcmp(r->id, r->of, r->id_len) == 0)
+        return fail(r, QD_CODE_BAD_REQUEST, "\"id\" and \"of\" name the same question");
+    return 0;
+}
+
 static int parse_nothing(const qd_proto *p, qd_req *r)
 {
     (void)p;
@@ -361,7 +382,7 @@ int qd_proto_parse(const qd_proto *p, const char *line, size_t len, const qd_pee
     const cmd *c = find_cmd(json_string_value(jop), json_string_length(jop));
     if (!c) {
         fail(r, QD_CODE_UNKNOWN_OP,
-             "unknown op; the ops are query, add, remove, get, check, stats and ping");
+             "unknown op; the ops are query, add, remove, get, check, verdict, stats and ping");
         return 0;
     }
     r->op = c->op;
@@ -812,6 +833,13 @@ static void run_one(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
     case QD_OP_CHECK:
         run_check(p, ws, r);
         break;
+    case QD_OP_VERDICT:
+        if (!p->be->verdict)
+            fail(r, QD_CODE_UNAVAILABLE, "this server keeps no verdicts");
+        else if ((rc = p->be->verdict(p->be->ctx, r->id, r->id_len, r->of, r->of_len,
+                                      r->duplicate)) != 0)
+            fail_be(p, r, rc);
+        break;
     default:
         /* A parsed request of another class cannot get here (class and op match). */
         QD_ASSERT(!"request of unexpected op in run_one");
@@ -1066,6 +1094,11 @@ static json_t *reply_json(const qd_req *r, int code, const char *msg)
             break;
         case QD_OP_REMOVE:
             put(o, "id", jstr(r->id, r->id_len), &bad);
+            break;
+        case QD_OP_VERDICT:
+            put(o, "id", jstr(r->id, r->id_len), &bad);
+            put(o, "of", jstr(r->of, r->of_len), &bad);
+            put(o, "duplicate", json_boolean(r->duplicate), &bad);
             break;
         case QD_OP_GET:
             put(o, "id", jstr(r->got.ext_id, r->got.ext_id ? strlen(r->got.ext_id) : 0), &bad);

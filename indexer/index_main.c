@@ -6,7 +6,7 @@
  *   qdup-index add     --db DB [--replace] [--strict] DUMP...
  *   qdup-index remove  --db DB ID... | --ids FILE
  *   qdup-index search  --db DB [-k N] [--json] TEXT...
- *   qdup-index info | verify | export | compact --db DB
+ *   qdup-index info | verify | export | verdicts | compact --db DB
  *
  * build and add are the import pipeline of ingest.c (ingest.h) behind this command
  * line: read every dump completely first (reporting each malformed record as
@@ -744,11 +744,13 @@ static int cmd_verify(opts *o, int argc, char **argv)
     return 0;
 }
 
-static int cmd_export(opts *o, int argc, char **argv)
+/* Opens the store read-only and writes it out with `write` (export, verdicts). */
+static int export_with(opts *o, int argc, char **argv, const char *name,
+                       int (*write)(qd_store *s, FILE *f))
 {
     char tmp[PATH_MAX];
     if (argc > 0) {
-        errorf("export: unexpected argument %s", argv[0]);
+        errorf("%s: unexpected argument %s", name, argv[0]);
         return EXIT_USAGE;
     }
     qd_store *s = open_store(o, 1);
@@ -764,7 +766,7 @@ static int cmd_export(opts *o, int argc, char **argv)
             return 1;
         }
     }
-    if (qd_store_export(s, f) != 0) {
+    if (write(s, f) != 0) {
         errorf("%s", qd_store_errmsg(s));
         rc = 1;
     }
@@ -786,6 +788,16 @@ static int cmd_export(opts *o, int argc, char **argv)
     }
     qd_store_close(s);
     return rc;
+}
+
+static int cmd_export(opts *o, int argc, char **argv)
+{
+    return export_with(o, argc, argv, "export", qd_store_export);
+}
+
+static int cmd_verdicts(opts *o, int argc, char **argv)
+{
+    return export_with(o, argc, argv, "verdicts", qd_store_export_verdicts);
 }
 
 static int cmd_compact(opts *o, int argc, char **argv)
@@ -925,6 +937,15 @@ static const command commands[] = {
      "Writes every live question as {\"id\": ..., \"text\": ..., \"vector\": [...]}, one per\n"
      "line (what Milvus, Qdrant, Elasticsearch and pgvector bulk loaders take), to\n"
      "standard output or FILE.\n\n"
+     "  --db DB           the index database\n"
+     "  --out FILE        write to FILE (replaced only when complete) instead of\n"
+     "                    standard output\n"},
+    {"verdicts", cmd_verdicts, export_opts, "write moderators' verdicts as a pair file",
+     "usage: qdup-index verdicts --db DB [--out FILE]\n\n"
+     "Writes the moderators' verdicts (the daemon's verdict op) as a Quora pair file\n"
+     "(id, qid1, qid2, question1, question2, is_duplicate; question1 the post a\n"
+     "moderator closed or kept, question2 the older question, both as they were when\n"
+     "judged) for qdup-train --init, oldest first, to standard output or FILE.\n\n"
      "  --db DB           the index database\n"
      "  --out FILE        write to FILE (replaced only when complete) instead of\n"
      "                    standard output\n"},

@@ -483,6 +483,10 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
         rc = st_db_check_ours(s->db, db_path);
     if (rc || (rc = st_db_configure(s)) != 0)
         goto fail_st;
+    /* A version 1 store opened for writing becomes version 2 at once; a full disk
+     * leaves it version 1 (it opens all the same, without verdicts) until next time. */
+    if (!s->readonly && (rc = st_migrate(s)) != 0 && rc != QD_ERR_UNAVAILABLE)
+        goto fail_st;
 
     /* A read transaction over everything read at open, so that the meta values, the
      * rows and the replayed vectors all come from one state of the database even if

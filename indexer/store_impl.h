@@ -11,6 +11,7 @@
  *   storefile.c  the files: SQLite helpers and meta, vector blobs, the file suffixes,
  *                locks, probe, install, discard, the leftover temp-file sweep.
  *   verify.c     verify and export (read everything, check or write it out).
+ *   verdicts.c   moderators' verdicts: store, export, the version 1 -> 2 migration.
  *
  * Everything here is internal: names are st_* (cross-file) and nothing outside
  * indexer/ but the tests includes this header. Locking rules are those of store.c's
@@ -237,5 +238,11 @@ int st_meta_text(qd_store *s, const char *key, char *buf, size_t len);
 /* meta[key] = value; kinds: 'i' integer, 't' text, 'r' real, 'n' NULL. */
 int st_meta_set(qd_store *s, const char *key, char kind, int64_t ival, const char *text,
                 double rval);
+
+/* --- verdicts (verdicts.c) ------------------------------------------------------------- */
+
+/* Upgrades a version 1 store to version 2 (adds the verdicts table) in one
+ * transaction; a store of any other version is left as it is. Writable opens only. */
+int st_migrate(qd_store *s);
 
 #endif

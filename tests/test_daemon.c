@@ -31,6 +31,7 @@
 
 #include "qdup/common.h"
 #include "qdup/ingest.h"
+#include "qdup/pairs.h"
 #include "qdup/store.h"
 #include "testutil.h"
 
@@ -1419,6 +1420,66 @@ static void test_forbidden_writes(void **state)
     assert_true(file_has(log, want));
 }
 
+/* Moderators' verdicts through the daemon: stored with both texts, kept when a
+ * question is removed, exported by qdup-index verdicts as pairs qdup-train reads. */
+static void test_verdicts(void **state)
+{
+    (void)state;
+    char db[4096], sock[4096], log[4096], out[4096], cmd[16384], err[QD_ERRMSG_MAX];
+    snprintf(db, sizeof db, "%s", qt_path(qt_tmp_dir(), "verdicts.db"));
+    snprintf(sock, sizeof sock, "%s", qt_path(qt_tmp_dir(), "verdicts.sock"));
+    snprintf(log, sizeof log, "%s", qt_path(qt_tmp_dir(), "verdicts.log"));
+    snprintf(out, sizeof out, "%s", qt_path(qt_tmp_dir(), "verdicts.tsv"));
+    make_store(db, 20);
+    const char *args[] = {"--db", db, NULL};
+    pid_t pid = start_daemon(sock, log, args, NULL);
+    conn c;
+    assert_int_equal(conn_open(&c, sock), 0);
+    json_t *j = rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s1\",\"of\":\"s0\",\"duplicate\":true}");
+    assert_true(is_ok(j));
+    assert_string_equal(json_string_value(json_object_get(j, "id")), "s1");
+    assert_string_equal(json_string_value(json_object_get(j, "of")), "s0");
+    assert_true(json_is_true(json_object_get(j, "duplicate")));
+    json_decref(j);
+    expect_ok(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s2\",\"of\":\"s0\",\"duplicate\":false}"));
+    expect_ok(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s3\",\"of\":\"s4\",\"duplicate\":true}"));
+    /* The same pair again: the later verdict replaces the earlier. */
+    expect_ok(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s3\",\"of\":\"s4\",\"duplicate\":false}"));
+    expect_code(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s1\",\"of\":\"gone\",\"duplicate\":true}"),
+                "not_found");
+    expect_code(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s1\",\"of\":\"s1\",\"duplicate\":true}"),
+                "bad_request");
+    expect_code(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s1\",\"of\":\"s0\",\"duplicate\":1}"),
+                "bad_request");
+    expect_code(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s1\",\"duplicate\":true}"),
+                "bad_request");
+    expect_ok(rpcf(&c, "{\"op\":\"remove\",\"id\":\"s0\"}"));
+    expect_code(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s5\",\"of\":\"s0\",\"duplicate\":true}"),
+                "not_found");
+    conn_close(&c);
+    assert_int_equal(stop_daemon(pid, SIGTERM), 0);
+
+    snprintf(cmd, sizeof cmd, "%s verdicts --db %s --out %s", bin("qdup-index"), db, out);
+    assert_int_equal(system(cmd), 0);
+    qd_pairs *p = NULL;
+    if (qd_pairs_load(out, NULL, NULL, &p, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(p->n, 3);
+    const unsigned want_new[3] = {1, 2, 3}, want_old[3] = {0, 0, 4};
+    const int want_dup[3] = {1, 0, 0};
+    for (size_t i = 0; i < 3; i++) {
+        char t1[64], t2[64];
+        qtext(t1, sizeof t1, want_new[i]);
+        qtext(t2, sizeof t2, want_old[i]);
+        assert_string_equal(p->q1[i], t1);
+        assert_string_equal(p->q2[i], t2); /* s0's text, though s0 was removed */
+        assert_int_equal(p->dup[i], want_dup[i]);
+    }
+    assert_int_equal(p->qid2[0], p->qid2[1]);
+    assert_true(p->qid1[0] != p->qid1[1]);
+    qd_pairs_free(p);
+}
+
 /* The same against a real store holding questions: a forbidden remove of a live
  * question, add, and check with store (implicit or explicit) change nothing, neither
  * what the daemon answers nor what is on disk. */
@@ -1447,6 +1508,8 @@ static void test_forbidden_store_unchanged(void **state)
                 "forbidden");
     expect_code(rpcf(&c, "{\"op\":\"check\",\"id\":\"f11\",\"text\":\"w35\",\"store\":true}"),
                 "forbidden");
+    expect_code(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s3\",\"of\":\"s2\",\"duplicate\":true}"),
+                "forbidden");
     expect_ok(rpcf(&c, "{\"op\":\"get\",\"id\":\"s3\"}"));
     expect_code(rpcf(&c, "{\"op\":\"get\",\"id\":\"f9\"}"), "not_found");
     expect_code(rpcf(&c, "{\"op\":\"get\",\"id\":\"f10\"}"), "not_found");
@@ -1460,7 +1523,7 @@ static void test_forbidden_store_unchanged(void **state)
     json_t *st = json_object_get(j, "stats");
     assert_int_equal(json_integer_value(json_object_get(st, "questions")), 20);
     assert_int_equal(json_integer_value(json_object_get(st, "seq")), seq);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "errors"), "forbidden")), 4);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "errors"), "forbidden")), 5);
     json_decref(j);
     conn_close(&c);
     assert_int_equal(stop_daemon(pid, SIGTERM), 0);
@@ -1969,6 +2032,7 @@ int main(void)
         cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_forbidden_writes),
         cmocka_unit_test(test_forbidden_store_unchanged),
+        cmocka_unit_test(test_verdicts),
         cmocka_unit_test(test_peer_credentials),
         cmocka_unit_test(test_fair_dispatch),
         cmocka_unit_test(test_cancel_on_close),

@@ -3,7 +3,8 @@
  * remove, replace and duplicate rules, reopen, crash recovery (a forked child that
  * dies without closing, or between writing the FAISS file and recording it), verify
  * catching damaged and inconsistent FAISS files, tombstones with HNSW and compaction,
- * IVF and SQ8, model fingerprints, schema versions, the writer lock, export,
+ * IVF and SQ8, model fingerprints, schema versions (the version 1 -> 2 migration), the
+ * writer lock, export, moderators' verdicts and their pair file,
  * concurrent searches during adds, and allocation failures.
  *
  * Questions are made from the fixture model's vocabulary ("w2".."w39"), so every
@@ -30,6 +31,7 @@
 #include "qdup/fileio.h"
 #include "qdup/ingest.h"
 #include "qdup/model.h"
+#include "qdup/pairs.h"
 #include "qdup/store.h"
 #include "testutil.h"
 
@@ -983,9 +985,9 @@ static void test_not_a_store(void **state)
     const char *db = new_db("newer");
     s = create(db, NULL);
     qd_store_close(s);
-    sql(db, "UPDATE meta SET value = 2 WHERE key = 'schema_version'", "");
+    sql(db, "UPDATE meta SET value = 3 WHERE key = 'schema_version'", "");
     assert_int_equal(qd_store_open(db, &o, &s, err, sizeof err), QD_ERR_VERSION);
-    assert_non_null(strstr(err, "schema version 2"));
+    assert_non_null(strstr(err, "schema version 3"));
 }
 
 static void test_writer_lock(void **state)
@@ -1159,6 +1161,194 @@ static void test_export(void **state)
     }
     fclose(f);
     assert_int_equal(lines, 39);
+    qd_store_close(s);
+    free_batch(&b);
+}
+
+/* --- verdicts and the schema version 1 -> 2 migration ------------------------------- */
+
+/* Column 0 of the first row of a query on a database file, as text ("" if none). */
+static void sql_text(const char *db, const char *stmt, char *buf, size_t len)
+{
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(h, stmt, -1, &st, NULL) != SQLITE_OK)
+        fail_msg("%s: %s", stmt, sqlite3_errmsg(h));
+    const unsigned char *t = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+    snprintf(buf, len, "%s", t ? (const char *)t : "");
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_close(h), SQLITE_OK);
+}
+
+/* Every schema object but the verdicts table, one line each, in name order. */
+#define SCHEMA_V1_OBJECTS                                                                 \
+    "SELECT group_concat(type || ' ' || name || ': ' || ifnull(sql, ''), char(10)) FROM " \
+    "(SELECT * FROM sqlite_master WHERE name <> 'verdicts' ORDER BY name)"
+
+/* The version 1 schema as it was released (schema.sql before verdicts), kept here so
+ * the migration is tested on what version 1 stores really hold. */
+static const char schema_v1[] =
+    "PRAGMA application_id = 1363432784;\n"
+    "CREATE TABLE meta (\n    key   TEXT PRIMARY KEY NOT NULL,\n    value              -- any "
+    "type; NULL where the comment above allows it\n) WITHOUT ROWID;\n"
+    "INSERT INTO meta (key, value) VALUES ('schema_version', 1);\n"
+    "CREATE TABLE questions (\n"
+    "    -- Also the FAISS id. AUTOINCREMENT: ids are never reused, even after compaction\n"
+    "    -- deleted the highest ones, so a stale FAISS file can never name the wrong row.\n"
+    "    row         INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "    ext_id      TEXT NOT NULL CHECK (length(CAST(ext_id AS BLOB)) BETWEEN 1 AND 256),\n"
+    "    text        TEXT NOT NULL CHECK (length(CAST(text AS BLOB)) >= 1),\n"
+    "    -- qd_store_text_key() of text (64-bit hash of its token sequence), as a signed\n"
+    "    -- integer: exact duplicates are refused by comparing these.\n"
+    "    text_key    INTEGER NOT NULL,\n"
+    "    -- dim float32 values, little-endian: 4 * dim bytes.\n"
+    "    vec         BLOB NOT NULL,\n"
+    "    created     REAL NOT NULL,   -- unix time, seconds\n"
+    "    removed     REAL,            -- unix time of removal; NULL while live\n"
+    "    seq         INTEGER NOT NULL CHECK (seq >= 1),  -- the change that added it\n"
+    "    removed_seq INTEGER,         -- the change that removed it; NULL while live\n"
+    "    CHECK ((removed IS NULL) = (removed_seq IS NULL))\n);\n"
+    "CREATE UNIQUE INDEX questions_live_id ON questions (ext_id) WHERE removed IS NULL;\n"
+    "CREATE INDEX questions_seq ON questions (seq);\n"
+    "CREATE INDEX questions_removed_seq ON questions (removed_seq) WHERE removed_seq IS NOT "
+    "NULL;\n";
+
+static void verdict_ok(qd_store *s, const char *a, const char *b, int dup)
+{
+    if (qd_store_verdict(s, a, strlen(a), b, strlen(b), dup) != 0)
+        fail_msg("verdict %s of %s: %s", a, b, qd_store_errmsg(s));
+}
+
+/* Exports the verdicts to a file and reads it back with the pair reader qdup-train
+ * uses. */
+static qd_pairs *export_pairs(qd_store *s, const char *name)
+{
+    char err[QD_ERRMSG_MAX];
+    const char *path = qt_path(qt_tmp_dir(), name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(qd_store_export_verdicts(s, f), 0);
+    assert_int_equal(fclose(f), 0);
+    qd_pairs *p = NULL;
+    if (qd_pairs_load(path, NULL, NULL, &p, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(p->skipped, 0);
+    return p;
+}
+
+static void test_verdicts(void **state)
+{
+    (void)state;
+    const char *db = new_db("verdicts");
+    qd_store *s = create(db, NULL);
+    batch b = make_batch(0, 10);
+    strcpy(b.text[3], "w3 \"quoted\"\tw4 w5\nline two");
+    b.it[3].text_len = strlen(b.text[3]);
+    add_ok(s, &b);
+    verdict_ok(s, "q1", "q0", 1);
+    verdict_ok(s, "q2", "q0", 0);
+    verdict_ok(s, "q3", "q9", 1);
+    verdict_ok(s, "q1", "q0", 0); /* replaces the first */
+    assert_int_equal(qd_store_verdict(s, "q1", 2, "nope", 4, 1), QD_ERR_NOTFOUND);
+    assert_non_null(strstr(qd_store_errmsg(s), "nope"));
+    assert_int_equal(qd_store_verdict(s, "q1", 2, "q1", 2, 1), QD_ERR_INVAL);
+    /* Removing a question keeps what was learned from it, but takes no new verdict. */
+    assert_int_equal(qd_store_remove(s, "q0", 2), 0);
+    assert_int_equal(qd_store_verdict(s, "q4", 2, "q0", 2, 1), QD_ERR_NOTFOUND);
+    assert_int_equal(qd_store_compact(s), 0);
+
+    qd_pairs *p = export_pairs(s, "verdicts.tsv");
+    assert_int_equal(p->n, 3);
+    /* Oldest first: the replaced verdict counts from when it was replaced. */
+    const int want_new[3] = {2, 3, 1}, want_old[3] = {0, 9, 0}, want_dup[3] = {0, 1, 0};
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(p->q1[i], b.text[want_new[i]]);
+        assert_string_equal(p->q2[i], b.text[want_old[i]]);
+        assert_int_equal(p->dup[i], want_dup[i]);
+        assert_true(p->qid1[i] >= 1 && p->qid2[i] >= 1);
+    }
+    /* One question, one qid; different questions, different qids. */
+    assert_int_equal(p->qid2[0], p->qid2[2]);
+    assert_true(p->qid1[0] != p->qid1[1] && p->qid1[0] != p->qid1[2] &&
+                p->qid1[1] != p->qid1[2] && p->qid2[0] != p->qid2[1] &&
+                p->qid1[0] != p->qid2[0]);
+    qd_pairs_free(p);
+    qd_store_close(s);
+
+    /* Read-only: exported, never written. */
+    s = open_ro(db);
+    assert_int_equal(qd_store_verdict(s, "q4", 2, "q5", 2, 1), QD_ERR_FORBIDDEN);
+    p = export_pairs(s, "verdicts-ro.tsv");
+    assert_int_equal(p->n, 3);
+    qd_pairs_free(p);
+    qd_store_close(s);
+    free_batch(&b);
+}
+
+static void test_migrate_v1(void **state)
+{
+    (void)state;
+    char was[8192], now[8192], fresh_sql[2048], migrated_sql[2048], v[64];
+    /* A blank database with the version 1 schema: what a version 1 store holds. */
+    const char *ref = new_db("schema-v1");
+    sqlite3 *h = NULL;
+    assert_int_equal(sqlite3_open(ref, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(h, schema_v1, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(h), SQLITE_OK);
+    sql_text(ref, SCHEMA_V1_OBJECTS, was, sizeof was);
+
+    /* A store made by today's code, rewritten to exactly version 1. */
+    const char *db = new_db("migrate");
+    qd_store *s = create(db, NULL);
+    batch b = make_batch(0, 30);
+    add_ok(s, &b);
+    assert_int_equal(qd_store_remove(s, "q5", 2), 0);
+    qd_store_close(s);
+    sql_text(db, "SELECT sql FROM sqlite_master WHERE name = 'verdicts'", fresh_sql,
+             sizeof fresh_sql);
+    assert_non_null(strstr(fresh_sql, "CREATE TABLE verdicts"));
+    sql(db, "DROP TABLE verdicts", "");
+    sql(db, "UPDATE meta SET value = 1 WHERE key = 'schema_version'", "");
+    sql_text(db, SCHEMA_V1_OBJECTS, now, sizeof now);
+    assert_string_equal(now, was);
+
+    /* Read-only, it stays version 1 and works: no verdicts yet. */
+    s = open_ro(db);
+    assert_int_equal(info_of(s).live, 29);
+    expect_top(s, b.text[7], "q7");
+    qd_pairs *p = export_pairs(s, "verdicts-v1.tsv");
+    assert_int_equal(p->n, 0);
+    qd_pairs_free(p);
+    qd_store_close(s);
+    sql_text(db, "SELECT value FROM meta WHERE key = 'schema_version'", v, sizeof v);
+    assert_string_equal(v, "1");
+
+    /* Opened for writing, it becomes version 2 with all its questions. */
+    s = open_rw(db);
+    sql_text(db, "SELECT value FROM meta WHERE key = 'schema_version'", v, sizeof v);
+    assert_string_equal(v, "2");
+    sql_text(db, "SELECT sql FROM sqlite_master WHERE name = 'verdicts'", migrated_sql,
+             sizeof migrated_sql);
+    assert_string_equal(migrated_sql, fresh_sql);
+    assert_int_equal(info_of(s).live, 29);
+    for (size_t i = 0; i < b.n; i++) {
+        qd_store_row r;
+        assert_int_equal(qd_store_get(s, b.id[i], strlen(b.id[i]), &r),
+                         i == 5 ? QD_ERR_NOTFOUND : 0);
+        if (i != 5)
+            assert_string_equal(r.text, b.text[i]);
+        qd_store_row_free(&r);
+    }
+    verdict_ok(s, "q8", "q7", 1);
+    verify_clean(s);
+    qd_store_close(s);
+    s = open_rw(db); /* a version 2 store opens as it is */
+    p = export_pairs(s, "verdicts-v2.tsv");
+    assert_int_equal(p->n, 1);
+    assert_string_equal(p->q1[0], b.text[8]);
+    assert_int_equal(p->dup[0], 1);
+    qd_pairs_free(p);
     qd_store_close(s);
     free_batch(&b);
 }
@@ -1350,6 +1540,8 @@ int main(void)
         cmocka_unit_test(test_hnsw_tombstones),
         cmocka_unit_test(test_ivf_and_sq8),
         cmocka_unit_test(test_export),
+        cmocka_unit_test(test_verdicts),
+        cmocka_unit_test(test_migrate_v1),
         cmocka_unit_test(test_concurrent_search_during_add),
         cmocka_unit_test(test_alloc_failures),
     };

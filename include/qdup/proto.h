@@ -24,6 +24,12 @@
  * of white space only is refused like an empty one. A text with the same words as a
  * stored question (a repost) is stored under its own id by add and check, and check
  * reports the stored one with p_duplicate 1.
+ *   {"op":"verdict","id":"NEW","of":"OLD","duplicate":true}
+ *                                                       a moderator closed NEW as a
+ *                                                       duplicate of OLD (false: dismissed
+ *                                                       the suggestion); both must be live;
+ *                                                       needs write permission; a repeated
+ *                                                       verdict on the pair replaces it
  *   {"op":"stats"}, {"op":"ping"}
  * Replies: {"ok":true,"tag":...,...} or
  *          {"ok":false,"tag":...,"error":{"code":"not_found","message":"..."}} with the
@@ -86,6 +92,10 @@ typedef struct qd_backend {
      * ranking with the query texts. */
     int (*search_text)(void *ctx, const float *q, size_t nq, const qd_store_query *o,
                        qd_store_hits *out);
+    /* Optional (may be NULL: verdicts are refused as unavailable): qd_store_verdict.
+     * Serialized by the caller like add. */
+    int (*verdict)(void *ctx, const char *new_id, size_t new_len, const char *old_id,
+                   size_t old_len, int duplicate);
 } qd_backend;
 
 /* Size limits on requests and replies. */
@@ -124,6 +134,7 @@ typedef enum qd_op {
     QD_OP_STATS,
     QD_OP_PING,
     QD_OP_METRICS,
+    QD_OP_VERDICT,
     QD_OP_COUNT,
     QD_OP_NONE = -1, /* the line was not a request with a known op */
 } qd_op;
@@ -159,7 +170,7 @@ typedef struct qd_peer {
     uint32_t uid;     /* peer's effective uid */
     uint32_t gid;     /* peer's effective gid */
     int32_t pid;      /* peer's process id */
-    int may_write;    /* 1 if add, remove and check with store are allowed */
+    int may_write;    /* 1 if add, remove, verdict and check with store are allowed */
 } qd_peer;
 
 /* Where a parsed request must run. */
@@ -221,6 +232,10 @@ typedef struct qd_req {
     float min_p;              /* check: p_duplicate from which a result is a duplicate */
     char id_buf[24];          /* an id given as a number, as decimal text */
     int store;                /* check: store the post after the search */
+    const char *of;           /* verdict: the id of the older question */
+    size_t of_len;
+    char of_buf[24];          /* "of" given as a number, as decimal text */
+    int duplicate;            /* verdict: 1 closed as a duplicate, 0 dismissed */
     /* outcome */
     int code;                 /* qd_proto_code; QD_CODE_OK on success */
     char msg[256];            /* error message (when code != OK) */

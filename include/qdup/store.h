@@ -60,7 +60,7 @@
 extern "C" {
 #endif
 
-#define QD_STORE_SCHEMA_VERSION 1
+#define QD_STORE_SCHEMA_VERSION 2
 
 /* Limits on what a store accepts (qd_store_check_item). */
 #define QD_STORE_MAX_ID 256        /* bytes of an external id */
@@ -213,6 +213,24 @@ int qd_store_set_param(qd_store *s, const char *name, double value);
 /* The same from "NAME=VALUE" text (a --param option): QD_ERR_FORMAT, with the reason in
  * qd_store_errmsg(), if it is not of that form with a number for VALUE. */
 int qd_store_set_param_text(qd_store *s, const char *name_value);
+
+/* --- moderators' verdicts (schema version 2) ------------------------------------------- */
+
+/* Records that a moderator closed the live question new_id as a duplicate of the live
+ * question old_id (duplicate 1) or dismissed that suggestion (0), with both texts as
+ * they are now, so that removing either later loses nothing. A repeated verdict on the
+ * same (new_id, old_id) replaces the earlier one. QD_ERR_NOTFOUND if either is not
+ * live, QD_ERR_INVAL if they are the same id, QD_ERR_FORBIDDEN if opened read-only,
+ * QD_ERR_UNAVAILABLE on a version 1 store that could not be migrated (a full disk). */
+int qd_store_verdict(qd_store *s, const char *new_id, size_t new_len, const char *old_id,
+                     size_t old_len, int duplicate);
+
+/* Writes every verdict, oldest first, as a pair file in the Quora format qdup-train
+ * takes (pairs.h): a header, then id, qid1 (the new question), qid2 (the old one),
+ * question1, question2 (quoted RFC 4180 style) and is_duplicate, tab separated. qids
+ * number the distinct questions (an external id with its text) from 1 in order of
+ * first appearance. A version 1 store (read-only) has none: the header only. */
+int qd_store_export_verdicts(qd_store *s, FILE *out);
 
 /* --- reading ------------------------------------------------------------------------ */
 
