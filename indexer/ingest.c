@@ -41,17 +41,73 @@ typedef struct recs {
     size_t n, rcap;   /* records and allocated entries */
 } recs;
 
+/* The passes that skip records, in the order they run. */
+enum { PASS_READ, PASS_IDS, PASS_STORE, PASS_COUNT };
+
+/* One skipped record's report. The passes run one after the other over the whole
+ * input (reading, repeated ids, the store's refusals), each in line order; the reports
+ * are held until the import ends and then printed merged in line order, so that a
+ * repeated id is reported where it stands and not after every malformed line. */
+typedef struct skip_report {
+    uint32_t file;    /* index into the file list */
+    uint32_t pass;    /* PASS_* */
+    uint64_t line;    /* where the record starts */
+    size_t seq;       /* arrival order, for a stable sort */
+    char *msg;        /* the report (owned) */
+} skip_report;
+
+/* Reports held so far: at most max_report of each pass, which is all the merge of
+ * the first max_report needs, since each pass arrives in line order. */
+typedef struct skip_reports {
+    skip_report *r;            /* (n) */
+    size_t n, cap;             /* held and allocated */
+    size_t held[PASS_COUNT];   /* held per pass */
+} skip_reports;
+
 /* One import: what read_dumps, drop_repeated_ids and the add share. */
 typedef struct ingest {
     const qd_ingest_opts *o;  /* options */
     qd_ingest_progress *p;    /* the progress line, or NULL */
     qd_ingest_tally *t;       /* counts */
     char **files;             /* the dumps' names */
+    skip_reports *sk;         /* reports not yet printed */
 } ingest;
+
+static int skip_cmp(const void *a, const void *b)
+{
+    const skip_report *x = a, *y = b;
+    if (x->file != y->file)
+        return x->file < y->file ? -1 : 1;
+    if (x->line != y->line)
+        return x->line < y->line ? -1 : 1;
+    if (x->pass != y->pass)
+        return x->pass < y->pass ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Prints the held reports in line order (the first max_report of them) and forgets
+ * them. */
+static void skips_flush(const ingest *g)
+{
+    skip_reports *k = g->sk;
+    if (!k || !k->n)
+        return;
+    if (g->p)
+        qd_ingest_progress_clear(g->p);
+    qsort(k->r, k->n, sizeof *k->r, skip_cmp);
+    for (size_t i = 0; i < k->n; i++) {
+        if (i < g->o->max_report)
+            fprintf(stderr, "%s\n", k->r[i].msg);
+        qd_free(k->r[i].msg);
+    }
+    qd_free(k->r);
+    memset(k, 0, sizeof *k);
+}
 
 static void errorf(const ingest *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void errorf(const ingest *g, const char *fmt, ...)
 {
+    skips_flush(g);
     va_list ap;
     va_start(ap, fmt);
     if (g->p)
@@ -66,19 +122,46 @@ static void errorf(const ingest *g, const char *fmt, ...)
 static const char strict_stop[] =
     "--strict: stopping at the first bad record; the index is unchanged";
 
-/* Reports a skipped record (the first max_report of them). */
-static void skipf(const ingest *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void skipf(const ingest *g, const char *fmt, ...)
+/* Reports a skipped record of file `file` starting at `line`, found by pass `pass`
+ * (held, then printed in line order by skips_flush; the first max_report of them). */
+static void skipf(const ingest *g, int pass, uint32_t file, uint64_t line, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void skipf(const ingest *g, int pass, uint32_t file, uint64_t line, const char *fmt, ...)
 {
-    if (g->t->shown++ >= g->o->max_report)
+    size_t seq = g->t->shown++;
+    skip_reports *k = g->sk;
+    if (k->held[pass] >= g->o->max_report)
         return;
-    if (g->p)
-        qd_ingest_progress_clear(g->p);
+    if (k->n == k->cap) {
+        size_t c = k->cap ? k->cap * 2 : 64;
+        skip_report *r = qd_realloc(k->r, c * sizeof *r);
+        if (!r)
+            return; /* the report is lost, the count is not */
+        k->r = r;
+        k->cap = c;
+    }
+    char buf[QD_ERRMSG_MAX + 600];
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    size_t len = strlen(buf) + 1;
+    char *msg = qd_malloc(len);
+    if (!msg)
+        return;
+    memcpy(msg, buf, len);
+    k->r[k->n++] = (skip_report){file, (uint32_t)pass, line, seq, msg};
+    k->held[pass]++;
+}
+
+/* The line a dump's "file:line: reason" message names, or `fallback` when it names
+ * none. */
+static uint64_t message_line(const char *msg, const char *file, uint64_t fallback)
+{
+    size_t n = strlen(file);
+    if (strncmp(msg, file, n) != 0 || msg[n] != ':' || msg[n + 1] < '0' || msg[n + 1] > '9')
+        return fallback;
+    return strtoull(msg + n + 1, NULL, 10);
 }
 
 static int arena_put(recs *R, const char *s, size_t n, size_t *off)
@@ -168,6 +251,7 @@ static int read_dumps(const ingest *g, int nfiles, recs *R)
         if (*qd_dump_note(d))
             errorf(g, "note: %s", qd_dump_note(d));
         double last = qd_now();
+        uint64_t prev_line = 0; /* the last record's line: where a malformed one follows */
         for (;;) {
             qd_dump_rec dr;
             int rc = qd_dump_next(d, &dr);
@@ -186,7 +270,10 @@ static int read_dumps(const ingest *g, int nfiles, recs *R)
                     qd_dump_close(d);
                     return QD_ERR_FORMAT;
                 }
-                skipf(g, "%s", qd_dump_errmsg(d));
+                prev_line++;
+                skipf(g, PASS_READ, (uint32_t)f,
+                      message_line(qd_dump_errmsg(d), files[f], prev_line), "%s",
+                      qd_dump_errmsg(d));
                 continue;
             }
             if (rc < 0) {
@@ -195,6 +282,7 @@ static int read_dumps(const ingest *g, int nfiles, recs *R)
                 return rc;
             }
             g->t->read++;
+            prev_line = dr.line;
             if (recs_add(R, &dr, (uint32_t)f) != 0) {
                 errorf(g, "out of memory after %zu records", R->n);
                 qd_dump_close(d);
@@ -255,7 +343,8 @@ static int drop_repeated_ids(const ingest *g, recs *R)
             } else {
                 r->dropped = 1;
                 t->dup_id++;
-                skipf(g, "%s:%" PRIu64 ": id \"%s\" repeats the one at %s:%" PRIu64
+                skipf(g, PASS_IDS, r->file, r->line,
+                      "%s:%" PRIu64 ": id \"%s\" repeats the one at %s:%" PRIu64
                       " (use --replace to keep the later)",
                       file_name(files, r->file), r->line, id, file_name(files, e->file),
                       e->line);
@@ -405,7 +494,8 @@ int qd_ingest_add(qd_store *s, const qd_store_item *items, size_t n, int replace
 int qd_ingest_dumps(qd_store *s, const qd_ingest_opts *o, qd_ingest_progress *p,
                     char **files, int nfiles, qd_ingest_tally *t)
 {
-    ingest g = {o, p, t, files};
+    skip_reports sk = {0};
+    ingest g = {o, p, t, files, &sk};
     recs R = {0};
     qd_store_item *items = NULL;
     qd_store_result *res = NULL;
@@ -466,9 +556,10 @@ int qd_ingest_dumps(qd_store *s, const qd_ingest_opts *o, qd_ingest_progress *p,
         case QD_STORE_REPOST: t->indexed++; t->reposts++; break;
         }
         describe_refusal(s, &res[i], &R.r[from[i]], &R, files, msg, sizeof msg);
-        skipf(&g, "%s", msg);
+        skipf(&g, PASS_STORE, R.r[from[i]].file, R.r[from[i]].line, "%s", msg);
     }
 out:
+    skips_flush(&g);
     qd_free(items);
     qd_free(res);
     qd_free(from);

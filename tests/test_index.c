@@ -475,6 +475,37 @@ static void test_duplicate_ids_and_texts(void **state)
     verify_ok(db);
 }
 
+/* The reports of skipped records come in line order, whichever pass found them: the
+ * store's refusals (found last), repeated ids and malformed lines (found first). */
+static void test_skip_reports_in_line_order(void **state)
+{
+    (void)state;
+    const char *dump = tmp("order.tsv");
+    write_str(dump, "qid\tquestion\n"
+                    "1\tw3 w4 w5\n"
+                    "2\tw3 w4 w5\n"      /* line 3: same text as 1 (the store) */
+                    "1\tw6 w7 w8\n"      /* line 4: same id as line 2 (repeated ids) */
+                    "no tab here\n"       /* line 5: malformed (reading) */
+                    "3\tw9 w10\n");
+    const char *db = tmp("order.db");
+    run_t r = RUN("build", "--model", model(), "--db", db, dump);
+    expect_status(&r, 0);
+    char want[3][4200];
+    snprintf(want[0], sizeof want[0], "%s:3: ", dump);
+    snprintf(want[1], sizeof want[1], "%s:4: ", dump);
+    snprintf(want[2], sizeof want[2], "%s:5: ", dump);
+    const char *at[3];
+    for (int i = 0; i < 3; i++) {
+        at[i] = strstr(r.err, want[i]);
+        if (!at[i])
+            fail_msg("no report for %s in:\n%s", want[i], r.err);
+    }
+    if (!(at[0] < at[1] && at[1] < at[2]))
+        fail_msg("reports out of line order:\n%s", r.err);
+    expect_in(r.err, "1 malformed, 1 duplicate id, 1 duplicate text");
+    run_free(&r);
+}
+
 static void test_add_remove_verify_compact_export(void **state)
 {
     (void)state;
@@ -769,6 +800,7 @@ int main(void)
         cmocka_unit_test(test_formats_round_trip),
         cmocka_unit_test(test_bad_dumps),
         cmocka_unit_test(test_duplicate_ids_and_texts),
+        cmocka_unit_test(test_skip_reports_in_line_order),
         cmocka_unit_test(test_add_remove_verify_compact_export),
         cmocka_unit_test(test_verify_tampered),
         cmocka_unit_test(test_model_mismatch),
