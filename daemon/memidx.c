@@ -120,26 +120,6 @@ static int copy_row(const qd_memidx *mi, size_t i, qd_store_row *out)
     return 0;
 }
 
-static void row_free(qd_store_row *r)
-{
-    if (!r)
-        return;
-    qd_free(r->ext_id);
-    qd_free(r->text);
-    r->ext_id = r->text = NULL;
-}
-
-static void hits_free(qd_store_hits *h)
-{
-    if (!h)
-        return;
-    for (size_t i = 0; i < h->n; i++)
-        row_free(&h->hit[i].row);
-    qd_free(h->hit);
-    h->hit = NULL;
-    h->n = 0;
-}
-
 static int mi_search(void *ctx, const float *q, size_t nq, size_t k, float min_score,
                      const char *const *exclude, qd_store_hits *out)
 {
@@ -200,7 +180,7 @@ static int mi_search(void *ctx, const float *q, size_t nq, size_t k, float min_s
     pthread_rwlock_unlock(&mi->lock);
     if (rc)
         for (size_t i = 0; i <= done && i < nq; i++)
-            hits_free(&out[i]);
+            qd_store_hits_free(&out[i]);
     qd_free(best);
     qd_free(who);
     return rc;
@@ -410,12 +390,12 @@ void qd_memidx_backend(qd_memidx *mi, qd_backend *be)
         .ctx = mi,
         .model = mi->m,
         .search = mi_search,
-        .hits_free = hits_free,
+        .hits_free = qd_store_hits_free,
         .add = mi_add,
         .check_item = mi_check_item,
         .remove = mi_remove,
         .get = mi_get,
-        .row_free = row_free,
+        .row_free = qd_store_row_free,
         .info = mi_info,
         .checkpoint = mi_checkpoint,
         .errmsg = mi_errmsg,

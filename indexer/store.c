@@ -624,26 +624,6 @@ void qd_store_close(qd_store *s)
 
 /* --- reading ---------------------------------------------------------------------------- */
 
-void qd_store_row_free(qd_store_row *r)
-{
-    if (!r)
-        return;
-    qd_free(r->ext_id);
-    qd_free(r->text);
-    r->ext_id = r->text = NULL;
-}
-
-void qd_store_hits_free(qd_store_hits *h)
-{
-    if (!h)
-        return;
-    for (size_t i = 0; i < h->n; i++)
-        qd_store_row_free(&h->hit[i].row);
-    qd_free(h->hit);
-    h->hit = NULL;
-    h->n = 0;
-}
-
 
 int qd_store_get(qd_store *s, const char *ext_id, size_t ext_id_len, qd_store_row *row)
 {
