@@ -1081,6 +1081,17 @@ static void test_verdicts(void **state)
     expect_code(rpcf(&c, "{\"op\":\"verdict\",\"id\":\"s5\",\"of\":\"s0\",\"duplicate\":true}"),
                 "not_found");
     conn_close(&c);
+    /* From the command line client too. */
+    snprintf(cmd, sizeof cmd, "%s --socket %s verdict s5 s6 dismissed", bin("qdup"), sock);
+    FILE *f = popen(cmd, "r");
+    char line[256] = "";
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_int_equal(pclose(f), 0);
+    assert_string_equal(line, "dismissed: s5 of s6\n");
+    snprintf(cmd, sizeof cmd, "%s --socket %s verdict s5 s6 maybe 2>/dev/null", bin("qdup"),
+             sock);
+    int st = system(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
     assert_int_equal(stop_daemon(pid, SIGTERM), 0);
 
     snprintf(cmd, sizeof cmd, "%s verdicts --db %s --out %s", bin("qdup-index"), db, out);
@@ -1088,10 +1099,10 @@ static void test_verdicts(void **state)
     qd_pairs *p = NULL;
     if (qd_pairs_load(out, NULL, NULL, &p, err, sizeof err))
         fail_msg("%s", err);
-    assert_int_equal(p->n, 3);
-    const unsigned want_new[3] = {1, 2, 3}, want_old[3] = {0, 0, 4};
-    const int want_dup[3] = {1, 0, 0};
-    for (size_t i = 0; i < 3; i++) {
+    assert_int_equal(p->n, 4);
+    const unsigned want_new[4] = {1, 2, 3, 5}, want_old[4] = {0, 0, 4, 6};
+    const int want_dup[4] = {1, 0, 0, 0};
+    for (size_t i = 0; i < 4; i++) {
         char t1[64], t2[64];
         qtext(t1, sizeof t1, want_new[i]);
         qtext(t2, sizeof t2, want_old[i]);

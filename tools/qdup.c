@@ -38,6 +38,9 @@ static void usage(FILE *f)
             "  add ID TEXT...                          store a question under ID\n"
             "  remove ID                               remove it\n"
             "  get ID                                  show it\n"
+            "  verdict NEW OLD duplicate|dismissed     a moderator closed NEW as a duplicate\n"
+            "                                          of OLD, or dismissed the suggestion\n"
+            "                                          (kept for qdup-index verdicts)\n"
             "  check [-k N] [--min-score X] [--no-store] ID TEXT...\n"
             "                                          the k best matches of a new post, a\n"
             "                                          \"*\" marking duplicates (p_duplicate\n"
@@ -232,6 +235,10 @@ static void print_reply(const char *cmd, json_t *r, const char *id)
                (long long)json_integer_value(json_object_get(r, "row")));
     } else if (strcmp(cmd, "remove") == 0) {
         printf("removed %s\n", id);
+    } else if (strcmp(cmd, "verdict") == 0) {
+        printf("%s %s of %s\n", json_is_true(json_object_get(r, "duplicate")) ? "duplicate:"
+                                                                               : "dismissed:",
+               id, str_or(r, "of", "?"));
     } else if (strcmp(cmd, "get") == 0) {
         time_t t = (time_t)json_integer_value(json_object_get(r, "created"));
         char when[64] = "?";
@@ -343,19 +350,23 @@ int main(int argc, char **argv)
     json_t *req = json_object();
     const char *id = NULL;
     char *text = NULL;
-    int need_id = 0, need_text = 0;
+    int need_id = 0, need_text = 0, verdict = 0;
     if (strcmp(cmd, "query") == 0) {
         need_text = 1;
     } else if (strcmp(cmd, "add") == 0 || strcmp(cmd, "check") == 0) {
         need_id = need_text = 1;
     } else if (strcmp(cmd, "remove") == 0 || strcmp(cmd, "get") == 0) {
         need_id = 1;
+    } else if (strcmp(cmd, "verdict") == 0) {
+        need_id = 1;
+        verdict = 2; /* OLD and the decision */
     } else if (strcmp(cmd, "stats") != 0 && strcmp(cmd, "ping") != 0 &&
                strcmp(cmd, "metrics") != 0) {
         fprintf(stderr, "qdup: unknown command \"%s\" (see --help)\n", cmd);
         return EXIT_FAIL;
     }
-    if (nargs < need_id + need_text || (!need_text && nargs > need_id)) {
+    if (nargs < need_id + need_text + verdict ||
+        (!need_text && nargs > need_id + verdict)) {
         fprintf(stderr, "qdup: %s: wrong number of arguments (see --help)\n", cmd);
         return EXIT_FAIL;
     }
@@ -368,6 +379,17 @@ int main(int argc, char **argv)
             return EXIT_FAIL;
         }
         json_object_set_new(req, "id", jid);
+    }
+    if (verdict) {
+        json_t *of = json_string(args[1]);
+        int dup = strcmp(args[2], "duplicate") == 0;
+        if (!of || (!dup && strcmp(args[2], "dismissed") != 0)) {
+            fprintf(stderr, "qdup: verdict NEW OLD duplicate|dismissed (OLD valid UTF-8)\n");
+            json_decref(of);
+            return EXIT_FAIL;
+        }
+        json_object_set_new(req, "of", of);
+        json_object_set_new(req, "duplicate", json_boolean(dup));
     }
     if (need_text) {
         text = join_text(args + need_id, nargs - need_id);
