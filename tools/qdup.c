@@ -386,6 +386,7 @@ int main(int argc, char **argv)
         if (!of || (!dup && strcmp(args[2], "dismissed") != 0)) {
             fprintf(stderr, "qdup: verdict NEW OLD duplicate|dismissed (OLD valid UTF-8)\n");
             json_decref(of);
+            json_decref(req);
             return EXIT_FAIL;
         }
         json_object_set_new(req, "of", of);
