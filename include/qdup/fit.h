@@ -35,7 +35,7 @@ extern "C" {
 #define QD_FIT_MAX_CANDIDATES 400
 #define QD_FIT_NCAND 4
 #define QD_FIT_CANDIDATES {50, 100, 200, 400}
-#define QD_FIT_MRR_SLACK 0.001
+#define QD_FIT_MRR_SLACK 0.005
 
 /* What a fit measured, all on the validation pairs. */
 typedef struct qd_fit_report {
