@@ -22,8 +22,8 @@
 #include "qdup/fileio.h"
 #include "qdup/rank.h"
 
-static const float grid_k1[] = {0.3f, 0.6f, 0.9f, 1.2f, 1.5f};
-static const float grid_b[] = {0.2f, 0.4f, 0.6f, 0.75f, 0.9f};
+static const float grid_k1[] = {0.1f, 0.2f, 0.3f, 0.45f, 0.6f, 0.9f, 1.2f, 1.5f};
+static const float grid_b[] = {0.2f, 0.4f, 0.6f, 0.75f, 0.9f, 1.0f};
 #define GRID_A 21 /* a = 0, 0.05, ..., 1 */
 #define NK1 (sizeof grid_k1 / sizeof *grid_k1)
 #define NB (sizeof grid_b / sizeof *grid_b)
