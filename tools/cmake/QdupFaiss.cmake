@@ -5,7 +5,7 @@
 #   source faiss`: tools/install-deps.sh adds the deb-src entry) with AVX2 kernels, by
 #   the project in tools/cmake/faiss/. It is built once into QDUP_FAISS_CACHE
 #   (~/.cache/qdup/faiss by default), shared by every build tree (normal, sanitizers)
-#   and checkout on the machine, at the first configure that needs it: about 8 minutes
+#   and checkout on the machine, at the first configure that needs it: about a minute
 #   on 2 cores. Two variants are installed there, the AVX2 one under
 #   lib/glibc-hwcaps/x86-64-v3/, and the dynamic loader picks the one the CPU can run.
 # system: Debian's generic libfaiss.a. Debian ships the C API's headers but not its
@@ -105,7 +105,7 @@ function(qdup_faiss_build_source out_prefix)
     set(launcher "-DCMAKE_CXX_COMPILER_LAUNCHER=${CMAKE_CXX_COMPILER_LAUNCHER}")
   endif()
   message(STATUS "qdup: building FAISS ${faiss_VERSION} with AVX2 into ${QDUP_FAISS_CACHE} "
-    "(once; about 8 minutes on 2 cores; log: ${QDUP_FAISS_CACHE}/build.log)")
+    "(once; about a minute on 2 cores, more on a busy machine; log: ${QDUP_FAISS_CACHE}/build.log)")
   file(REMOVE "${stamp}")
   # A build tree configured from another checkout's tools/cmake/faiss would refuse the
   # new source path; its objects are kept, only the cache is dropped.
