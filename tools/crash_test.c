@@ -363,23 +363,14 @@ static int daemon_start(daemon_t *d, double ckpt_s, int at_once)
     d->pid = live_pid = spawn(argv, NULL, NULL, d->log);
     if (at_once)
         return 0;
-    char want[PATH_MAX + 64];
-    snprintf(want, sizeof want, "listening on %s\n", d->sock);
-    while (qd_now() - t0 < DEADLINE) {
-        if (file_has_from(d->log, from, want)) {
-            double s = qd_now() - t0;
-            d->start_s = (d->start_s * d->starts + s) / (d->starts + 1);
-            d->starts++;
-            return 0;
-        }
-        int st;
-        if (waitpid(d->pid, &st, WNOHANG) == d->pid) {
-            d->pid = live_pid = -1;
-            return -1;
-        }
-        sleep_s(0.005);
+    if (wait_listening(d->pid, d->log, from, d->sock, DEADLINE) != 0) {
+        d->pid = live_pid = -1;
+        return -1;
     }
-    die("qdup-daemon did not start within %.0f s (log %s)", DEADLINE, d->log);
+    double s = qd_now() - t0;
+    d->start_s = (d->start_s * d->starts + s) / (d->starts + 1);
+    d->starts++;
+    return 0;
 }
 
 /* SIGKILL and reap. */

@@ -536,20 +536,11 @@ static int daemon_start(daemon_t *d, const char *ckpt)
     struct stat st;
     long from = stat(d->log, &st) == 0 ? (long)st.st_size : 0;
     d->pid = live_pid = spawn(argv, NULL, NULL, d->log);
-    char want[PATH_MAX + 64];
-    snprintf(want, sizeof want, "listening on %s\n", d->sock);
-    double t0 = qd_now();
-    while (qd_now() - t0 < DEADLINE) {
-        if (file_has_from(d->log, from, want))
-            return 0;
-        int ws;
-        if (waitpid(d->pid, &ws, WNOHANG) == d->pid) {
-            d->pid = live_pid = -1;
-            return -1;
-        }
-        sleep_s(0.002);
+    if (wait_listening(d->pid, d->log, from, d->sock, DEADLINE) != 0) {
+        d->pid = live_pid = -1;
+        return -1;
     }
-    die("qdup-daemon did not start within %.0f s (log %s)", DEADLINE, d->log);
+    return 0;
 }
 
 /* Stops the daemon with sig and reaps it: its exit status (128 + signal if killed). */

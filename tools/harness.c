@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "qdup/common.h"
+
 const char *harness_prog = "qdup-harness";
 
 void die(const char *fmt, ...)
@@ -127,6 +129,22 @@ int file_has_from(const char *path, long from, const char *needle)
     int found = (size_t)from <= n && strstr(b + from, needle) != NULL;
     free(b);
     return found;
+}
+
+int wait_listening(pid_t pid, const char *log, long from, const char *sock, double deadline)
+{
+    char want[PATH_MAX + 64];
+    snprintf(want, sizeof want, "listening on %s\n", sock);
+    double t0 = qd_now();
+    while (qd_now() - t0 < deadline) {
+        if (file_has_from(log, from, want))
+            return 0;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return -1;
+        sleep_s(0.002);
+    }
+    die("qdup-daemon did not start within %.0f s (log %s)", deadline, log);
 }
 
 static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)

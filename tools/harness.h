@@ -40,6 +40,11 @@ char *slurp(const char *path, size_t *len);
 /* 1 if the file holds needle after its first `from` bytes (0 if unreadable). */
 int file_has_from(const char *path, long from, const char *needle);
 
+/* Waits until the daemon pid logs "listening on SOCK" to log after its first `from`
+ * bytes: 0, or -1 if the process exited first (it is reaped). Dies past deadline
+ * seconds. */
+int wait_listening(pid_t pid, const char *log, long from, const char *sock, double deadline);
+
 /* Removes dir and everything under it (symbolic links are not followed). */
 void remove_tree(const char *dir);
 
