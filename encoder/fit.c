@@ -80,6 +80,23 @@ static int docset_init(docset *d, size_t most)
     return 0;
 }
 
+/* Puts both texts of every pair of p into d; their document numbers into vdoc (2 per
+ * pair) unless it is NULL. */
+static int docset_pairs(docset *d, const qd_pairs *p, size_t *vdoc)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        int64_t a = docset_put(d, p->q1[i], p->len1[i]);
+        int64_t b = docset_put(d, p->q2[i], p->len2[i]);
+        if (a < 0 || b < 0)
+            return QD_ERR_NOMEM;
+        if (vdoc) {
+            vdoc[2 * i] = (size_t)a;
+            vdoc[2 * i + 1] = (size_t)b;
+        }
+    }
+    return 0;
+}
+
 /* One query's candidates, nearest first. */
 typedef struct fit_query {
     size_t doc;     /* the query's document */
@@ -112,6 +129,65 @@ static double rr_of(const float *cos, const float *bm, size_t c, int target, flo
     return rank <= 10 ? 1.0 / (double)rank : 0;
 }
 
+/* The vectors (*vec: (ds->n, dim)), the terms (*docs) and their statistics (*st) of
+ * every document of ds; on failure nothing is left allocated. */
+static int docs_encode(const qd_model *m, const docset *ds, int threads, float **vec,
+                       qd_lex_doc **docs, qd_lex_stats **st, char *err, size_t errlen)
+{
+    size_t dim = (size_t)qd_model_dim(m);
+    *vec = qd_mallocarray(ds->n + 1, dim * sizeof **vec);
+    *docs = qd_calloc(ds->n + 1, sizeof **docs);
+    *st = qd_lex_stats_new();
+    int rc = *vec && *docs && *st ? 0 : QD_ERR_NOMEM;
+    if (rc)
+        qd_errf(err, errlen, rc, "fitting the scoring: out of memory");
+    else if ((rc = qd_enc_texts_parallel(m, ds->text, ds->len, ds->n, threads, 0, NULL, NULL,
+                                         *vec)) != 0)
+        qd_errf(err, errlen, rc, "fitting the scoring: encoding: %s", qd_strerror(rc));
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    for (size_t i = 0; i < ds->n && rc == 0; i++) {
+        rc = qd_lex_doc_make(&tb, ds->text[i], ds->len[i], &(*docs)[i]);
+        if (rc == 0)
+            rc = qd_lex_stats_add(*st, &(*docs)[i]);
+        if (rc)
+            qd_errf(err, errlen, rc, "fitting the scoring: terms: %s", qd_strerror(rc));
+    }
+    qd_tokbuf_free(&tb);
+    if (rc) {
+        for (size_t i = 0; *docs && i < ds->n; i++)
+            qd_lex_doc_free(&(*docs)[i]);
+        qd_free(*vec);
+        qd_free(*docs);
+        qd_lex_stats_free(*st);
+        *vec = NULL;
+        *docs = NULL;
+        *st = NULL;
+    }
+    return rc;
+}
+
+/* The head fitted on the pairs p, whose documents are vdoc (2 per pair) among the
+ * encoded documents vec and docs; feat is scratch of (p->n, QD_HEAD_NFEAT) and keeps
+ * the pairs' features. */
+static int head_fit(const float *vec, size_t dim, const qd_lex_doc *docs,
+                    const qd_lex_stats *st, const size_t *vdoc, const qd_pairs *p, float *feat,
+                    qd_head *out, qd_head_report *rep, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        const float *x = vec + vdoc[2 * i] * dim, *y = vec + vdoc[2 * i + 1] * dim;
+        float c = 0;
+        for (size_t k = 0; k < dim; k++)
+            c += x[k] * y[k];
+        qd_head_features(c, st, &docs[vdoc[2 * i]], &docs[vdoc[2 * i + 1]],
+                         feat + i * QD_HEAD_NFEAT);
+    }
+    int rc = qd_head_fit_best(feat, p->dup, p->n, 5, out, rep);
+    if (rc)
+        qd_errf(err, errlen, rc, "fitting the duplicate head: %s", qd_strerror(rc));
+    return rc;
+}
+
 int qd_fit_scoring(const qd_model *m, const qd_pairs *train, const qd_pairs *valid,
                    int threads, qd_model_scoring *out, qd_fit_report *rep, char *err,
                    size_t errlen)
@@ -134,44 +210,16 @@ int qd_fit_scoring(const qd_model *m, const qd_pairs *train, const qd_pairs *val
     qd_lex_doc *docs = NULL;
     qd_lex_stats *st = NULL;
     qd_ann *ann = NULL;
-    qd_tokbuf tb;
-    qd_tokbuf_init(&tb);
     if (!vdoc)
         goto nomem;
-    for (size_t i = 0; i < ntrain; i++)
-        if (docset_put(&ds, train->q1[i], train->len1[i]) < 0 ||
-            docset_put(&ds, train->q2[i], train->len2[i]) < 0)
-            goto nomem;
-    for (size_t i = 0; i < valid->n; i++) {
-        int64_t a = docset_put(&ds, valid->q1[i], valid->len1[i]);
-        int64_t b = docset_put(&ds, valid->q2[i], valid->len2[i]);
-        if (a < 0 || b < 0)
-            goto nomem;
-        vdoc[2 * i] = (size_t)a;
-        vdoc[2 * i + 1] = (size_t)b;
-    }
+    if ((train && docset_pairs(&ds, train, NULL) != 0) || docset_pairs(&ds, valid, vdoc) != 0)
+        goto nomem;
     r.documents = ds.n;
 
     /* Vectors and terms of every document. */
-    vec = qd_mallocarray(ds.n, dim * sizeof *vec);
-    docs = qd_calloc(ds.n, sizeof *docs);
-    st = qd_lex_stats_new();
-    if (!vec || !docs || !st)
-        goto nomem;
-    rc = qd_enc_texts_parallel(m, ds.text, ds.len, ds.n, threads, 0, NULL, NULL, vec);
-    if (rc) {
-        qd_errf(err, errlen, rc, "fitting the scoring: encoding: %s", qd_strerror(rc));
+    rc = docs_encode(m, &ds, threads, &vec, &docs, &st, err, errlen);
+    if (rc)
         goto done;
-    }
-    for (size_t i = 0; i < ds.n; i++) {
-        rc = qd_lex_doc_make(&tb, ds.text[i], ds.len[i], &docs[i]);
-        if (rc == 0)
-            rc = qd_lex_stats_add(st, &docs[i]);
-        if (rc) {
-            qd_errf(err, errlen, rc, "fitting the scoring: terms: %s", qd_strerror(rc));
-            goto done;
-        }
-    }
 
     /* Queries: question1 of the validation duplicates. */
     qs = qd_calloc(valid->n + 1, sizeof *qs);
@@ -306,19 +354,9 @@ int qd_fit_scoring(const qd_model *m, const qd_pairs *train, const qd_pairs *val
     p = qd_mallocarray(valid->n, sizeof *p);
     if (!feat || !p)
         goto nomem;
-    for (size_t i = 0; i < valid->n; i++) {
-        const float *x = vec + vdoc[2 * i] * dim, *y = vec + vdoc[2 * i + 1] * dim;
-        float c = 0;
-        for (size_t k = 0; k < dim; k++)
-            c += x[k] * y[k];
-        qd_head_features(c, st, &docs[vdoc[2 * i]], &docs[vdoc[2 * i + 1]],
-                         feat + i * QD_HEAD_NFEAT);
-    }
-    rc = qd_head_fit_best(feat, valid->dup, valid->n, 5, &out->head, &r.head);
-    if (rc) {
-        qd_errf(err, errlen, rc, "fitting the duplicate head: %s", qd_strerror(rc));
+    rc = head_fit(vec, dim, docs, st, vdoc, valid, feat, &out->head, &r.head, err, errlen);
+    if (rc)
         goto done;
-    }
     for (size_t i = 0; i < valid->n; i++)
         p[i] = qd_head_prob(&out->head, feat + i * QD_HEAD_NFEAT);
     out->min_p = (float)qd_pairs_best_threshold(p, valid->dup, valid->n, &r.acc_at_min_p);
@@ -340,7 +378,6 @@ done:
     qd_free(docs);
     qd_lex_stats_free(st);
     qd_ann_free(ann);
-    qd_tokbuf_free(&tb);
     qd_free(vdoc);
     qd_free(vec);
     qd_free(qv);
@@ -356,5 +393,83 @@ done:
     r.seconds = qd_now() - t0;
     if (rep)
         *rep = r;
+    return rc;
+}
+
+int qd_fit_head(const qd_model *m, const qd_pairs *pairs, int threads, qd_head *out,
+                char *err, size_t errlen)
+{
+    docset ds;
+    if (docset_init(&ds, 2 * pairs->n) != 0)
+        return qd_errf(err, errlen, QD_ERR_NOMEM, "fitting the head: out of memory");
+    size_t *vdoc = qd_mallocarray(2 * pairs->n + 1, sizeof *vdoc);
+    float *feat = qd_mallocarray(pairs->n + 1, QD_HEAD_NFEAT * sizeof *feat);
+    float *vec = NULL;
+    qd_lex_doc *docs = NULL;
+    qd_lex_stats *st = NULL;
+    int rc = vdoc && feat && docset_pairs(&ds, pairs, vdoc) == 0 ? 0 : QD_ERR_NOMEM;
+    if (rc)
+        qd_errf(err, errlen, rc, "fitting the head: out of memory");
+    else
+        rc = docs_encode(m, &ds, threads, &vec, &docs, &st, err, errlen);
+    if (rc == 0) {
+        qd_head_report rep;
+        rc = head_fit(vec, (size_t)qd_model_dim(m), docs, st, vdoc, pairs, feat, out, &rep,
+                      err, errlen);
+    }
+    for (size_t i = 0; docs && i < ds.n; i++)
+        qd_lex_doc_free(&docs[i]);
+    qd_free(docs);
+    qd_lex_stats_free(st);
+    qd_free(vec);
+    qd_free(feat);
+    qd_free(vdoc);
+    docset_free(&ds);
+    return rc;
+}
+
+int qd_fit_stats(const char *const *text, const size_t *len, size_t n, qd_lex_stats **out)
+{
+    qd_lex_stats *st = qd_lex_stats_new();
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    int rc = st ? 0 : QD_ERR_NOMEM;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        qd_lex_doc d;
+        rc = qd_lex_doc_make(&tb, text[i], len[i], &d);
+        if (rc == 0)
+            rc = qd_lex_stats_add(st, &d);
+        qd_lex_doc_free(&d);
+    }
+    qd_tokbuf_free(&tb);
+    if (rc) {
+        qd_lex_stats_free(st);
+        st = NULL;
+    }
+    *out = st;
+    return rc;
+}
+
+int qd_fit_pairs_prob(const qd_head *h, const qd_lex_stats *st, const qd_pairs *p,
+                      const float *cosine, float *prob)
+{
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    int rc = 0;
+    for (size_t i = 0; i < p->n && rc == 0; i++) {
+        qd_lex_doc a, b;
+        rc = qd_lex_doc_make(&tb, p->q1[i], p->len1[i], &a);
+        if (rc)
+            break;
+        rc = qd_lex_doc_make(&tb, p->q2[i], p->len2[i], &b);
+        if (rc == 0) {
+            float feat[QD_HEAD_NFEAT];
+            qd_head_features(cosine[i], st, &a, &b, feat);
+            prob[i] = qd_head_prob(h, feat);
+            qd_lex_doc_free(&b);
+        }
+        qd_lex_doc_free(&a);
+    }
+    qd_tokbuf_free(&tb);
     return rc;
 }

@@ -37,6 +37,7 @@
 #include "qdup/ann.h"
 #include "qdup/common.h"
 #include "qdup/dump.h"
+#include "qdup/fit.h"
 #include "qdup/head.h"
 #include "qdup/lex.h"
 #include "qdup/model.h"
@@ -230,22 +231,7 @@ static int calibrate(const qd_model *m, const qd_lex_stats *st, const qd_pairs *
     float *prob = qd_mallocarray(p->n, sizeof *prob);
     if (!prob)
         return QD_ERR_NOMEM;
-    qd_tokbuf tb;
-    qd_tokbuf_init(&tb);
-    int rc = 0;
-    for (size_t i = 0; i < p->n && rc == 0; i++) {
-        qd_lex_doc a, b;
-        rc = qd_lex_doc_make(&tb, p->q1[i], p->len1[i], &a);
-        if (rc == 0)
-            rc = qd_lex_doc_make(&tb, p->q2[i], p->len2[i], &b);
-        if (rc)
-            break;
-        float feat[QD_HEAD_NFEAT];
-        qd_head_features(s[i], st, &a, &b, feat);
-        prob[i] = qd_head_prob(&sc->head, feat);
-        qd_lex_doc_free(&a);
-        qd_lex_doc_free(&b);
-    }
+    int rc = qd_fit_pairs_prob(&sc->head, st, p, s, prob);
     if (rc == 0) {
         cal->ece = qd_head_ece(prob, p->dup, p->n, 10);
         cal->brier = qd_head_brier(prob, p->dup, p->n);
@@ -256,7 +242,6 @@ static int calibrate(const qd_model *m, const qd_lex_stats *st, const qd_pairs *
         for (size_t k = 0; k < N_PR; k++)
             cal->table[k] = pr_at(prob, p->dup, p->n, pr_thresholds[k]);
     }
-    qd_tokbuf_free(&tb);
     qd_free(prob);
     return rc;
 }
@@ -285,29 +270,6 @@ static int eval_pair_file(const qd_model *m, const qd_lex_stats *st, const char 
         fprintf(stderr, PROG ": %s: calibration: %s\n", path, qd_strerror(rc));
     qd_free(s);
     qd_pairs_free(p);
-    return rc;
-}
-
-/* Term statistics of n texts (each counted once per occurrence in the list). */
-static int stats_of(const char *const *text, const size_t *len, size_t n, qd_lex_stats **out)
-{
-    qd_lex_stats *st = qd_lex_stats_new();
-    qd_tokbuf tb;
-    qd_tokbuf_init(&tb);
-    int rc = st ? 0 : QD_ERR_NOMEM;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        qd_lex_doc d;
-        rc = qd_lex_doc_make(&tb, text[i], len[i], &d);
-        if (rc == 0)
-            rc = qd_lex_stats_add(st, &d);
-        qd_lex_doc_free(&d);
-    }
-    qd_tokbuf_free(&tb);
-    if (rc) {
-        qd_lex_stats_free(st);
-        st = NULL;
-    }
-    *out = st;
     return rc;
 }
 
@@ -893,7 +855,7 @@ int main(int argc, char **argv)
     /* The pair signals' statistics: those of the collection a store would hold
      * (questions.tsv), else of the validation and test questions. */
     if (load_questions(q_path, &qs) == 0) {
-        if (stats_of(qs.text, qs.len, qs.n, &stats) != 0)
+        if (qd_fit_stats(qs.text, qs.len, qs.n, &stats) != 0)
             goto nomem;
     } else if (retrieval) {
         goto out;
@@ -911,7 +873,7 @@ int main(int argc, char **argv)
                     l[k++] = ps[f]->len2[i];
                 }
         }
-        int src = t && l ? stats_of(t, l, n, &stats) : QD_ERR_NOMEM;
+        int src = t && l ? qd_fit_stats(t, l, n, &stats) : QD_ERR_NOMEM;
         qd_free(t);
         qd_free(l);
         if (src)
@@ -924,7 +886,7 @@ int main(int argc, char **argv)
         questions pq;
         if (load_questions(pcoll_path, &pq) != 0)
             goto out;
-        int src = stats_of(pq.text, pq.len, pq.n, &pstats);
+        int src = qd_fit_stats(pq.text, pq.len, pq.n, &pstats);
         questions_free(&pq);
         if (src)
             goto nomem;

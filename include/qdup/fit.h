@@ -60,6 +60,23 @@ int qd_fit_scoring(const qd_model *m, const qd_pairs *train, const qd_pairs *val
                    int threads, qd_model_scoring *out, qd_fit_report *rep, char *err,
                    size_t errlen);
 
+/* The duplicate head alone, as qd_fit_scoring(m, pairs, pairs, ...) fits it: over the
+ * cosine and the pair signals of every pair, with the term statistics of the pairs'
+ * distinct questions. For judging a model by the head it would get (qdup-train's
+ * epochs) in a fraction of the whole fit's time. */
+int qd_fit_head(const qd_model *m, const qd_pairs *pairs, int threads, qd_head *out,
+                char *err, size_t errlen);
+
+/* The term statistics of n texts (each counted once per occurrence in the list) into
+ * *out (NULL on failure; free with qd_lex_stats_free). */
+int qd_fit_stats(const char *const *text, const size_t *len, size_t n, qd_lex_stats **out);
+
+/* The head's P(duplicate) of every pair of p (p->n) into prob, given the pairs'
+ * cosines and the term statistics st of the pair signals: what the daemon reports for
+ * the pair. */
+int qd_fit_pairs_prob(const qd_head *h, const qd_lex_stats *st, const qd_pairs *p,
+                      const float *cosine, float *prob);
+
 #ifdef __cplusplus
 }
 #endif
