@@ -21,7 +21,10 @@ void qd_finetune_recipe(qd_train_opts *o)
     o->hard_negatives = 64;
     o->lr = 0.001f;
     o->epochs = 8;
-    o->patience = 3;
+    /* Every epoch, and the starting model as epoch 0, compete: with 200 groups an
+     * epoch's judgement is noisy, and stopping after three worse ones cut runs short
+     * whose last epochs were their best (BENCHMARKS.md). */
+    o->patience = 0;
 }
 
 int qd_finetune_extend(const qd_model *base, const qd_vocab *words, uint32_t max_tokens,

@@ -383,6 +383,15 @@ static int valid_auc(const qd_model *m, const qd_pairs *valid, int threads, doub
     return rc;
 }
 
+/* How good m is after an epoch: the caller's judge, or the validation cosine AUC. */
+static int judge_epoch(const qd_train_opts *o, const qd_model *m, const qd_pairs *valid,
+                       int epoch, int threads, double *score)
+{
+    if (o->judge)
+        return o->judge(m, epoch, o->judge_arg, score);
+    return valid_auc(m, valid, threads, score);
+}
+
 /* --- the loop ------------------------------------------------------------------------------ */
 
 static void trainer_free(trainer *t)
@@ -558,6 +567,23 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
     double best_auc = -1, train_seconds = 0;
     size_t pairs_trained = 0;
     int since_best = 0;
+    int judged = valid || o->judge;
+    if (o->init && judged) {
+        /* Epoch 0: the starting model (its vocabulary extended, which changes no vector)
+         * competes with the epochs, so fine-tuning that only hurts keeps it. */
+        rc = judge_epoch(o, t.m, valid, 0, threads, &best_auc);
+        if (rc) {
+            qd_free(best);
+            rc = qd_errf(err, errlen, rc, "validation: %s", qd_strerror(rc));
+            goto fail;
+        }
+        memcpy(best, t.m->param_data, t.m->nparams * sizeof *best);
+        if (progress) {
+            qd_train_progress pr = {.epoch = 0, .epochs = o->epochs, .epoch_done = 1,
+                                    .valid_auc = best_auc, .best = 1};
+            progress(&pr, arg);
+        }
+    }
     if (o->mine_top > 0 && qd_miner_init(&t.miner, train, o->mine_top))
         goto fail_nomem_best;
     for (int epoch = 1; epoch <= o->epochs; epoch++) {
@@ -610,8 +636,8 @@ int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *vali
         result->last_loss = loss_sum / (double)steps;
         double auc = 0;
         int is_best = 1;
-        if (valid) {
-            rc = valid_auc(t.m, valid, threads, &auc);
+        if (judged) {
+            rc = judge_epoch(o, t.m, valid, epoch, threads, &auc);
             if (rc) {
                 qd_free(best);
                 rc = qd_errf(err, errlen, rc, "validation: %s", qd_strerror(rc));

@@ -34,7 +34,9 @@ static const char usage[] =
     "(s_m the cosine of non-duplicate pair m); with --mine N also one mined negative per\n"
     "anchor. Only A is the anchor unless --symmetric: then each P_i is also an anchor\n"
     "against the A's, and the two directions' losses are summed.\n"
-    "After each epoch the validation ROC AUC is measured; the best epoch is kept.\n"
+    "After each epoch the validation ROC AUC is measured; the best epoch is kept\n"
+    "(fine-tuning with --head-share above 0 judges by the duplicate head instead,\n"
+    "see --init).\n"
     "Then the model's scoring is fitted on the validation pairs and stored in it: the\n"
     "fusion weight, BM25's k1 and b and the candidates re-scored per query (by\n"
     "retrieval MRR@10), the duplicate head P(duplicate | pair) and its operating point\n"
@@ -96,8 +98,15 @@ static const char usage[] =
     "                        --min-count times) are added, each starting from the\n"
     "                        n-grams MODEL read it with. Without --recipe the recipe\n"
     "                        is finetune: the default recipe with --epochs 8\n"
-    "                        --patience 3 --lr 0.001 --batch 16 --hard-negatives 64\n"
-    "                        (chosen on the SemEval dev split, see BENCHMARKS.md)\n"
+    "                        --patience 0 --lr 0.001 --batch 16 --hard-negatives 64\n"
+    "                        (chosen on the SemEval dev split, see BENCHMARKS.md).\n"
+    "                        Each epoch is judged by what the daemon would answer\n"
+    "                        with: the duplicate head fitted on the --head-share\n"
+    "                        groups, scoring --valid by P(duplicate) (its AUC plus, for\n"
+    "                        a graded file, its MAP); MODEL itself competes as epoch\n"
+    "                        0, with the head fitted on all of --train (what\n"
+    "                        --head-only gives), so fine-tuning never keeps weights\n"
+    "                        that score worse on --valid than MODEL's\n"
     "  --duplicate-grades G  for a graded --train file (a 7th column relevance): the\n"
     "                        grades that count as duplicates, e.g. 2 or 1,2 (default:\n"
     "                        its is_duplicate column); --valid is scored by its\n"
@@ -119,6 +128,7 @@ static const char usage[] =
 typedef struct progress_state {
     int tty;    /* stderr is a terminal: redraw one line */
     int quiet;  /* print nothing */
+    int head;   /* epochs are judged by the duplicate head (judge_by_head) */
 } progress_state;
 
 static void fmt_time(double s, char *buf, size_t n)
@@ -132,10 +142,15 @@ static void on_progress(const qd_train_progress *p, void *arg)
     progress_state *st = arg;
     if (st->quiet)
         return;
+    const char *what = st->head ? "valid P(duplicate) AUC + MAP" : "valid AUC";
+    if (p->epoch_done && p->epoch == 0) {
+        fprintf(stderr, "epoch 0 (the starting model): %s %.4f\n", what, p->valid_auc);
+        return;
+    }
     if (p->epoch_done) {
-        fprintf(stderr, "%sepoch %d/%d: loss %.4f, %.0f pairs/s, valid AUC %.4f%s\n",
+        fprintf(stderr, "%sepoch %d/%d: loss %.4f, %.0f pairs/s, %s %.4f%s\n",
                 st->tty ? "\r\033[K" : "", p->epoch, p->epochs, p->loss, p->pairs_per_s,
-                p->valid_auc, p->best ? " (best so far)" : "");
+                what, p->valid_auc, p->best ? " (best so far)" : "");
         return;
     }
     if (!st->tty)
@@ -277,9 +292,9 @@ static int prepare_grades(qd_pairs *p, const char *path, unsigned grades, unsign
 }
 
 /* --head-share: *train keeps the groups the encoder learns from, *held gets those the
- * scoring is fitted on. */
-static int hold_out(qd_pairs **train, qd_pairs **held, float share, uint64_t seed, int quiet,
-                    char *err, size_t errlen)
+ * scoring is fitted on, *all all of them (as *train was). */
+static int hold_out(qd_pairs **train, qd_pairs **held, qd_pairs **all, float share,
+                    uint64_t seed, int quiet, char *err, size_t errlen)
 {
     qd_pairs *kept;
     int rc = qd_finetune_split(*train, share, seed, &kept, held);
@@ -289,9 +304,79 @@ static int hold_out(qd_pairs **train, qd_pairs **held, float share, uint64_t see
         fprintf(stderr, "qdup-train: %zu training pairs for the encoder, %zu (their qid1 groups "
                         "drawn with probability %g) held out to fit the scoring on\n",
                 kept->n, (*held)->n, (double)share);
-    qd_pairs_free(*train);
+    *all = *train;
     *train = kept;
     return 0;
+}
+
+/* How a fine-tuning epoch is judged when part of the training groups is held out: by
+ * the duplicate head the model would be given (fitted on the held-out groups; at epoch
+ * 0, whose encoder has seen none of the training pairs, on all of them, as --head-only
+ * fits it), scoring --valid through P(duplicate), what the daemon reports: its ROC AUC
+ * plus, for a graded file, its MAP over the qid1 groups. The cosine's AUC alone is not
+ * what is served: an epoch can raise it and lower P(duplicate)'s. */
+typedef struct head_judge {
+    const qd_pairs *all;    /* the forum's training pairs: epoch 0's head */
+    const qd_pairs *held;   /* the groups held out of training: the other epochs' heads */
+    const qd_pairs *valid;  /* the pairs judged */
+    qd_lex_stats *st;       /* term statistics of the pair signals (--vocab-corpus, or
+                               --valid's questions) */
+    int threads;            /* encoding threads (0: all cores) */
+    int quiet;              /* print nothing */
+} head_judge;
+
+static int judge_by_head(const qd_model *m, int epoch, void *arg, double *score)
+{
+    const head_judge *j = arg;
+    char err[QD_ERRMSG_MAX];
+    qd_head h;
+    int rc = qd_fit_head(m, epoch == 0 ? j->all : j->held, j->threads, &h, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "qdup-train: epoch %d: %s\n", epoch, err);
+        return rc;
+    }
+    size_t n = j->valid->n;
+    float *cos = qd_mallocarray(n + 1, sizeof *cos), *p = qd_mallocarray(n + 1, sizeof *p);
+    rc = cos && p ? qd_score_pairs(m, j->valid, j->threads, cos) : QD_ERR_NOMEM;
+    if (rc == 0)
+        rc = qd_fit_pairs_prob(&h, j->st, j->valid, cos, p);
+    if (rc == 0) {
+        double auc = qd_pairs_auc(p, j->valid->dup, n), map = 0;
+        if (j->valid->grade)
+            map = qd_pairs_map(p, j->valid->qid1, j->valid->grade, n, 1, NULL);
+        *score = auc + map;
+        if (!j->quiet)
+            fprintf(stderr, "qdup-train: epoch %d: valid P(duplicate) AUC %.4f%s%.4f (head "
+                            "fitted on %zu pairs), cosine AUC %.4f\n", epoch, auc,
+                    j->valid->grade ? ", MAP " : "", j->valid->grade ? map : auc,
+                    (epoch == 0 ? j->all : j->held)->n, qd_pairs_auc(cos, j->valid->dup, n));
+    }
+    qd_free(cos);
+    qd_free(p);
+    return rc;
+}
+
+/* The term statistics the judge scores --valid with: the corpus's questions when there
+ * are any (the forum's collection, as qdup-eval --pairs-collection), else --valid's. */
+static int judge_stats(const qd_pairs *valid, const char *const *texts, const size_t *lens,
+                       size_t ncorpus, qd_lex_stats **st)
+{
+    if (ncorpus > 0)
+        return qd_fit_stats(texts, lens, ncorpus, st);
+    const char **t = qd_mallocarray(2 * valid->n + 1, sizeof *t);
+    size_t *l = qd_mallocarray(2 * valid->n + 1, sizeof *l);
+    int rc = t && l ? 0 : QD_ERR_NOMEM;
+    for (size_t i = 0; rc == 0 && i < valid->n; i++) {
+        t[2 * i] = valid->q1[i];
+        l[2 * i] = valid->len1[i];
+        t[2 * i + 1] = valid->q2[i];
+        l[2 * i + 1] = valid->len2[i];
+    }
+    if (rc == 0)
+        rc = qd_fit_stats(t, l, 2 * valid->n, st);
+    qd_free(t);
+    qd_free(l);
+    return rc;
 }
 
 /* --mix-pairs: *train becomes itself plus share times as many pairs of path. */
@@ -597,18 +682,20 @@ int main(int argc, char **argv)
     qd_pairs *train = NULL, *valid = NULL;
     qd_model *init = NULL;
     qd_pairs *held = NULL; /* --head-share: the pairs the scoring is fitted on */
+    qd_pairs *all = NULL;  /* --head-share: the training pairs before the split */
     if (qd_pairs_load(train_path, on_warning, NULL, &train, err, sizeof err) != 0 ||
         qd_pairs_load(valid_path, on_warning, NULL, &valid, err, sizeof err) != 0 ||
         (init_path && qd_model_load(init_path, &init, err, sizeof err) != 0) ||
         ((grades || skip) &&
          prepare_grades(train, train_path, grades, skip, err, sizeof err) != 0) ||
         (init_path && !head_only && !refit_path && head_share > 0 &&
-         hold_out(&train, &held, head_share, o.seed, st.quiet, err, sizeof err) != 0) ||
+         hold_out(&train, &held, &all, head_share, o.seed, st.quiet, err, sizeof err) != 0) ||
         (mix_path && mix_in(&train, mix_path, mix, o.seed, err, sizeof err) != 0)) {
         fprintf(stderr, "qdup-train: %s\n", err);
         qd_pairs_free(train);
         qd_pairs_free(valid);
         qd_pairs_free(held);
+        qd_pairs_free(all);
         qd_model_free(init);
         return 1;
     }
@@ -667,12 +754,37 @@ int main(int argc, char **argv)
         o.corpus_lens = cp.lens;
         o.ncorpus = cp.n;
     }
+    head_judge hj = {.all = all, .held = held, .valid = valid, .threads = o.threads,
+                     .quiet = st.quiet};
+    int rc = 0;
+    if (held && fit) {
+        rc = judge_stats(valid, o.corpus, o.corpus_lens, o.ncorpus, &hj.st);
+        if (rc)
+            snprintf(err, sizeof err, "term statistics for judging the epochs: %s",
+                     qd_strerror(rc));
+        o.judge = judge_by_head;
+        o.judge_arg = &hj;
+        st.head = 1;
+    }
     qd_model *m = NULL;
-    qd_train_result r;
-    int rc = qd_train(&o, train, valid, on_progress, &st, &m, &r, err, sizeof err);
+    qd_train_result r = {0};
+    if (rc == 0)
+        rc = qd_train(&o, train, valid, on_progress, &st, &m, &r, err, sizeof err);
     corpus_free(&cp);
+    qd_lex_stats_free(hj.st);
+    if (rc == 0 && init && r.best_epoch == 0) {
+        /* No epoch beat the starting model: write it with its own vocabulary (the words
+         * added changed no vector) and so its own fingerprint, and no index built with
+         * it needs re-embedding. */
+        qd_model_free(m);
+        m = NULL;
+        rc = qd_model_load(init_path, &m, err, sizeof err);
+    }
+    /* The head of the epoch kept: fitted on all the training pairs if it is the starting
+     * model (which saw none of them), on the held-out groups otherwise. */
+    const qd_pairs *fit_on = held && r.best_epoch == 0 ? all : held;
     if (rc == 0 && fit &&
-        fit_and_set(m, held ? held : train, held ? held : valid, o.threads, st.quiet) != 0) {
+        fit_and_set(m, held ? fit_on : train, held ? fit_on : valid, o.threads, st.quiet) != 0) {
         qd_model_free(m);
         rc = QD_ERR_INVAL;
         snprintf(err, sizeof err, "no model written");
@@ -680,6 +792,7 @@ int main(int argc, char **argv)
     qd_pairs_free(train);
     qd_pairs_free(valid);
     qd_pairs_free(held);
+    qd_pairs_free(all);
     qd_model_free(init);
     if (rc) {
         fprintf(stderr, "\nqdup-train: %s\n", err);
@@ -691,15 +804,19 @@ int main(int argc, char **argv)
         qd_model_free(m);
         return 1;
     }
-    printf("wrote %s: fingerprint %s, vocabulary %zu, best epoch %d of %d (valid AUC %.4f), "
+    printf("wrote %s: fingerprint %s, vocabulary %zu, best epoch %d of %d (valid %s %.4f), "
            "%.1f s, %.0f pairs/s\n",
-           out_path, qd_model_fingerprint(m), r.vocab, r.best_epoch, r.epochs_run,
-           r.best_valid_auc, r.seconds, r.pairs_per_s);
+           out_path, qd_model_fingerprint(m), (size_t)qd_model_header(m)->vocab, r.best_epoch,
+           r.epochs_run, st.head ? "P(duplicate) AUC + MAP" : "AUC", r.best_valid_auc,
+           r.seconds, r.pairs_per_s);
     if (r.stopped_early)
         printf("stopped early after epoch %d of %d: no better validation AUC for %d "
                "epoch%s (--patience)\n", r.epochs_run, o.epochs, o.patience,
                o.patience == 1 ? "" : "s");
-    if (init_path)
+    if (init_path && r.best_epoch == 0)
+        printf("no epoch scored better on --valid than %s: written as it is, only its "
+               "scoring re-fitted (the same vectors and fingerprint)\n", init_path);
+    else if (init_path)
         printf("fine-tuned from %s: %zu words added to its vocabulary\n", init_path,
                r.words_added);
     qd_model_free(m);

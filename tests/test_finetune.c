@@ -5,7 +5,8 @@
  * of a made-up forum whose questions use it: afterwards the word has an id and a row
  * of its own, moved away from the n-gram mean it started from, and the forum's
  * duplicates score above its non-duplicates better than before. Extending a
- * vocabulary alone must not change a single vector. Then the pieces: graded columns,
+ * vocabulary alone must not change a single vector, and fine-tuning that only hurts
+ * keeps the starting model. Then the pieces: graded columns,
  * grades to labels, mixing in other pairs, splitting by groups, and MAP on hand-checked
  * lists.
  */
@@ -43,8 +44,9 @@ static const char *const asks2[][2] = {{"any shop for", "near the city ?"},
                                        {"help with", "needed"}};
 #define NASKS 4
 
-/* Writes the forum's graded pair file and returns its path. */
-static const char *write_forum(void)
+/* Writes the forum's graded pair file as name (with is_duplicate turned round if flip)
+ * and returns its path. */
+static const char *write_forum_as(const char *name, int flip)
 {
     static char buf[16384];
     size_t n = 0;
@@ -60,14 +62,19 @@ static const char *write_forum(void)
                      asks2[a][1]);
             int g = a % 2 ? 1 : 0; /* some non-duplicates graded related */
             int qa = (int)(t * 100 + a), qb = qa + 10, qc = (int)(((t + 1) % NTOPICS) * 100 + a + 10);
-            n += (size_t)snprintf(buf + n, sizeof buf - n, "%d\t%d\t%d\t%s\t%s\t1\t2\n", id++,
-                                  qa, qb, q1, q2);
-            n += (size_t)snprintf(buf + n, sizeof buf - n, "%d\t%d\t%d\t%s\t%s\t0\t%d\n", id++,
-                                  qa, qc, q1, q3, g);
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%d\t%d\t%d\t%s\t%s\t%d\t2\n", id++,
+                                  qa, qb, q1, q2, !flip);
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%d\t%d\t%d\t%s\t%s\t%d\t%d\n", id++,
+                                  qa, qc, q1, q3, flip, g);
         }
-    const char *path = qt_path(qt_tmp_dir(), "forum.tsv");
+    const char *path = qt_path(qt_tmp_dir(), name);
     qt_write_file(path, buf, n);
     return path;
+}
+
+static const char *write_forum(void)
+{
+    return write_forum_as("forum.tsv", 0);
 }
 
 /* A tiny random model whose vocabulary has every word of the forum but "sourdough". */
@@ -124,6 +131,24 @@ static const float *row_of(const qd_model *m, const char *word)
     return qd_model_cparams(m)->emb + (size_t)id * qd_model_header(m)->emb_dim;
 }
 
+/* The finetune recipe, scaled down for the tiny model and the forum's 64 pairs. */
+static qd_train_opts tiny_opts(const qd_model *base, int epochs)
+{
+    qd_train_opts o;
+    qd_finetune_recipe(&o);
+    o.init = base;
+    o.max_tokens = 32;
+    o.min_count = 1;
+    o.batch = 8;
+    o.hard_negatives = 8;
+    o.mine_top = 0;
+    o.epochs = epochs;
+    o.patience = 0;
+    o.lr = 0.01f;
+    o.threads = 1;
+    return o;
+}
+
 static void test_new_word_learned(void **state)
 {
     (void)state;
@@ -153,18 +178,7 @@ static void test_new_word_learned(void **state)
 
     /* Fine-tuning on the forum's PerfectMatch-only labels (the grades say the same). */
     assert_int_equal(qd_finetune_relabel(p, 1u << 2, 0), 0);
-    qd_train_opts o;
-    qd_finetune_recipe(&o);
-    o.init = base;
-    o.max_tokens = 32;
-    o.min_count = 1;
-    o.batch = 8;
-    o.hard_negatives = 8;
-    o.mine_top = 0;
-    o.epochs = 30;
-    o.patience = 0;
-    o.lr = 0.01f;
-    o.threads = 1;
+    qd_train_opts o = tiny_opts(base, 30);
     qd_model *m;
     qd_train_result r;
     if (qd_train(&o, p, NULL, NULL, NULL, &m, &r, err, sizeof err))
@@ -202,6 +216,69 @@ static void test_new_word_learned(void **state)
     assert_true(auc1 > auc0);
     qd_model_free(m);
     qd_model_free(base);
+    qd_pairs_free(p);
+}
+
+/* A judge that prefers the earliest epoch (a higher score the earlier). */
+static int judge_earliest(const qd_model *m, int epoch, void *arg, double *score)
+{
+    (void)m;
+    int *calls = arg;
+    (*calls)++;
+    *score = -epoch;
+    return 0;
+}
+
+/* Fine-tuning judges its starting point as epoch 0 and keeps it when training only
+ * makes things worse: here the training pairs are the forum's with their labels
+ * turned round, so every epoch lowers the validation AUC; the model written is the
+ * starting one (its vectors unchanged, the new word added). A caller's judge decides
+ * in place of the cosine AUC, and is asked about epoch 0 too. */
+static void test_keeps_start(void **state)
+{
+    (void)state;
+    qd_pairs *p, *flipped;
+    if (qd_pairs_load(write_forum(), NULL, NULL, &p, err, sizeof err) ||
+        qd_pairs_load(write_forum_as("flipped.tsv", 1), NULL, NULL, &flipped, err, sizeof err))
+        fail_msg("%s", err);
+    qd_model *base = tiny_model(p);
+    double gap0, gap1;
+    double auc0 = pair_auc(base, p, &gap0);
+    qd_train_opts o = tiny_opts(base, 4);
+    qd_model *m;
+    qd_train_result r;
+    if (qd_train(&o, flipped, p, NULL, NULL, &m, &r, err, sizeof err))
+        fail_msg("%s", err);
+    printf("# best epoch %d of %d, valid AUC %.4f (start %.4f)\n", r.best_epoch, r.epochs_run,
+           r.best_valid_auc, auc0);
+    assert_int_equal(r.epochs_run, 4);
+    assert_int_equal(r.best_epoch, 0);
+    assert_int_equal(r.words_added, 1);
+    qt_assert_near(r.best_valid_auc, auc0, 1e-6);
+    qt_assert_near(pair_auc(m, p, &gap1), auc0, 1e-6);
+    qt_assert_near(gap1, gap0, 1e-5);
+    qd_model_free(m);
+
+    /* The same labels the right way round: training helps, a later epoch is kept. */
+    if (qd_train(&o, p, p, NULL, NULL, &m, &r, err, sizeof err))
+        fail_msg("%s", err);
+    assert_true(r.best_epoch > 0);
+    assert_true(r.best_valid_auc > auc0);
+    qd_model_free(m);
+
+    /* A judge of the caller's decides, epoch 0 included. */
+    int calls = 0;
+    o.judge = judge_earliest;
+    o.judge_arg = &calls;
+    o.epochs = 2;
+    if (qd_train(&o, p, NULL, NULL, NULL, &m, &r, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(calls, 3);
+    assert_int_equal(r.best_epoch, 0);
+    qt_assert_near(pair_auc(m, p, &gap1), auc0, 1e-6);
+    qd_model_free(m);
+    qd_model_free(base);
+    qd_pairs_free(flipped);
     qd_pairs_free(p);
 }
 
@@ -312,8 +389,8 @@ static void test_command_line(void **state)
     snprintf(out, sizeof out, "%s/forum.qdm", qt_tmp_dir());
     snprintf(head, sizeof head, "%s/forum_head.qdm", qt_tmp_dir());
     snprintf(cmd, sizeof cmd, "'%s/qdup-train' --init '%s' --train '%s' --valid '%s' --out '%s' "
-             "--duplicate-grades 2 --batch 4 --epochs 2 --min-count 1 --threads 1 --quiet "
-             ">/dev/null 2>&1", qt_bin_dir(), base, forum, forum, out);
+             "--duplicate-grades 2 --head-share 0 --batch 4 --epochs 2 --min-count 1 --threads 1 "
+             "--quiet >/dev/null 2>&1", qt_bin_dir(), base, forum, forum, out);
     assert_int_equal(system(cmd), 0);
     qd_model *b, *m, *h;
     assert_int_equal(qd_model_load(base, &b, err, sizeof err), 0);
@@ -331,6 +408,32 @@ static void test_command_line(void **state)
         fail_msg("%s", err);
     assert_string_equal(qd_model_fingerprint(h), qd_model_fingerprint(m));
     assert_int_equal(qd_model_get_scoring(h)->fitted, 1);
+    /* Judged on the labels turned round, every epoch scores worse than the start: the
+     * starting model is written, with its own vocabulary and fingerprint, its scoring
+     * fitted. */
+    qd_model *same;
+    snprintf(cmd, sizeof cmd, "'%s/qdup-train' --init '%s' --train '%s' --valid '%s' --out '%s' "
+             "--head-share 0 --batch 4 --epochs 3 --lr 0.01 --min-count 1 --threads 1 --quiet "
+             ">/dev/null 2>&1", qt_bin_dir(), base, forum, write_forum_as("flipped.tsv", 1),
+             out);
+    assert_int_equal(system(cmd), 0);
+    if (qd_model_load(out, &same, err, sizeof err))
+        fail_msg("%s", err);
+    assert_string_equal(qd_model_fingerprint(same), qd_model_fingerprint(b));
+    assert_int_equal(qd_model_header(same)->vocab, qd_model_header(b)->vocab);
+    assert_int_equal(qd_model_get_scoring(same)->fitted, 1);
+    qd_model_free(same);
+    /* The default judge, the duplicate head: on this forum the pair signals alone
+     * separate every pair (P(duplicate) AUC and MAP 1 from the start), no epoch does
+     * better, and a tie keeps the starting model. */
+    snprintf(cmd, sizeof cmd, "'%s/qdup-train' --init '%s' --train '%s' --valid '%s' --out '%s' "
+             "--duplicate-grades 2 --batch 4 --epochs 2 --min-count 1 --threads 1 --quiet "
+             ">/dev/null 2>&1", qt_bin_dir(), base, forum, forum, out);
+    assert_int_equal(system(cmd), 0);
+    if (qd_model_load(out, &same, err, sizeof err))
+        fail_msg("%s", err);
+    assert_string_equal(qd_model_fingerprint(same), qd_model_fingerprint(b));
+    qd_model_free(same);
     /* Grades asked of a file without them: refused, nothing written. */
     const char *plain = qt_path(qt_tmp_dir(), "plain.tsv");
     const char text[] = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
@@ -399,6 +502,7 @@ int main(void)
         cmocka_unit_test(test_map),
         cmocka_unit_test(test_grades),
         cmocka_unit_test(test_new_word_learned),
+        cmocka_unit_test(test_keeps_start),
         cmocka_unit_test(test_command_line),
         cmocka_unit_test(test_eval_map),
     };

@@ -8,9 +8,12 @@
  * the threads, each with its own activations and gradients, which are summed in a
  * fixed order: a run is deterministic for a given seed and thread count.
  *
- * After each epoch the model is scored on the validation pairs (ROC AUC of the cosine
- * similarity); the best epoch's weights are kept, and training stops early when the
- * validation AUC has not improved for `patience` epochs.
+ * After each epoch the model is judged on the validation pairs (the ROC AUC of the
+ * cosine similarity, or the caller's judge: qdup-train's is what its duplicate head
+ * would score); the best epoch's weights are kept, and training stops early when the
+ * judgement has not improved for `patience` epochs. A fine-tuning run also judges its
+ * starting point, as epoch 0, so that it never keeps weights worse than the ones it
+ * started from.
  */
 #ifndef QDUP_TRAIN_H
 #define QDUP_TRAIN_H
@@ -70,6 +73,11 @@ typedef struct qd_train_opts {
                                weights, its vocabulary extended with the words of the
                                training pairs and the corpus it lacks (seen min_count
                                times), instead of a new model; NULL: a new model */
+    /* Judging an epoch's weights: *score, higher is better (epoch 0: the starting
+     * point of a fine-tuning run). NULL: the validation pairs' cosine ROC AUC. Returns
+     * 0 or a QD_ERR_* that ends training. */
+    int (*judge)(const qd_model *m, int epoch, void *arg, double *score);
+    void *judge_arg;        /* passed to judge */
 } qd_train_opts;
 
 /* Fills o with a named recipe: "seed" (the course's settings: E = H = 128, batch 256,
@@ -79,7 +87,7 @@ int qd_train_recipe(const char *name, qd_train_opts *o);
 
 /* What the trainer reports to its progress callback. */
 typedef struct qd_train_progress {
-    int epoch;            /* 1-based */
+    int epoch;            /* 1-based; 0: a fine-tuning run's starting point judged */
     int epochs;           /* planned */
     size_t step;          /* steps done in this epoch */
     size_t steps;         /* steps in an epoch */
@@ -87,7 +95,8 @@ typedef struct qd_train_progress {
     double pairs_per_s;   /* duplicate pairs trained per second, this epoch */
     double eta_s;         /* seconds left for the planned epochs */
     int epoch_done;       /* 1 at the end of an epoch: the fields below are set */
-    double valid_auc;     /* validation ROC AUC after this epoch */
+    double valid_auc;     /* the judgement after this epoch (validation ROC AUC without
+                             a judge) */
     int best;             /* 1 if this epoch is the best so far */
 } qd_train_progress;
 
@@ -96,10 +105,10 @@ typedef void (*qd_train_progress_fn)(const qd_train_progress *p, void *arg);
 /* What a finished run measured. */
 typedef struct qd_train_result {
     int epochs_run;       /* epochs actually trained */
-    int best_epoch;       /* the epoch whose weights were kept */
+    int best_epoch;       /* the epoch whose weights were kept (0: the starting point) */
     int stopped_early;    /* 1 if --patience epochs without a better validation AUC
                              ended training before o->epochs */
-    double best_valid_auc;/* its validation AUC */
+    double best_valid_auc;/* its judgement (validation AUC without a judge) */
     double last_loss;     /* mean loss of the last epoch */
     double seconds;       /* training time (validation included) */
     double pairs_per_s;   /* duplicate pairs per second over the run, validation excluded */
@@ -107,8 +116,8 @@ typedef struct qd_train_result {
     size_t words_added;   /* fine-tuning: words added to the starting model's vocabulary */
 } qd_train_result;
 
-/* Trains a new model on train (valid may be NULL: then no early stopping and the last
- * epoch is kept). progress may be NULL. On success *out is the trained model (its
+/* Trains a new model on train (valid and o->judge may both be NULL: then no early
+ * stopping and the last epoch is kept). progress may be NULL. On success *out is the trained model (its
  * fingerprint is set when it is saved). */
 int qd_train(const qd_train_opts *o, const qd_pairs *train, const qd_pairs *valid,
              qd_train_progress_fn progress, void *arg, qd_model **out,
