@@ -27,6 +27,11 @@ PRAGMA application_id = 1363432784;
 --   faiss_crc        integer, CRC-32 of the whole FAISS file; NULL: no file vouched for
 --   faiss_size       integer, its size in bytes
 --   created          real, unix time the store was created
+-- and while a switch to another model is staged (indexer/reembed.c):
+--   reembed_fingerprint text, the fingerprint of the model being staged
+--   reembed_model_path  text, its path (relative to the database's directory when
+--                       the model lies there or below, like model_path)
+--   reembed_complete    integer, 1 once the staging reached every row
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value              -- any type; NULL where the comment above allows it
@@ -77,3 +82,13 @@ CREATE TABLE verdicts (
     decided   REAL NOT NULL,    -- unix time of the verdict, seconds
     PRIMARY KEY (new_id, old_id)
 );
+
+-- The staging of a switch to another model (`qdup-index reembed`): the vector the
+-- model named by meta reembed_fingerprint gives each row of questions. Not created
+-- here: indexer/reembed.c creates it when a staging starts (CREATE TABLE IF NOT
+-- EXISTS, the statement below) and the switch drops it in the same transaction that
+-- copies the vectors into questions.vec and records the new model_fingerprint, so
+-- the model in force and the vectors in questions always agree, whenever a process
+-- is killed. A store without it is the usual case, and the schema version stays 2:
+-- a program that does not know the table ignores it.
+--   CREATE TABLE reembed (row INTEGER PRIMARY KEY, vec BLOB NOT NULL);

@@ -7,6 +7,7 @@
  *   qdup-index remove  --db DB ID... | --ids FILE
  *   qdup-index search  --db DB [-k N] [--json] TEXT...
  *   qdup-index info | verify | export | verdicts | compact --db DB
+ *   qdup-index reembed --db DB --model NEW
  *
  * build and add are the import pipeline of ingest.c (ingest.h) behind this command
  * line: read every dump completely first (reporting each malformed record as
@@ -79,6 +80,7 @@ enum opt_id {
     O_REPAIR,
     O_RANK,
     O_IDENTICAL,
+    O_REENCODE,
 };
 
 static const struct option long_opts[] = {
@@ -105,6 +107,7 @@ static const struct option long_opts[] = {
     {"repair", no_argument, NULL, O_REPAIR},
     {"rank", required_argument, NULL, O_RANK},
     {"identical", required_argument, NULL, O_IDENTICAL},
+    {"reencode", no_argument, NULL, O_REENCODE},
     {NULL, 0, NULL, 0},
 };
 
@@ -131,6 +134,7 @@ typedef struct opts {
     int quiet;                 /* --quiet: no progress, no summary */
     int progress;              /* --progress: progress lines even without a terminal */
     int repair;                /* --repair (verify) */
+    int reencode;              /* --reencode (verify) */
     int threads;               /* --threads (0: all cores) */
     size_t k;                  /* -k */
     double min_score;          /* --min-score */
@@ -704,6 +708,12 @@ static int cmd_info(opts *o, int argc, char **argv)
     qd_store_info in;
     qd_store_get_info(s, &in);
     print_info(o->db, &in, o->json);
+    qd_store_staged sg;
+    if (!o->json && qd_store_reembed_status(s, &sg) == 0 && sg.staged)
+        printf("staged:      model %s (fingerprint %s), %" PRIu64 " of %" PRIu64
+               " questions%s\n", sg.model_path, sg.fingerprint, sg.rows, sg.total,
+               sg.complete ? ", complete: switched by the next reload or reembed"
+                           : ", not finished: run qdup-index reembed again");
     qd_store_close(s);
     return 0;
 }
@@ -725,6 +735,13 @@ static int cmd_verify(opts *o, int argc, char **argv)
     uint64_t problems = 0;
     double t0 = qd_now();
     int rc = qd_store_verify(s, stdout, o->max_report, &problems);
+    if (o->reencode && (!rc || rc == QD_ERR_MISMATCH)) {
+        uint64_t bad = 0;
+        int rc2 = qd_store_check_vectors(s, stdout, o->max_report, &bad);
+        problems += bad;
+        if (rc2 && rc2 != QD_ERR_MISMATCH)
+            rc = rc2;
+    }
     if (rc && rc != QD_ERR_MISMATCH)
         errorf("verify could not run: %s", qd_store_errmsg(s));
     qd_store_info in;
@@ -800,6 +817,64 @@ static int cmd_verdicts(opts *o, int argc, char **argv)
     return export_with(o, argc, argv, "verdicts", qd_store_export_verdicts);
 }
 
+/* --- reembed ----------------------------------------------------------------------- */
+
+static int cmd_reembed(opts *o, int argc, char **argv)
+{
+    if (argc > 0) {
+        errorf("reembed: unexpected argument %s", argv[0]);
+        return EXIT_USAGE;
+    }
+    if (!o->model) {
+        errorf("reembed: --model NEW is required (see --help)");
+        return EXIT_USAGE;
+    }
+    char err[QD_ERRMSG_MAX];
+    qd_store_staged sg;
+    qd_ingest_progress_init(&prog_state, o->quiet, o->progress, test_stop);
+    int rc = qd_store_reembed_stage(o->db, o->model, o->threads, qd_ingest_progress_cb,
+                                    &prog_state, &sg, err, sizeof err);
+    progress_clear();
+    if (rc == QD_ERR_EXISTS) {
+        if (!o->quiet)
+            fprintf(stderr, "%s reembed: %s: nothing to do\n", prog, err);
+        return 0;
+    }
+    if (rc) {
+        errorf("%s", err);
+        return 1;
+    }
+    if (!o->quiet)
+        fprintf(stderr, "%s reembed: staged %" PRIu64 " vectors of model %s (fingerprint "
+                "%s) in %.2f s\n", prog, sg.rows, sg.model_path, sg.fingerprint, sg.seconds);
+    test_stop("reembed:staged");
+    /* The switch needs the writer lock: a serving daemon holds it and switches on
+     * reload instead. The store opens with the model in force until then. */
+    qd_store_opts so = {.threads = o->threads};
+    qd_store *s = NULL;
+    rc = qd_store_open(o->db, &so, &s, err, sizeof err);
+    if (rc == QD_ERR_BUSY) {
+        printf("staged; send SIGHUP or {\"op\":\"reload\"} to the daemon to switch (%s)\n",
+               err);
+        return 0;
+    }
+    if (rc) {
+        errorf("%s", err);
+        return 1;
+    }
+    double t0 = qd_now();
+    char old_fp[17], new_fp[17];
+    rc = qd_store_reembed_switch(s, old_fp, new_fp);
+    if (rc)
+        errorf("%s", qd_store_errmsg(s));
+    qd_store_close(s);
+    if (rc)
+        return 1;
+    printf("switched %s from model %s to %s (%.2f s)\n", o->db, old_fp, new_fp,
+           qd_now() - t0);
+    return 0;
+}
+
 static int cmd_compact(opts *o, int argc, char **argv)
 {
     (void)argv;
@@ -843,7 +918,8 @@ static const int remove_opts[] = {O_DB, O_MODEL, O_IDS, O_MAX_REPORT, O_QUIET, 0
 static const int search_opts[] = {O_DB, O_MODEL, O_K, O_JSON, O_MIN_SCORE, O_PARAM,
                                   O_EXCLUDE, O_RANK, 0};
 static const int info_opts[] = {O_DB, O_MODEL, O_JSON, 0};
-static const int verify_opts[] = {O_DB, O_MODEL, O_MAX_REPORT, O_REPAIR, 0};
+static const int verify_opts[] = {O_DB, O_MODEL, O_MAX_REPORT, O_REPAIR, O_REENCODE, 0};
+static const int reembed_opts[] = {O_DB, O_MODEL, O_THREADS, O_PROGRESS, O_QUIET, 0};
 static const int export_opts[] = {O_DB, O_MODEL, O_OUT, 0};
 static const int compact_opts[] = {O_DB, O_MODEL, O_PROGRESS, O_QUIET, 0};
 
@@ -931,7 +1007,10 @@ static const command commands[] = {
      "  --db DB           the index database\n"
      "  --max-report N    print at most N problems (default 20)\n"
      "  --repair          open for writing first, which rebuilds and rewrites a FAISS\n"
-     "                    file the database does not vouch for\n"},
+     "                    file the database does not vouch for\n"
+     "  --reencode        also encode every stored question again with the model and\n"
+     "                    compare with its stored vector (catches vectors of another\n"
+     "                    model; slow: as long as encoding the whole store)\n"},
     {"export", cmd_export, export_opts, "write ids, texts and vectors as JSON Lines",
      "usage: qdup-index export --db DB [--out FILE]\n\n"
      "Writes every live question as {\"id\": ..., \"text\": ..., \"vector\": [...]}, one per\n"
@@ -949,6 +1028,21 @@ static const command commands[] = {
      "  --db DB           the index database\n"
      "  --out FILE        write to FILE (replaced only when complete) instead of\n"
      "                    standard output\n"},
+    {"reembed", cmd_reembed, reembed_opts, "switch the index to another model",
+     "usage: qdup-index reembed --db DB --model NEW [--threads N]\n\n"
+     "Encodes every stored question with the model NEW into a staging table of DB,\n"
+     "in short transactions (a daemon serving DB keeps answering and writing), then\n"
+     "switches DB to NEW in one transaction and rewrites DB.faiss. A kill at any\n"
+     "moment leaves DB with its old model or with NEW, never a mix; run it again to\n"
+     "resume a killed staging. NEW must have the dimension of DB's vectors.\n\n"
+     "While a daemon serves DB (it holds the writer lock), reembed stops after the\n"
+     "staging and says so: the daemon switches on SIGHUP or {\"op\":\"reload\"},\n"
+     "encoding with NEW whatever was added meanwhile.\n\n"
+     "  --db DB           the index database\n"
+     "  --model NEW       the model to switch to (.qdm)\n"
+     "  --threads N       encoding threads (default: all cores)\n"
+     "  --progress        progress lines even when stderr is not a terminal\n"
+     "  --quiet           no progress and no summary\n"},
     {"compact", cmd_compact, compact_opts, "delete removed questions and rebuild the index",
      "usage: qdup-index compact --db DB\n\n"
      "Deletes removed questions from the database, rebuilds the FAISS index from the\n"
@@ -1055,6 +1149,7 @@ int main(int argc, char **argv)
         case O_QUIET: o.quiet = 1; break;
         case O_PROGRESS: o.progress = 1; break;
         case O_REPAIR: o.repair = 1; break;
+        case O_REENCODE: o.reencode = 1; break;
         case O_PARAM:
             if (o.nparams == MAX_PARAMS) {
                 errorf("%s: at most %d --param options", c->name, MAX_PARAMS);

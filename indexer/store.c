@@ -161,7 +161,7 @@ int qd_store_check_item(const qd_store_item *it, char *err, size_t errlen)
 
 /* --- open, create, close ------------------------------------------------------------------- */
 
-static void st_free(qd_store *s)
+void st_free(qd_store *s)
 {
     if (!s)
         return;
@@ -177,13 +177,17 @@ static void st_free(qd_store *s)
     st_map_free(&s->by_text);
     qd_lex_stats_free(s->lex);
     qd_model_free(s->model);
+    for (size_t i = 0; i < s->nretired; i++)
+        qd_model_free(s->retired[i]);
+    qd_free(s->retired);
     pthread_mutex_destroy(&s->wmu);
     pthread_rwlock_destroy(&s->rw);
+    pthread_rwlock_destroy(&s->pin);
     qd_free(s);
 }
 
 /* A store object with paths and locks set up and nothing opened. */
-static int st_new(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
+int st_new(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
                   size_t errlen)
 {
     *out = NULL;
@@ -210,6 +214,7 @@ static int st_new(const char *db_path, const qd_store_opts *o, qd_store **out, c
     pthread_rwlockattr_init(&ra);
     pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&s->rw, &ra);
+    pthread_rwlock_init(&s->pin, &ra);
     pthread_rwlockattr_destroy(&ra);
     if (st_path_with(s->db_path, sizeof s->db_path, db_path, "") ||
         st_path_with(s->faiss_path, sizeof s->faiss_path, db_path, ".faiss")) {
@@ -243,7 +248,7 @@ static int st_db_dir(const char *db_path, char *dir, size_t dirlen)
 /* How meta remembers the model at model_abs: relative to the database's directory when
  * the model lies there or below (the two then move together: a directory copied or
  * renamed whole still finds its model), else absolute. */
-static void st_model_ref(const char *db_path, const char *model_abs, char *out, size_t outlen)
+void st_model_ref(const char *db_path, const char *model_abs, char *out, size_t outlen)
 {
     char dir[PATH_MAX];
     size_t n;
@@ -256,7 +261,7 @@ static void st_model_ref(const char *db_path, const char *model_abs, char *out, 
 
 /* The file a remembered model reference names: a relative one from the database's
  * directory (not the current one). */
-static void st_model_resolve(const char *db_path, const char *ref, char *out, size_t outlen)
+void st_model_resolve(const char *db_path, const char *ref, char *out, size_t outlen)
 {
     char dir[PATH_MAX];
     size_t n;
@@ -270,24 +275,37 @@ static void st_model_resolve(const char *db_path, const char *ref, char *out, si
     }
 }
 
-/* Loads the model at path into s, remembering its absolute path. */
-static int st_load_model(qd_store *s, const char *path, char *err, size_t errlen)
+/* Loads the model at path into *m and its absolute path into abs (PATH_MAX). */
+int st_load_model_at(const char *path, qd_model **m, char *abs, char *err, size_t errlen)
 {
-    char abs[PATH_MAX];
+    *m = NULL;
     if (!realpath(path, abs)) {
         int e = errno;
         return qd_errf(err, errlen, e == ENOENT ? QD_ERR_NOTFOUND : QD_ERR_IO, "model %s: %s",
                        path, strerror(e));
     }
-    int rc = qd_model_load(abs, &s->model, err, errlen);
+    int rc = qd_model_load(abs, m, err, errlen);
     if (rc)
         return rc;
-    if (strlen(abs) >= sizeof s->model_path)
-        return qd_errf(err, errlen, QD_ERR_RANGE, "model %s: path too long", abs);
-    strcpy(s->model_path, abs);
-    if (strlen(qd_model_fingerprint(s->model)) != 16)
-        return qd_errf(err, errlen, QD_ERR_INVAL, "model %s: no fingerprint", abs);
-    return 0;
+    if (strlen(abs) >= ST_PATH_MAX)
+        rc = qd_errf(err, errlen, QD_ERR_RANGE, "model %s: path too long", abs);
+    else if (strlen(qd_model_fingerprint(*m)) != 16)
+        rc = qd_errf(err, errlen, QD_ERR_INVAL, "model %s: no fingerprint", abs);
+    if (rc) {
+        qd_model_free(*m);
+        *m = NULL;
+    }
+    return rc;
+}
+
+/* Loads the model at path into s, remembering its absolute path. */
+static int st_load_model(qd_store *s, const char *path, char *err, size_t errlen)
+{
+    char abs[PATH_MAX];
+    int rc = st_load_model_at(path, &s->model, abs, err, errlen);
+    if (!rc)
+        strcpy(s->model_path, abs);
+    return rc;
 }
 
 static void st_kind(qd_store *s)

@@ -12,11 +12,15 @@
  *                locks, probe, install, discard, the leftover temp-file sweep.
  *   verify.c     verify and export (read everything, check or write it out).
  *   verdicts.c   moderators' verdicts: store, export, the version 1 -> 2 migration.
+ *   reembed.c    switching to another model: staging the new vectors, the switch,
+ *                re-encoding checks.
  *
  * Everything here is internal: names are st_* (cross-file) and nothing outside
  * indexer/ but the tests includes this header. Locking rules are those of store.c's
  * design note: `wmu` serializes writers and every use of the SQLite connection, `rw`
- * guards what searches read (the index and the row table).
+ * guards what searches read (the index and the row table), and `pin` (taken before
+ * rw when both are) keeps the model in force from changing between a caller's encoding
+ * and its search (qd_store_pin; the switch to another model takes its write side).
  */
 #ifndef QDUP_STORE_IMPL_H
 #define QDUP_STORE_IMPL_H
@@ -157,7 +161,12 @@ struct qd_store {
     int readonly;                 /* opened read-only */
     int threads;                  /* tokenizing threads for batch adds (0: all cores) */
     qd_model *model;              /* the vectors' model: its fingerprint is the store's;
-                                     callers encode with it (read-only once loaded) */
+                                     callers encode with it (read-only once loaded;
+                                     replaced only by a switch, under pin and rw) */
+    qd_model **retired;           /* (nretired) models replaced by switches, freed at
+                                     close: a caller may still hold a pointer */
+    size_t nretired;              /* entries of retired */
+    pthread_rwlock_t pin;         /* qd_store_pin (read) against a switch (write) */
     int dim;                      /* vector dimension (meta, = the model's) */
     int can_remove;               /* the index kind removes vectors (else tombstones) */
     int lossy;                    /* the index kind stores approximate vectors (SQ, PQ) */
@@ -186,6 +195,18 @@ struct qd_store {
     st_progress_fn progress;      /* progress callback, or NULL */
     void *progress_arg;           /* its argument */
 };
+
+/* A store object with its paths and locks set up and nothing opened (store.c). */
+int st_new(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
+           size_t errlen);
+/* Frees everything a store object holds (closing the database without a checkpoint). */
+void st_free(qd_store *s);
+/* Loads the model at path into *m, its absolute path into abs (ST_PATH_MAX bytes). */
+int st_load_model_at(const char *path, qd_model **m, char *abs, char *err, size_t errlen);
+/* How meta remembers the model at model_abs (relative to the database's directory
+ * when it lies there or below), and the file such a reference names. */
+void st_model_ref(const char *db_path, const char *model_abs, char *out, size_t outlen);
+void st_model_resolve(const char *db_path, const char *ref, char *out, size_t outlen);
 
 /* Reports progress through the store's callback, if any. */
 void st_progress(qd_store *s, const char *phase, size_t done, size_t total);
@@ -225,6 +246,8 @@ int st_db_prepare(qd_store *s, const char *sql, sqlite3_stmt **st);
 /* Steps a statement to its end and resets it for the next use. */
 int st_db_run(qd_store *s, sqlite3_stmt *st);
 void st_db_rollback(qd_store *s);
+/* 1 if the database has a table of this name, 0 if not, or <0. */
+int st_db_has_table(qd_store *s, const char *name);
 /* Per-connection settings (WAL, synchronous=FULL, busy timeout). */
 int st_db_configure(qd_store *s);
 /* QD_ERR_FORMAT naming the file if an open database is not a qdup store. */

@@ -152,6 +152,22 @@ int st_db_run(qd_store *s, sqlite3_stmt *st)
     return rc;
 }
 
+int st_db_has_table(qd_store *s, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = st_db_prepare(s, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                           "name = ?1", &st);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    int src = sqlite3_step(st);
+    rc = src == SQLITE_ROW    ? 1
+         : src == SQLITE_DONE ? 0
+                              : st_dbfail(s->db, s->db_path, "looking for a table");
+    sqlite3_finalize(st);
+    return rc;
+}
+
 void st_db_rollback(qd_store *s)
 {
     if (!sqlite3_get_autocommit(s->db))

@@ -24,22 +24,6 @@
 #include "qdup/store.h"
 #include "store_impl.h"
 
-/* 1 if the database has the verdicts table, 0 if not (a version 1 store), or <0. */
-static int has_verdicts(qd_store *s)
-{
-    sqlite3_stmt *st = NULL;
-    int rc = st_db_prepare(s, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                           "name = 'verdicts'", &st);
-    if (rc)
-        return rc;
-    int src = sqlite3_step(st);
-    rc = src == SQLITE_ROW    ? 1
-         : src == SQLITE_DONE ? 0
-                              : st_dbfail(s->db, s->db_path, "looking for the verdicts table");
-    sqlite3_finalize(st);
-    return rc;
-}
-
 int st_migrate(qd_store *s)
 {
     static const char start[] = "CREATE TABLE verdicts";
@@ -58,7 +42,7 @@ int st_migrate(qd_store *s)
     rc = st_meta_get(s, "schema_version", &type, &version, NULL, 0);
     /* Anything but a plain version 1 is left to qd_store_open's checks. */
     if (!rc && type == SQLITE_INTEGER && version == 1) {
-        rc = has_verdicts(s);
+        rc = st_db_has_table(s, "verdicts");
         if (rc == 0)
             rc = st_db_exec(s, sql);
         if (rc >= 0)
@@ -94,7 +78,7 @@ int qd_store_verdict(qd_store *s, const char *new_id, size_t new_len, const char
         rc = id_fail(QD_ERR_NOTFOUND, new_id, new_len);
     else if (!b)
         rc = id_fail(QD_ERR_NOTFOUND, old_id, old_len);
-    else if ((rc = has_verdicts(s)) == 0)
+    else if ((rc = st_db_has_table(s, "verdicts")) == 0)
         rc = st_fail(QD_ERR_UNAVAILABLE, "%s is a schema version 1 store not yet migrated "
                      "(it is when opened for writing with room on disk)", s->db_path);
     if (rc == 1)
@@ -137,7 +121,7 @@ int qd_store_export_verdicts(qd_store *s, FILE *out)
     if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
         rc = st_dbfail(s->db, s->db_path, "starting a transaction");
     fputs("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n", out);
-    int have = rc ? rc : has_verdicts(s);
+    int have = rc ? rc : st_db_has_table(s, "verdicts");
     if (have < 0)
         rc = have;
     /* qids number the distinct questions (an id with its text as it was) in order of

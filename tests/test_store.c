@@ -1286,6 +1286,123 @@ static void test_verdicts(void **state)
     free_batch(&b);
 }
 
+/* A second model of the fixture's dimension and vocabulary: its weights perturbed. */
+static const char *second_model(void)
+{
+    static char path[4200];
+    char err[QD_ERRMSG_MAX];
+    qd_model *m = NULL;
+    snprintf(path, sizeof path, "%s/second.qdm", qt_tmp_dir());
+    assert_int_equal(qd_model_load(model_path(), &m, err, sizeof err), 0);
+    size_t n = 0;
+    float *w = qd_model_param_data(m, &n);
+    for (size_t i = 0; i < n; i++)
+        w[i] = w[i] * 0.8f + 0.05f * sinf((float)i);
+    assert_int_equal(qd_model_save(m, path, err, sizeof err), 0);
+    qd_model_free(m);
+    return path;
+}
+
+static uint64_t reencode_problems(qd_store *s)
+{
+    uint64_t bad = 99;
+    int rc = qd_store_check_vectors(s, NULL, 0, &bad);
+    assert_true(rc == 0 || rc == QD_ERR_MISMATCH);
+    assert_int_equal(rc == 0, bad == 0);
+    return bad;
+}
+
+/* reembed: staging beside an open writer, rows added and removed after the staging
+ * encoded with the new model at the switch, the switch remembered at reopen. */
+static void test_reembed(void **state)
+{
+    (void)state;
+    const char *db = new_db("reembed");
+    const char *m2 = second_model();
+    char err[QD_ERRMSG_MAX], fp1[17], oldfp[17], newfp[17];
+    qd_store *s = create(db, "Flat");
+    batch b = make_batch(0, 300), late = make_batch(300, 310);
+    add_ok(s, &b);
+    assert_int_equal(qd_store_remove(s, "q7", 2), 0);
+    snprintf(fp1, sizeof fp1, "%s", qd_model_fingerprint(qd_store_model(s)));
+
+    /* Nothing staged: nothing to switch to. */
+    assert_int_equal(qd_store_reembed_switch(s, NULL, NULL), QD_ERR_NOTFOUND);
+    /* The model in force, or one of another dimension, is refused. */
+    assert_int_equal(qd_store_reembed_stage(db, model_path(), 2, NULL, NULL, NULL, err,
+                                            sizeof err), QD_ERR_EXISTS);
+    assert_int_equal(qd_store_reembed_stage(db, qt_path(qt_fixtures_dir(), "fwd_ngram.qdm"),
+                                            2, NULL, NULL, NULL, err, sizeof err),
+                     QD_ERR_MISMATCH);
+    assert_non_null(strstr(err, "dimension"));
+
+    /* Staged while s stays open for writing (as a daemon would). */
+    qd_store_staged sg;
+    assert_int_equal(qd_store_reembed_stage(db, m2, 2, NULL, NULL, &sg, err, sizeof err), 0);
+    assert_true(sg.staged && sg.complete);
+    assert_int_equal(sg.rows, 300);
+    assert_int_equal(qd_store_reembed_status(s, &sg), 0);
+    assert_true(sg.staged && sg.complete);
+    assert_string_not_equal(sg.fingerprint, fp1);
+    /* Staging changed nothing in force. */
+    assert_string_equal(info_of(s).model_fingerprint, fp1);
+    assert_int_equal(reencode_problems(s), 0);
+
+    /* Changes after the staging: adds (encoded with the old model) and a removal. */
+    add_ok(s, &late);
+    assert_int_equal(qd_store_remove(s, "q8", 2), 0);
+    const qd_model *old = qd_store_pin(s);
+    qd_store_unpin(s);
+
+    assert_int_equal(qd_store_reembed_switch(s, oldfp, newfp), 0);
+    assert_string_equal(oldfp, fp1);
+    assert_string_equal(newfp, sg.fingerprint);
+    assert_ptr_not_equal(qd_store_model(s), old);
+    qd_store_info in = info_of(s);
+    assert_string_equal(in.model_fingerprint, newfp);
+    assert_int_equal(in.live, 308);
+    assert_int_equal(in.checkpoint_seq, in.seq);
+    assert_int_equal(reencode_problems(s), 0);
+    verify_clean(s);
+    /* Every question, the late ones included, is found by its new-model vector. */
+    expect_top(s, b.text[100], "q100");
+    expect_top(s, late.text[5], "q305");
+    assert_int_equal(qd_store_reembed_status(s, &sg), 0);
+    assert_false(sg.staged);
+    assert_int_equal(qd_store_reembed_switch(s, NULL, NULL), QD_ERR_NOTFOUND);
+    qd_store_close(s);
+
+    /* Reopened: the new model is remembered. */
+    s = open_rw(db);
+    assert_string_equal(info_of(s).model_fingerprint, newfp);
+    assert_int_equal(info_of(s).faiss_note[0], '\0');
+    assert_int_equal(reencode_problems(s), 0);
+
+    /* A staging not finished (as if killed) is refused by the switch, and resumed. */
+    assert_int_equal(qd_store_reembed_stage(db, model_path(), 2, NULL, NULL, &sg, err,
+                                            sizeof err), 0);
+    sql(db, "UPDATE meta SET value = 0 WHERE key = 'reembed_complete'", "");
+    sql(db, "DELETE FROM reembed WHERE row > 150", "");
+    assert_int_equal(qd_store_reembed_switch(s, NULL, NULL), QD_ERR_BUSY);
+    assert_non_null(strstr(qd_store_errmsg(s), "not finished"));
+    assert_string_equal(info_of(s).model_fingerprint, newfp);
+    assert_int_equal(qd_store_reembed_stage(db, model_path(), 2, NULL, NULL, &sg, err,
+                                            sizeof err), 0);
+    assert_int_equal(sg.rows, 310);
+    assert_int_equal(qd_store_reembed_switch(s, NULL, NULL), 0);
+    assert_string_equal(info_of(s).model_fingerprint, fp1);
+    assert_int_equal(reencode_problems(s), 0);
+    /* The check itself sees a vector of the other model. */
+    qd_store_close(s);
+    sql(db, "UPDATE questions SET vec = (SELECT vec FROM questions WHERE row = 2) "
+            "WHERE row = 3", "");
+    s = open_ro(db);
+    assert_int_equal(reencode_problems(s), 1);
+    qd_store_close(s);
+    free_batch(&b);
+    free_batch(&late);
+}
+
 static void test_migrate_v1(void **state)
 {
     (void)state;
@@ -1542,6 +1659,7 @@ int main(void)
         cmocka_unit_test(test_export),
         cmocka_unit_test(test_verdicts),
         cmocka_unit_test(test_migrate_v1),
+        cmocka_unit_test(test_reembed),
         cmocka_unit_test(test_concurrent_search_during_add),
         cmocka_unit_test(test_alloc_failures),
     };

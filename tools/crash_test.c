@@ -46,6 +46,18 @@
  * the daemon, any add) rebuilds it. The same holds for an add killed inside its
  * checkpoint. The test counts these cases, repairs, and verifies again.
  *
+ * Reembed phase. A store of --index-rows questions is built with the model and
+ * switched back and forth between it and a second model (the first with its weights
+ * perturbed, written to the work directory) with `qdup-index reembed`, --reembed-kills
+ * times, each killed: at a random time up to 1.1 times an uninterrupted run, or (one
+ * round in three each) stopped at a named point of the switch (QDUP_INDEX_TEST_STOP:
+ * between two staging chunks, between staging and switch, just before the switch's
+ * commit, just after it) and killed there. After each kill one model must be in
+ * force (`info`: one of the two fingerprints) and every stored vector must be that
+ * model's encoding of its text (`verify --reencode`: a vector of the other model is
+ * a mix); a kill after the switch's commit leaves a FAISS file the database does not
+ * vouch for (counted; --repair rebuilds it). Finally one run to the end must switch.
+ *
  * The last lines are the summary:
  *   RESULT kills=20 acknowledged=5123 lost=0 ... status=ok
  * Exit status 0 when nothing was lost and every check passed, 1 otherwise, 2 for bad
@@ -77,6 +89,7 @@
 #include <jansson.h>
 
 #include "qdup/common.h"
+#include "qdup/model.h" /* the second model of the reembed phase */
 #include "qdup/store.h" /* QD_STORE_SUFFIXES only: this test links no store code */
 
 #include "harness.h"
@@ -98,6 +111,7 @@ typedef struct cfg {
     int keep;              /* --keep: leave the work directory */
     int kills;             /* daemon kills */
     int index_kills;       /* kills of build, and of add, each */
+    int reembed_kills;     /* kills of reembed */
     size_t rows;           /* questions in the initial store */
     size_t index_rows;     /* questions in each dump of the index phase */
     size_t window;         /* requests in flight while streaming */
@@ -129,6 +143,7 @@ typedef struct tally {
     size_t mismatched;        /* of them, with different results */
     int build_kills, build_old, build_new, build_torn, build_finished;
     int add_kills, add_none, add_all, add_finished, add_verify_repaired;
+    int re_kills, re_stopped, re_old, re_new, re_unvouched, re_finished;
 } tally;
 
 static tally T;
@@ -1227,6 +1242,167 @@ static void index_phase(void)
            t_add * 1e3);
 }
 
+/* --- reembed phase --------------------------------------------------------------------- */
+
+/* Writes C.model with every weight perturbed to dst: a second model of the same
+ * dimension and vocabulary whose vectors differ from the first's. */
+static void make_second_model(const char *dst)
+{
+    char err[QD_ERRMSG_MAX];
+    qd_model *m = NULL;
+    if (qd_model_load(C.model, &m, err, sizeof err) != 0)
+        die("%s", err);
+    size_t n = 0;
+    float *w = qd_model_param_data(m, &n);
+    for (size_t i = 0; i < n; i++)
+        w[i] = w[i] * 0.8f + 0.05f * sinf((float)i);
+    if (qd_model_save(m, dst, err, sizeof err) != 0)
+        die("%s", err);
+    qd_model_free(m);
+}
+
+/* The fingerprint of the model in force in db (`qdup-index info --json`), or "". */
+static void store_fingerprint(const char *db, char *fp, size_t len)
+{
+    LOCAL_PATH(out, "info.json");
+    char *argv[] = {(char *)prog("qdup-index"), "info", "--json", "--db", (char *)db, NULL};
+    fp[0] = '\0';
+    if (run(argv, NULL, out, out) != 0)
+        return;
+    char *text = slurp(out, NULL);
+    json_t *j = text ? json_loads(text, 0, NULL) : NULL;
+    const char *v = json_string_value(json_object_get(j, "model_fingerprint"));
+    snprintf(fp, len, "%s", v ? v : "");
+    json_decref(j);
+    free(text);
+}
+
+/* Runs reembed to `model` until it stops itself at `point` (QDUP_INDEX_TEST_STOP),
+ * then kills it. 1 if it was killed there, 0 if it finished without reaching it. */
+static int reembed_stop_and_kill(char *const argv[], const char *point, const char *log)
+{
+    setenv("QDUP_INDEX_TEST_STOP", point, 1);
+    pid_t pid = spawn(argv, NULL, NULL, log);
+    unsetenv("QDUP_INDEX_TEST_STOP");
+    int st;
+    if (waitpid(pid, &st, WUNTRACED) != pid)
+        die("waitpid: %s", strerror(errno));
+    if (WIFSTOPPED(st)) {
+        kill(pid, SIGKILL);
+        wait_status(pid);
+        return 1;
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        failf("reembed exited with %d before %s (log %s)",
+              WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), point, log);
+    return 0;
+}
+
+/* After a kill: one model in force, every vector its encoding. Returns the
+ * fingerprint in force into fp. */
+static void reembed_check(const char *db, const char *fp1, const char *fp2, char *fp,
+                          size_t fplen, int round)
+{
+    LOCAL_PATH(out, "verify.out");
+    store_fingerprint(db, fp, fplen);
+    if (strcmp(fp, fp1) != 0 && strcmp(fp, fp2) != 0) {
+        failf("reembed round %d: the store's model is \"%s\", neither %s nor %s", round, fp,
+              fp1, fp2);
+        return;
+    }
+    char *argv[] = {(char *)prog("qdup-index"), "verify", "--reencode", "--db", (char *)db,
+                    NULL, NULL};
+    if (run(argv, NULL, out, out) == 0)
+        return;
+    if (file_has_from(out, 0, "is not the encoding")) {
+        char *report = slurp(out, NULL);
+        failf("reembed round %d: vectors of two models: %s", round, report ? report : "");
+        free(report);
+        return;
+    }
+    if (!file_has_from(out, 0, "records no checkpoint")) {
+        char *report = slurp(out, NULL);
+        failf("reembed round %d: verify failed: %s", round, report ? report : "");
+        free(report);
+        return;
+    }
+    /* Killed after the switch's commit, before its checkpoint: the next writer rebuilds
+     * the FAISS file from the (new) vectors. */
+    T.re_unvouched++;
+    argv[5] = "--repair";
+    if (run(argv, NULL, out, out) != 0) {
+        char *report = slurp(out, NULL);
+        failf("reembed round %d: verify failed after --repair: %s", round,
+              report ? report : "");
+        free(report);
+    }
+}
+
+static void reembed_phase(void)
+{
+    LOCAL_PATH(db, "re.db");
+    LOCAL_PATH(log, "reembed.log");
+    LOCAL_PATH(dump, "re.tsv");
+    LOCAL_PATH(model2, "second.qdm");
+    make_second_model(model2);
+    write_dump(dump, "r", 0, C.index_rows, text_of);
+    if (index_build(db, dump, log) != 0)
+        die("qdup-index build failed (log %s)", log);
+    char fp1[32], fp2[32], fp[32];
+    store_fingerprint(db, fp1, sizeof fp1);
+    /* An uninterrupted switch to the second model: the first estimate of the time. */
+    char *argv[] = {(char *)prog("qdup-index"), "reembed", "--quiet", "--db", (char *)db,
+                    "--model", model2, NULL};
+    double t0 = qd_now();
+    if (run(argv, NULL, NULL, log) != 0)
+        die("qdup-index reembed failed (log %s)", log);
+    double t_est = qd_now() - t0;
+    store_fingerprint(db, fp2, sizeof fp2);
+    if (!fp1[0] || !fp2[0] || strcmp(fp1, fp2) == 0)
+        die("reembed did not switch the store (fingerprints \"%s\", \"%s\"; log %s)", fp1,
+            fp2, log);
+    snprintf(fp, sizeof fp, "%s", fp2);
+    static const char *const points[] = {"reembed:chunk", "reembed:staged",
+                                         "reembed:before-commit", "reembed:committed"};
+    for (int r = 0; r < C.reembed_kills; r++) {
+        /* Towards the model not in force. */
+        argv[6] = strcmp(fp, fp1) == 0 ? model2 : C.model;
+        int killed;
+        if (rnd() % 3 == 0) {
+            killed = reembed_stop_and_kill(argv, points[rnd() % 4], log);
+            T.re_stopped += killed;
+        } else {
+            killed = run_and_kill(argv, &t_est, log);
+        }
+        T.re_kills += killed;
+        T.re_finished += !killed;
+        char before[32];
+        snprintf(before, sizeof before, "%s", fp);
+        reembed_check(db, fp1, fp2, fp, sizeof fp, r);
+        if (strcmp(fp, before) == 0)
+            T.re_old++;
+        else
+            T.re_new++;
+        if (C.verbose)
+            printf("reembed round %d: %s, model %s in force\n", r,
+                   killed ? "killed" : "finished", fp);
+    }
+    /* A killed staging is resumed (or a finished one switched) by the next run. */
+    argv[6] = strcmp(fp, fp1) == 0 ? model2 : C.model;
+    const char *want = strcmp(fp, fp1) == 0 ? fp2 : fp1;
+    if (run(argv, NULL, NULL, log) != 0)
+        failf("the last reembed failed (log %s)", log);
+    reembed_check(db, fp1, fp2, fp, sizeof fp, C.reembed_kills);
+    if (strcmp(fp, want) != 0)
+        failf("the last reembed left model %s in force, not %s", fp, want);
+    printf("reembed: %d kills (%d of them at a named point, plus %d runs that finished "
+           "first): old model in force %d times, new one %d times (FAISS file rebuilt after "
+           "a kill past the commit %d times); never a mix; an uninterrupted reembed of %zu "
+           "questions took %.0f ms\n",
+           T.re_kills, T.re_stopped, T.re_finished, T.re_old, T.re_new, T.re_unvouched,
+           C.index_rows, t_est * 1e3);
+}
+
 /* --- main ------------------------------------------------------------------------------ */
 
 static void usage(FILE *f)
@@ -1239,6 +1415,7 @@ static void usage(FILE *f)
             "  --index-kills N   kills of build, and of add, each (default 5)\n"
             "  --rows N          questions in the initial store (default 500)\n"
             "  --index-rows N    questions per dump in the index phase (default 3000)\n"
+            "  --reembed-kills N kills of qdup-index reembed (default 0)\n"
             "  --window N        requests in flight while streaming (default 32)\n"
             "  --max-ms MS       longest stream before a kill (default 400)\n"
             "  --queries N       queries compared with a fresh index (default 60)\n"
@@ -1271,6 +1448,7 @@ int main(int argc, char **argv)
         {"queries", 1, 0, 'q'}, {"seed", 1, 0, 's'},        {"bin", 1, 0, 'b'},
         {"model", 1, 0, 'M'},   {"dir", 1, 0, 'd'},         {"keep", 0, 0, 'K'},
         {"verbose", 0, 0, 'v'}, {"inject-loss", 0, 0, 'I'}, {"help", 0, 0, 'h'},
+        {"reembed-kills", 1, 0, 'E'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -1278,6 +1456,7 @@ int main(int argc, char **argv)
         switch (ch) {
         case 'k': C.kills = (int)opt_long("kills", optarg, 0, 1000000); break;
         case 'i': C.index_kills = (int)opt_long("index-kills", optarg, 0, 100000); break;
+        case 'E': C.reembed_kills = (int)opt_long("reembed-kills", optarg, 0, 100000); break;
         case 'r': C.rows = (size_t)opt_long("rows", optarg, 1, 10000000); break;
         case 'R': C.index_rows = (size_t)opt_long("index-rows", optarg, 1, 10000000); break;
         case 'w': C.window = (size_t)opt_long("window", optarg, 1, 64); break;
@@ -1304,9 +1483,10 @@ int main(int argc, char **argv)
     atexit(kill_live);
 
     harness_setup(C.bin, C.model, QDUP_CRASH_MODEL, C.dir, C.dir_given);
-    printf("qdup-crash-test --kills %d --index-kills %d --rows %zu --index-rows %zu --window %zu "
-           "--max-ms %.0f --queries %zu --seed %" PRIu64 "\n",
-           C.kills, C.index_kills, C.rows, C.index_rows, C.window, C.max_ms, C.queries, C.seed);
+    printf("qdup-crash-test --kills %d --index-kills %d --reembed-kills %d --rows %zu "
+           "--index-rows %zu --window %zu --max-ms %.0f --queries %zu --seed %" PRIu64 "\n",
+           C.kills, C.index_kills, C.reembed_kills, C.rows, C.index_rows, C.window, C.max_ms,
+           C.queries, C.seed);
     printf("work directory %s\n", C.dir);
     fflush(stdout);
 
@@ -1315,13 +1495,17 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (C.index_kills > 0)
         index_phase();
+    fflush(stdout);
+    if (C.reembed_kills > 0)
+        reembed_phase();
     int ok = T.lost == 0 && harness_failures == 0 && T.mismatched == 0;
     printf("RESULT kills=%d acknowledged=%" PRIu64 " lost=%" PRIu64 " unanswered=%" PRIu64
            " compared=%zu differ=%zu build_kills=%d build_old=%d build_new=%d build_torn=%d "
-           "add_kills=%d add_none=%d add_all=%d failures=%d seconds=%.1f status=%s\n",
+           "add_kills=%d add_none=%d add_all=%d reembed_kills=%d reembed_old=%d reembed_new=%d "
+           "failures=%d seconds=%.1f status=%s\n",
            T.kills, T.acked, T.lost, T.unacked, T.compared, T.mismatched, T.build_kills,
            T.build_old, T.build_new, T.build_torn, T.add_kills, T.add_none, T.add_all,
-           harness_failures, qd_now() - t0, ok ? "ok" : "FAILED");
+           T.re_kills, T.re_old, T.re_new, harness_failures, qd_now() - t0, ok ? "ok" : "FAILED");
     if ((ok || C.inject_loss) && !C.keep && !C.dir_given)
         remove_tree(C.dir);
     else

@@ -232,6 +232,71 @@ int qd_store_verdict(qd_store *s, const char *new_id, size_t new_len, const char
  * first appearance. A version 1 store (read-only) has none: the header only. */
 int qd_store_export_verdicts(qd_store *s, FILE *out);
 
+/* --- switching to another model (reembed.c) ------------------------------------------ */
+
+/* A store switches to another model in two steps, so that a daemon can keep serving
+ * meanwhile and a kill at any moment leaves one model in force, never a mix:
+ *
+ * Staging (qd_store_reembed_stage) encodes every stored question (live and removed)
+ * with the new model into a staging table of the database (schema.sql: reembed), in
+ * short transactions beside whatever process writes the store, and needs no writer
+ * lock. It resumes a staging for the same model left by a kill, and starts over if
+ * one for another model is there. The store keeps its model until the switch.
+ *
+ * The switch (qd_store_reembed_switch, by the process holding the writer lock)
+ * is one SQLite transaction: it encodes the rows added since staging read them,
+ * copies the staged vectors into the questions, records the new model in meta, drops
+ * the staging data and leaves the FAISS file unvouched for; it then swaps the new
+ * model and an index built from the new vectors in (see qd_store_pin) and writes a
+ * checkpoint. A kill after the commit and before the checkpoint is healed by the
+ * next open, which rebuilds the index from the database. The new model must have the
+ * store's dimension. */
+
+/* What a staging holds (qd_store_reembed_status), or made (stage). */
+typedef struct qd_store_staged {
+    int staged;              /* 1 if the store holds a staging */
+    int complete;            /* 1 if it reached every row there was when it finished */
+    uint64_t rows;           /* vectors staged */
+    uint64_t total;          /* rows in the store (live and removed) */
+    char fingerprint[17];    /* the staged model's fingerprint */
+    char model_path[1024];   /* its file (resolved) */
+    double seconds;          /* stage only: time it took */
+} qd_store_staged;
+
+/* Stages the vectors of model_path for the store at db_path (see above) on `threads`
+ * encoding threads (0: all cores); progress(phase "reembed", done, total, arg) now
+ * and then if not NULL. QD_ERR_EXISTS if the store already uses that model,
+ * QD_ERR_MISMATCH for a model of another dimension, QD_ERR_BUSY if another staging
+ * (of another model) replaced this one meanwhile. *out (may be NULL) gets the result. */
+int qd_store_reembed_stage(const char *db_path, const char *model_path, int threads,
+                           void (*progress)(const char *phase, size_t done, size_t total,
+                                            void *arg),
+                           void *arg, qd_store_staged *out, char *err, size_t errlen);
+
+/* What the store's database holds staged now. */
+int qd_store_reembed_status(qd_store *s, qd_store_staged *out);
+
+/* Switches s to the staged model (see above). QD_ERR_NOTFOUND if nothing is staged,
+ * QD_ERR_BUSY if the staging is not finished (a reembed still running, or killed:
+ * run it again), QD_ERR_MISMATCH if the staged model's file no longer has the staged
+ * fingerprint, QD_ERR_FORBIDDEN if opened read-only. On failure the store keeps its
+ * model and the staging. *old_fp and *new_fp (17 bytes each, may be NULL) get the
+ * fingerprints. */
+int qd_store_reembed_switch(qd_store *s, char *old_fp, char *new_fp);
+
+/* The model in force, held until qd_store_unpin: a switch waits for every pin to be
+ * released before it swaps the model and the index, so a caller that encodes with the
+ * pinned model and then searches (or adds) sees one model throughout. Pins are
+ * shared; a thread must not pin twice (a waiting switch would deadlock it). */
+const qd_model *qd_store_pin(qd_store *s);
+void qd_store_unpin(qd_store *s);
+
+/* Re-encodes every stored question (live and removed) with the store's model and
+ * compares it with its stored vector: a vector of another model (or a damaged one)
+ * is a problem, printed as one line to report (at most max_report) if not NULL.
+ * *problems gets the count. 0 if all match, QD_ERR_MISMATCH if not. */
+int qd_store_check_vectors(qd_store *s, FILE *report, size_t max_report, uint64_t *problems);
+
 /* --- reading ------------------------------------------------------------------------ */
 
 /* A stored question. Strings are copies owned by the caller's qd_store_hits or row
