@@ -63,6 +63,21 @@ static int st_verdict(void *ctx, const char *new_id, size_t new_len, const char 
     return st_write_rc(qd_store_verdict(ctx, new_id, new_len, old_id, old_len, duplicate));
 }
 
+static const qd_model *st_pin(void *ctx)
+{
+    return qd_store_pin(ctx);
+}
+
+static void st_unpin(void *ctx)
+{
+    qd_store_unpin(ctx);
+}
+
+static int st_reload(void *ctx, char *old_fp, char *new_fp)
+{
+    return st_write_rc(qd_store_reembed_switch(ctx, old_fp, new_fp));
+}
+
 void qd_backend_store(qd_store *st, qd_backend *be)
 {
     *be = (qd_backend){
@@ -80,5 +95,8 @@ void qd_backend_store(qd_store *st, qd_backend *be)
         .errmsg = st_errmsg,
         .search_text = st_search_text,
         .verdict = st_verdict,
+        .pin = st_pin,
+        .unpin = st_unpin,
+        .reload = st_reload,
     };
 }

@@ -205,7 +205,7 @@ void qd_conn_slot_done(slot *sl, char *out, size_t len, int code)
         s->replies[sl->op + 1][code]++;
     double ms = (qd_now() - sl->t0) * 1e3;
     if (sl->op == QD_OP_ADD || sl->op == QD_OP_REMOVE || sl->op == QD_OP_CHECK ||
-        sl->op == QD_OP_VERDICT) {
+        sl->op == QD_OP_VERDICT || sl->op == QD_OP_RELOAD) {
         lat_push(&s->lat_write, ms);
         qd_metrics_hist_add(&s->hist_write, ms);
     } else if (sl->op == QD_OP_QUERY || sl->op == QD_OP_GET) {

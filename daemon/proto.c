@@ -91,6 +91,7 @@ static const cmd commands[QD_OP_COUNT] = {
     {"ping", QD_OP_PING, parse_nothing, {0}, QD_REQ_DONE, 0},
     {"metrics", QD_OP_METRICS, parse_nothing, {0}, QD_REQ_READ, 0},
     {"verdict", QD_OP_VERDICT, parse_verdict, {"id", "of", "duplicate"}, QD_REQ_WRITE, 1},
+    {"reload", QD_OP_RELOAD, parse_nothing, {0}, QD_REQ_WRITE, 1},
 };
 
 const char *qd_proto_op_name(int op)
@@ -298,13 +299,15 @@ static int parse_check(const qd_proto *p, qd_req *r)
         return -1;
     if (get_text(p, r) || get_k(p, r, 5) || get_min_score(r, -INFINITY) || get_rank(p, r))
         return -1;
-    r->min_p = qd_model_get_scoring(p->be->model)->min_p;
+    /* Without min_p, the operating point of the model the check runs with (run_check):
+     * a reload may change it between now and then. */
     v = json_object_get(r->root, "min_p");
     if (v) {
         double x = json_is_number(v) ? json_number_value(v) : -1;
         if (!(x >= 0 && x <= 1))
             return fail(r, QD_CODE_BAD_REQUEST, "\"min_p\" must be a number from 0 to 1");
         r->min_p = (float)x;
+        r->min_p_given = 1;
     }
     return 0;
 }
@@ -743,6 +746,8 @@ fail:
 static void run_check(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
 {
     float *vec = NULL;
+    if (!r->min_p_given)
+        r->min_p = qd_model_get_scoring(p->be->model)->min_p;
     int rc = encode(p, ws, r->texts, r->lens, 1, &vec);
     if (rc) {
         fail_own(r, rc);
@@ -840,13 +845,25 @@ static void run_one(const qd_proto *p, qd_enc_ws *ws, qd_req *r)
                                       r->duplicate)) != 0)
             fail_be(p, r, rc);
         break;
+    case QD_OP_RELOAD:
+        if (!p->be->reload) {
+            fail(r, QD_CODE_UNAVAILABLE, "this server has no store to switch to another "
+                 "model");
+        } else if ((rc = p->be->reload(p->be->ctx, r->from_fp, r->to_fp)) == 0) {
+            r->switched = 1;
+        } else if (rc != QD_ERR_NOTFOUND) {
+            /* "not found" would name a question id: say what is missing instead. */
+            fail_be(p, r, rc);
+        }
+        break;
     default:
         /* A parsed request of another class cannot get here (class and op match). */
         QD_ASSERT(!"request of unexpected op in run_one");
     }
 }
 
-void qd_proto_run(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n)
+/* Runs the list with p's backend as it is, its model the one the caller pinned. */
+static void run_list(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n)
 {
     run_searches(p, ws, reqs, n);
     for (size_t i = 0; i < n; i++) {
@@ -864,6 +881,29 @@ void qd_proto_run(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n)
             run_one(p, ws, r);
         }
     }
+}
+
+void qd_proto_run(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n)
+{
+    /* A reload runs alone (the scheduler joins adds only) and unpinned: it waits for
+     * the pins of every other list to go. */
+    int reload = 0;
+    for (size_t i = 0; i < n; i++)
+        reload |= reqs[i]->op == QD_OP_RELOAD && reqs[i]->code == QD_CODE_OK &&
+                  reqs[i]->cls != QD_REQ_DONE;
+    if (!p->be->pin || reload) {
+        QD_ASSERT(!reload || n == 1);
+        run_list(p, ws, reqs, n);
+        return;
+    }
+    /* Everything of this list (encoding, searches, adds, check's min_p) sees the
+     * model in force when it started, even if a reload waits meanwhile. */
+    qd_backend be = *p->be;
+    qd_proto pp = *p;
+    be.model = p->be->pin(p->be->ctx);
+    pp.be = &be;
+    run_list(&pp, ws, reqs, n);
+    p->be->unpin(p->be->ctx);
 }
 
 /* --- replies ------------------------------------------------------------------------ */
@@ -1099,6 +1139,16 @@ static json_t *reply_json(const qd_req *r, int code, const char *msg)
             put(o, "id", jstr(r->id, r->id_len), &bad);
             put(o, "of", jstr(r->of, r->of_len), &bad);
             put(o, "duplicate", json_boolean(r->duplicate), &bad);
+            break;
+        case QD_OP_RELOAD:
+            put(o, "switched", json_boolean(r->switched), &bad);
+            if (r->switched) {
+                put(o, "from", json_string(r->from_fp), &bad);
+                put(o, "to", json_string(r->to_fp), &bad);
+            } else {
+                put(o, "reason", json_string("no model is staged (qdup-index reembed "
+                                             "stages one)"), &bad);
+            }
             break;
         case QD_OP_GET:
             put(o, "id", jstr(r->got.ext_id, r->got.ext_id ? strlen(r->got.ext_id) : 0), &bad);

@@ -283,8 +283,9 @@ static void work_run(uv_work_t *req)
 {
     work *w = (work *)req;
     qd_server *s = w->srv;
-    if (w->kind == W_CHECKPOINT) {
-        w->rc = s->be.checkpoint(s->be.ctx);
+    if (w->kind == W_CHECKPOINT || w->kind == W_RELOAD) {
+        w->rc = w->kind == W_CHECKPOINT ? s->be.checkpoint(s->be.ctx)
+                                        : s->be.reload(s->be.ctx, w->from_fp, w->to_fp);
         if (w->rc) {
             const char *m = s->be.errmsg ? s->be.errmsg(s->be.ctx) : NULL;
             snprintf(w->err, sizeof w->err, "%s", m && *m ? m : qd_strerror(w->rc));
@@ -383,6 +384,19 @@ static void work_done(uv_work_t *req, int status)
     work *w = (work *)req;
     qd_server *s = w->srv;
     (void)status; /* nothing is ever canceled */
+    if (w->kind == W_RELOAD) {
+        qd_sched_writer_done(&s->sched);
+        if (w->rc == 0)
+            qd_server_log("SIGHUP: switched from model %s to %s", w->from_fp, w->to_fp);
+        else if (w->rc == QD_ERR_NOTFOUND)
+            qd_server_log("SIGHUP: no model is staged; the model is unchanged");
+        else
+            qd_log(QD_LOG_ERR, "SIGHUP: the switch to the staged model failed: %s; the "
+                   "model is unchanged", w->err);
+        work_free(w);
+        qd_server_maybe_finish(s);
+        return;
+    }
     if (w->kind == W_CHECKPOINT) {
         qd_sched_writer_done(&s->sched);
         if (w->rc) {
@@ -504,6 +518,16 @@ static void dispatch(qd_server *s)
         return;
     }
     s->ckpt_wanted = 0;
+    /* SIGHUP's switch waits for the writer like any write; requests that arrived
+     * before it was asked for may go first. */
+    if (s->reload_wanted && s->state == S_RUNNING) {
+        if (!(w = work_new(s, W_RELOAD, 0)))
+            return;
+        s->reload_wanted = 0;
+        qd_sched_claim_writer(&s->sched);
+        work_submit(s, w);
+        return;
+    }
     if ((w = take_batch(s, W_WRITE)) != NULL)
         work_submit(s, w);
 }
@@ -593,7 +617,8 @@ static int opts_valid(const qd_server_opts *o)
            o->limits.max_reply >= 256 && o->socket_mode <= 0777;
 }
 
-/* SIGHUP: the options again, applied where they can change while serving (server.h).
+/* SIGHUP: the options again, applied where they can change while serving (server.h),
+ * and the switch to a staged model (run by the writer).
  * The handler's limits are plain words that workers read while parsing long lines
  * and formatting replies; each is replaced whole, and a request sees the old or the
  * new value. */
@@ -603,6 +628,10 @@ static void on_hup(uv_signal_t *h, int signum)
     qd_server *s = h->data;
     if (s->state != S_RUNNING)
         return;
+    /* A model staged by qdup-index reembed is switched to by the writer (dispatch),
+     * while queries go on. */
+    if (s->be.reload)
+        s->reload_wanted = 1;
     if (!s->o.reload) {
         qd_server_log("SIGHUP: no configuration to reload");
         return;

@@ -86,21 +86,23 @@ struct client {
     double t_active;     /* when bytes last came in or a reply last went out */
 };
 
-enum { W_READ, W_WRITE, W_CHECKPOINT };
+enum { W_READ, W_WRITE, W_CHECKPOINT, W_RELOAD };
 
 /* A unit of pool work. */
 typedef struct work {
     uv_work_t w;         /* first */
     qd_server *srv;          /* owner */
-    int kind;            /* W_READ, W_WRITE or W_CHECKPOINT */
+    int kind;            /* W_READ, W_WRITE, W_CHECKPOINT or W_RELOAD (SIGHUP's) */
     int heavy;           /* W_READ: one request over a batch cap on its own */
     size_t n;            /* requests */
     size_t cap;          /* room for requests */
     qd_sched_item **items; /* (cap) their slots' scheduler items, n used */
     qd_req **reqs;       /* (cap) the requests */
     uint64_t dirty;      /* checkpoint: writes it covers */
-    int rc;              /* checkpoint: outcome */
-    char err[256];       /* checkpoint: detail of a failure */
+    int rc;              /* checkpoint, reload: outcome */
+    char err[256];       /* checkpoint, reload: detail of a failure */
+    char from_fp[17];    /* reload: the model before */
+    char to_fp[17];      /* reload: the model after */
 } work;
 
 /* A uv_write and the reply buffers it owns. */
@@ -124,7 +126,8 @@ struct qd_server {
     uv_pipe_t listener;     /* the listening socket */
     uv_signal_t sig_term;   /* SIGTERM */
     uv_signal_t sig_int;    /* SIGINT */
-    uv_signal_t sig_hup;    /* SIGHUP: reload the configuration */
+    uv_signal_t sig_hup;    /* SIGHUP: reload the configuration and switch to a staged
+                               model */
     uv_check_t check;       /* dispatch and flush, after each round of I/O */
     uv_timer_t ckpt_timer;  /* periodic checkpoints */
     uv_timer_t drain_timer; /* bounds the wait for clients at shutdown */
@@ -148,6 +151,7 @@ struct qd_server {
     size_t out_total;       /* reply bytes handed to libuv and not yet written, all
                                clients */
     int ckpt_wanted;        /* the timer asked for a checkpoint */
+    int reload_wanted;      /* SIGHUP asked for a switch to a staged model */
     uint64_t dirty;         /* acknowledged writes since the last checkpoint */
     int ckpt_failed;        /* the final checkpoint failed */
     double ckpt_delay_s;    /* while checkpoints fail: the wait before the next try,

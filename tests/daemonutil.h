@@ -52,6 +52,9 @@ void expect_ok(json_t *j);
 void qtext(char *buf, size_t n, unsigned i);
 void make_store_spec(const char *db, unsigned n, const char *spec);
 void make_store(const char *db, unsigned n);
+/* Writes the fixture model with its weights perturbed to dst: a second model of the
+ * same dimension and vocabulary, with another fingerprint (reembed, reload). */
+void make_second_model(const char *dst);
 int setup(void **state);
 int teardown(void **state);
 json_t *rpcf(conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -30,6 +30,14 @@
  *                                                       the suggestion); both must be live;
  *                                                       needs write permission; a repeated
  *                                                       verdict on the pair replaces it
+ *   {"op":"reload"}                                     switch to the model staged by
+ *                                                       qdup-index reembed (needs write
+ *                                                       permission): {"switched":true,
+ *                                                       "from":FP,"to":FP}, or
+ *                                                       "switched":false when nothing is
+ *                                                       staged; queries already encoded
+ *                                                       finish on the old model, writes
+ *                                                       wait for the switch
  *   {"op":"stats"}, {"op":"ping"}
  * Replies: {"ok":true,"tag":...,...} or
  *          {"ok":false,"tag":...,"error":{"code":"not_found","message":"..."}} with the
@@ -96,6 +104,15 @@ typedef struct qd_backend {
      * Serialized by the caller like add. */
     int (*verdict)(void *ctx, const char *new_id, size_t new_len, const char *old_id,
                    size_t old_len, int duplicate);
+    /* Optional (both NULL: `model` is used throughout): qd_store_pin / unpin, the
+     * model to encode with, held by the handler from a list's encoding to its last
+     * search or add, so that a reload cannot swap the model in between. */
+    const qd_model *(*pin)(void *ctx);
+    void (*unpin)(void *ctx);
+    /* Optional (may be NULL: reload is refused as unavailable): qd_store_reembed_switch,
+     * switching to a staged model; QD_ERR_NOTFOUND when nothing is staged. Serialized
+     * by the caller like add, and never called while this thread holds a pin. */
+    int (*reload)(void *ctx, char *old_fp, char *new_fp);
 } qd_backend;
 
 /* Size limits on requests and replies. */
@@ -135,6 +152,7 @@ typedef enum qd_op {
     QD_OP_PING,
     QD_OP_METRICS,
     QD_OP_VERDICT,
+    QD_OP_RELOAD,
     QD_OP_COUNT,
     QD_OP_NONE = -1, /* the line was not a request with a known op */
 } qd_op;
@@ -170,7 +188,8 @@ typedef struct qd_peer {
     uint32_t uid;     /* peer's effective uid */
     uint32_t gid;     /* peer's effective gid */
     int32_t pid;      /* peer's process id */
-    int may_write;    /* 1 if add, remove, verdict and check with store are allowed */
+    int may_write;    /* 1 if add, remove, verdict, reload and check with store are
+                         allowed */
 } qd_peer;
 
 /* Where a parsed request must run. */
@@ -178,7 +197,8 @@ typedef enum qd_req_class {
     QD_REQ_DONE = 0,  /* already answered (an error, a ping): just reply */
     QD_REQ_SEARCH,    /* a query: batched with other queries on any worker */
     QD_REQ_READ,      /* get, stats, check without store: any worker */
-    QD_REQ_WRITE,     /* add, remove, check with store: the one serialized writer */
+    QD_REQ_WRITE,     /* add, remove, check with store, verdict, reload: the one
+                         serialized writer */
 } qd_req_class;
 
 /* Latency figures over a recent window, in milliseconds. */
@@ -236,7 +256,11 @@ typedef struct qd_req {
     size_t of_len;
     char of_buf[24];          /* "of" given as a number, as decimal text */
     int duplicate;            /* verdict: 1 closed as a duplicate, 0 dismissed */
+    int min_p_given;          /* check: 1 if the request set min_p (else the model's) */
     /* outcome */
+    int switched;             /* reload: 1 if the model was switched */
+    char from_fp[17];         /* reload: the model before (when switched) */
+    char to_fp[17];           /* reload: the model after (when switched) */
     int code;                 /* qd_proto_code; QD_CODE_OK on success */
     char msg[256];            /* error message (when code != OK) */
     qd_store_hits *hits;      /* (ntexts) query and check results, or NULL */

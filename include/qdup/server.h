@@ -96,7 +96,10 @@ int qd_server_run(qd_server *s);
  * timeouts, batch sizes, checkpoint interval and write permissions (for connections
  * accepted from then on). The socket, its mode and the number of threads are fixed at
  * start: a change of those is logged as waiting for the next start. Options that fail
- * the checks of qd_server_new are refused whole and the current ones kept. */
+ * the checks of qd_server_new are refused whole and the current ones kept. SIGHUP also
+ * asks the writer to switch the backend to a model staged by qdup-index reembed
+ * (qd_backend.reload, as the reload op does): queries go on meanwhile, and the
+ * outcome is logged ("no model is staged" when there is none). */
 
 /* Frees the server; NULL is a no-op. */
 void qd_server_free(qd_server *s);

@@ -1,0 +1,318 @@
+/*
+ * test_daemon_reload.c - switching a serving qdup-daemon to another model (issue 11):
+ * `qdup-index reembed` stages the new vectors while the daemon answers queries and
+ * adds, then {"op":"reload"} or SIGHUP switches it.
+ *
+ * What must hold: no client sees an error reply at any point; every add acknowledged
+ * before, during or after the staging and the switch is there afterwards, with a
+ * vector of the new model (the ones that arrived while staging ran, or after it
+ * finished, included); the fingerprint the daemon reports switches; the store left
+ * behind verifies, every vector re-encoded by the model in force.
+ *
+ * Nothing depends on timing: reembed is stopped at a named point
+ * (QDUP_INDEX_TEST_STOP) while adds are made, and every wait is for an event.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "qdup/common.h"
+#include "qdup/store.h"
+#include "daemonutil.h"
+#include "testutil.h"
+
+/* A client thread: queries or adds until told to stop, counting error replies. */
+typedef struct client {
+    const char *sock;     /* daemon socket */
+    int adds;             /* 1: adds "bg<i>", 0: queries */
+    volatile int stop;    /* set by the test */
+    unsigned done;        /* requests answered ok */
+    unsigned errors;      /* requests answered with an error, or not at all */
+    char last_error[512]; /* the last error reply */
+} client;
+
+static void *client_run(void *arg)
+{
+    client *cl = arg;
+    conn c;
+    if (conn_open(&c, cl->sock) != 0) {
+        cl->errors++;
+        return NULL;
+    }
+    char line[256], t[64];
+    for (unsigned i = 0; !cl->stop; i++) {
+        qtext(t, sizeof t, (cl->adds ? 20000 : 400) + i);
+        if (cl->adds)
+            snprintf(line, sizeof line, "{\"op\":\"add\",\"id\":\"bg%u\",\"text\":\"%s\"}", i, t);
+        else
+            snprintf(line, sizeof line, "{\"op\":\"query\",\"text\":\"%s\",\"k\":3}", t);
+        json_t *j = conn_rpc(&c, line);
+        if (j && is_ok(j)) {
+            cl->done++;
+        } else {
+            cl->errors++;
+            char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
+            snprintf(cl->last_error, sizeof cl->last_error, "%s", d ? d : "no reply");
+            free(d);
+        }
+        json_decref(j);
+    }
+    conn_close(&c);
+    return NULL;
+}
+
+/* The model fingerprint the daemon reports in stats. */
+static void daemon_fingerprint(conn *c, char *fp, size_t len)
+{
+    json_t *j = rpcf(c, "{\"op\":\"stats\"}");
+    assert_true(is_ok(j));
+    json_t *m = json_object_get(json_object_get(j, "stats"), "model");
+    const char *v = json_string_value(json_object_get(m, "fingerprint"));
+    assert_non_null(v);
+    snprintf(fp, len, "%s", v);
+    json_decref(j);
+}
+
+/* Starts `qdup-index reembed --db db --model model` (stdout to out), stopped at `stop`
+ * if not NULL: returns its pid once it has stopped there (or started). */
+static pid_t reembed_start(const char *db, const char *model, const char *out,
+                           const char *stop)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        FILE *f = freopen(out, "w", stdout);
+        if (!f)
+            _exit(126);
+        if (stop)
+            setenv("QDUP_INDEX_TEST_STOP", stop, 1);
+        execl(bin("qdup-index"), "qdup-index", "reembed", "--quiet", "--db", db, "--model",
+              model, (char *)NULL);
+        _exit(127);
+    }
+    if (stop) {
+        int st;
+        assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+        assert_true(WIFSTOPPED(st));
+    }
+    return pid;
+}
+
+static int reembed_wait(pid_t pid)
+{
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void add_ok(conn *c, const char *id, unsigned k)
+{
+    char t[64];
+    qtext(t, sizeof t, k);
+    expect_ok(rpcf(c, "{\"op\":\"add\",\"id\":\"%s\",\"text\":\"%s\"}", id, t));
+}
+
+/* Opens db read-only: its model is want, every vector is that model's encoding, verify
+ * passes, and the ids given are live. */
+static void store_check(const char *db, const char *want, const char *const *ids, size_t n)
+{
+    char err[QD_ERRMSG_MAX], report[4096] = "";
+    qd_store_opts o = {.readonly = 1};
+    qd_store *s = NULL;
+    if (qd_store_open(db, &o, &s, err, sizeof err))
+        fail_msg("open %s: %s", db, err);
+    qd_store_info in;
+    assert_int_equal(qd_store_get_info(s, &in), 0);
+    assert_string_equal(in.model_fingerprint, want);
+    FILE *f = fmemopen(report, sizeof report, "w");
+    uint64_t bad = 0, problems = 0;
+    int rc = qd_store_check_vectors(s, f, 10, &bad);
+    int rc2 = qd_store_verify(s, f, 10, &problems);
+    fclose(f);
+    if (rc || rc2 || bad || problems)
+        fail_msg("%s after the switch: %s", db, report);
+    for (size_t i = 0; i < n; i++) {
+        qd_store_row r;
+        if (qd_store_get(s, ids[i], strlen(ids[i]), &r))
+            fail_msg("%s: acknowledged add %s is missing", db, ids[i]);
+        qd_store_row_free(&r);
+    }
+    qd_store_close(s);
+}
+
+/* One test's files under the scratch directory, named after it. */
+typedef struct files {
+    char db[4096], sock[4096], log[4096], out[4096], m2[4096];
+} files;
+
+static void files_for(files *f, const char *name)
+{
+    char n[256];
+    snprintf(n, sizeof n, "%s.db", name);
+    snprintf(f->db, sizeof f->db, "%s", qt_path(qt_tmp_dir(), n));
+    snprintf(n, sizeof n, "%s.sock", name);
+    snprintf(f->sock, sizeof f->sock, "%s", qt_path(qt_tmp_dir(), n));
+    snprintf(n, sizeof n, "%s.log", name);
+    snprintf(f->log, sizeof f->log, "%s", qt_path(qt_tmp_dir(), n));
+    snprintf(n, sizeof n, "%s.out", name);
+    snprintf(f->out, sizeof f->out, "%s", qt_path(qt_tmp_dir(), n));
+    snprintf(n, sizeof n, "%s-second.qdm", name);
+    snprintf(f->m2, sizeof f->m2, "%s", qt_path(qt_tmp_dir(), n));
+}
+
+static void test_reembed_while_serving(void **state)
+{
+    (void)state;
+    static files f;
+    files_for(&f, "rl");
+    const char *db = f.db, *sock = f.sock, *log = f.log, *out = f.out, *m2 = f.m2;
+    make_store(db, 400);
+    make_second_model(m2);
+    const char *args[] = {"--db", db, "--threads", "3", "--checkpoint-interval", "0.2", NULL};
+    pid_t pid = start_daemon(sock, log, args, NULL);
+    conn c;
+    assert_int_equal(conn_open(&c, sock), 0);
+    char fp1[32], fp2[32], fp[32];
+    daemon_fingerprint(&c, fp1, sizeof fp1);
+
+    /* Queries and adds from two other clients all along. */
+    client q = {.sock = sock}, a = {.sock = sock, .adds = 1};
+    pthread_t tq, ta;
+    assert_int_equal(pthread_create(&tq, NULL, client_run, &q), 0);
+    assert_int_equal(pthread_create(&ta, NULL, client_run, &a), 0);
+
+    /* Stopped after its first chunk: adds and a removal arrive while it stages. */
+    pid_t rp = reembed_start(db, m2, out, "reembed:chunk");
+    add_ok(&c, "during0", 5000);
+    add_ok(&c, "during1", 5001);
+    expect_ok(rpcf(&c, "{\"op\":\"remove\",\"id\":\"s10\"}"));
+    assert_int_equal(kill(rp, SIGCONT), 0);
+    assert_int_equal(reembed_wait(rp), 0);
+    /* The daemon holds the writer lock: reembed staged and left the switch to it. */
+    assert_true(file_has(out, "staged; send SIGHUP or {\"op\":\"reload\"}"));
+    daemon_fingerprint(&c, fp, sizeof fp);
+    assert_string_equal(fp, fp1);
+    /* Added after the staging finished: encoded by the switch. */
+    add_ok(&c, "after0", 5002);
+
+    json_t *j = rpcf(&c, "{\"op\":\"reload\"}");
+    assert_true(is_ok(j));
+    assert_true(json_is_true(json_object_get(j, "switched")));
+    assert_string_equal(json_string_value(json_object_get(j, "from")), fp1);
+    snprintf(fp2, sizeof fp2, "%s", json_string_value(json_object_get(j, "to")));
+    json_decref(j);
+    assert_string_not_equal(fp2, fp1);
+    daemon_fingerprint(&c, fp, sizeof fp);
+    assert_string_equal(fp, fp2);
+    add_ok(&c, "new0", 5003);
+    /* Found by its own new-model vector. */
+    char t[64];
+    qtext(t, sizeof t, 5001);
+    j = rpcf(&c, "{\"op\":\"query\",\"text\":\"%s\",\"k\":1,\"rank\":\"cosine\"}", t);
+    assert_true(is_ok(j));
+    json_t *top = json_array_get(json_object_get(j, "results"), 0);
+    assert_string_equal(json_string_value(json_object_get(top, "id")), "during1");
+    assert_true(json_real_value(json_object_get(top, "cosine")) > 0.9999);
+    json_decref(j);
+    /* Nothing staged now: a reload changes nothing. */
+    j = rpcf(&c, "{\"op\":\"reload\"}");
+    assert_true(is_ok(j));
+    assert_true(json_is_false(json_object_get(j, "switched")));
+    json_decref(j);
+
+    /* Let the clients run on the new model for a while, by their own count. */
+    unsigned q0 = q.done, a0 = a.done;
+    double end = qd_now() + DEADLINE;
+    while ((q.done < q0 + 20 || a.done < a0 + 20) && qd_now() < end && !q.errors && !a.errors)
+        usleep(10000);
+    q.stop = a.stop = 1;
+    pthread_join(tq, NULL);
+    pthread_join(ta, NULL);
+    if (q.errors || a.errors)
+        fail_msg("error replies: %u to queries (%s), %u to adds (%s)", q.errors, q.last_error,
+                 a.errors, a.last_error);
+    assert_true(q.done > 0 && a.done > 0);
+    conn_close(&c);
+    assert_int_equal(stop_daemon(pid, SIGTERM), 0);
+
+    /* Every acknowledged add, with a new-model vector. */
+    size_t n = 0;
+    char (*bg)[32] = calloc(a.done + 8, 32);
+    const char **ids = calloc(a.done + 8, sizeof *ids);
+    static const char *const mine[] = {"during0", "during1", "after0", "new0", "s0", "s399"};
+    for (size_t i = 0; i < sizeof mine / sizeof *mine; i++)
+        ids[n++] = mine[i];
+    for (unsigned i = 0; i < a.done; i++) {
+        snprintf(bg[i], 32, "bg%u", i);
+        ids[n++] = bg[i];
+    }
+    store_check(db, fp2, ids, n);
+    free(bg);
+    free(ids);
+}
+
+/* SIGHUP switches to a staged model (and says so), and says when nothing is staged. */
+static void test_reload_on_sighup(void **state)
+{
+    (void)state;
+    static files f;
+    files_for(&f, "hup");
+    const char *db = f.db, *sock = f.sock, *log = f.log, *out = f.out, *m2 = f.m2;
+    make_store(db, 200);
+    make_second_model(m2);
+    const char *args[] = {"--db", db, NULL};
+    pid_t pid = start_daemon(sock, log, args, NULL);
+    conn c;
+    assert_int_equal(conn_open(&c, sock), 0);
+    char fp1[32], fp[32];
+    daemon_fingerprint(&c, fp1, sizeof fp1);
+
+    /* Nothing staged: logged, nothing changes, the daemon serves on. */
+    long from = file_size(log);
+    assert_int_equal(kill(pid, SIGHUP), 0);
+    double end = qd_now() + DEADLINE;
+    while (!file_has_from(log, from, "SIGHUP: no model is staged") && qd_now() < end)
+        usleep(10000);
+    assert_true(file_has_from(log, from, "SIGHUP: no model is staged"));
+
+    assert_int_equal(reembed_wait(reembed_start(db, m2, out, NULL)), 0);
+    assert_true(file_has(out, "staged; send SIGHUP"));
+    add_ok(&c, "late", 7000);
+    from = file_size(log);
+    assert_int_equal(kill(pid, SIGHUP), 0);
+    end = qd_now() + DEADLINE;
+    while (!file_has_from(log, from, "SIGHUP: switched from model") && qd_now() < end)
+        usleep(10000);
+    assert_true(file_has_from(log, from, "SIGHUP: switched from model"));
+    daemon_fingerprint(&c, fp, sizeof fp);
+    assert_string_not_equal(fp, fp1);
+    char fp2[32];
+    snprintf(fp2, sizeof fp2, "%s", fp);
+    conn_close(&c);
+    assert_int_equal(stop_daemon(pid, SIGTERM), 0);
+    static const char *const ids[] = {"late", "s0", "s199"};
+    store_check(db, fp2, ids, 3);
+
+    /* Restarted, the daemon opens the store with the new model it remembers. */
+    pid = start_daemon(sock, log, args, NULL);
+    assert_int_equal(conn_open(&c, sock), 0);
+    daemon_fingerprint(&c, fp, sizeof fp);
+    assert_string_equal(fp, fp2);
+    conn_close(&c);
+    assert_int_equal(stop_daemon(pid, SIGTERM), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reembed_while_serving),
+        cmocka_unit_test(test_reload_on_sighup),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
