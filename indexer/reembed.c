@@ -497,8 +497,9 @@ int qd_store_reembed_switch(qd_store *s, char *old_fp, char *new_fp)
         goto out;
     /* Checked again inside the transaction: a reembed of another model may have
      * taken the staging over between the status read and here. */
-    if (!(rc = still_ours(s, sg.fingerprint)) && !(rc = switch_rows(s, m, abs)))
-        rc = st_build_index(s, &a);
+    if (!(rc = still_ours(s, sg.fingerprint)) && !(rc = switch_rows(s, m, abs)) &&
+        !(rc = st_build_index(s, &a)))
+        rc = st_apply_params(s, a);
     st_hook("reembed:before-commit");
     if (!rc)
         rc = commit(s, "switching the model");

@@ -192,6 +192,12 @@ struct qd_store {
     int ckpt_failing;             /* the last checkpoint failed (wmu + rw) */
     uint64_t ckpt_failures;       /* checkpoints failed since open (wmu + rw) */
     char ckpt_error[256];         /* the last failure's detail, or "" (wmu + rw) */
+    struct {
+        char name[32];            /* FAISS search parameter name */
+        double value;             /* its value */
+    } param[8];                   /* set by qd_store_set_param (wmu), applied again to
+                                     every index built later (compact, switch) */
+    int nparams;                  /* entries of param */
     st_progress_fn progress;      /* progress callback, or NULL */
     void *progress_arg;           /* its argument */
 };
@@ -226,6 +232,9 @@ int st_build_index(qd_store *s, qd_ann **out);
 int st_load_index(qd_store *s, int64_t faiss_crc, int crc_null, int64_t faiss_size);
 /* Writes the FAISS file and records it in meta. Caller holds wmu. */
 int st_checkpoint_locked(qd_store *s);
+/* Sets the search parameters qd_store_set_param set on the index in force on a new
+ * index a (write.c). Caller holds wmu; a is not yet searched. */
+int st_apply_params(qd_store *s, qd_ann *a);
 
 /* --- files and SQLite (storefile.c) ---------------------------------------------------- */
 

@@ -567,6 +567,8 @@ int qd_store_compact(qd_store *s)
     pthread_rwlock_unlock(&s->rw);
     /* The new index is built while searches go on against the old one. */
     rc = st_build_index(s, &fresh);
+    if (!rc)
+        rc = st_apply_params(s, fresh);
     if (rc)
         goto out; /* tombstones stay filtered; the next open rebuilds */
     pthread_rwlock_wrlock(&s->rw);
@@ -603,8 +605,31 @@ int qd_store_set_param(qd_store *s, const char *name, double value)
     if (rc)
         st_fail(rc, "%s", qd_ann_errmsg(s->ann));
     pthread_rwlock_unlock(&s->rw);
+    /* Remembered (the last value of each name), so that an index built later by a
+     * compaction or a switch of model searches the same way. */
+    int i = 0;
+    while (!rc && i < s->nparams && strcmp(s->param[i].name, name) != 0)
+        i++;
+    if (!rc && strlen(name) < sizeof s->param[0].name &&
+        i < (int)(sizeof s->param / sizeof s->param[0])) {
+        snprintf(s->param[i].name, sizeof s->param[i].name, "%s", name);
+        s->param[i].value = value;
+        if (i == s->nparams)
+            s->nparams++;
+    }
     pthread_mutex_unlock(&s->wmu);
     return rc;
+}
+
+int st_apply_params(qd_store *s, qd_ann *a)
+{
+    for (int i = 0; i < s->nparams; i++) {
+        int rc = qd_ann_set_param(a, s->param[i].name, s->param[i].value);
+        if (rc)
+            return st_fail(rc, "setting %s on the new index: %s", s->param[i].name,
+                           qd_ann_errmsg(a));
+    }
+    return 0;
 }
 
 int qd_store_set_param_text(qd_store *s, const char *name_value)

@@ -1403,6 +1403,41 @@ static void test_reembed(void **state)
     free_batch(&late);
 }
 
+/* Search parameters set on the index in force stay set on the indexes a compaction
+ * and a switch of model build: with nprobe = the number of lists, IVF searches every
+ * list and finds 50 neighbours for every question; at its default nprobe 1 it searches
+ * one list of about 25 and comes up short. Returns the questions that came up short. */
+static size_t short_lists(qd_store *s, batch *b)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < b->n; i += 7) {
+        char ids[50][32];
+        n += search_text(s, b->text[i], 50, NULL, ids, NULL) < 50;
+    }
+    return n;
+}
+
+static void test_params_survive_rebuild(void **state)
+{
+    (void)state;
+    const char *db = new_db("params");
+    char err[QD_ERRMSG_MAX];
+    qd_store *s = create(db, "IVF16,Flat");
+    batch b = make_batch(0, 400);
+    add_ok(s, &b);
+    assert_true(short_lists(s, &b) > 0); /* nprobe 1: the check can fail */
+    assert_int_equal(qd_store_set_param(s, "nprobe", 16), 0);
+    assert_int_equal(short_lists(s, &b), 0);
+    assert_int_equal(qd_store_compact(s), 0);
+    assert_int_equal(short_lists(s, &b), 0);
+    assert_int_equal(qd_store_reembed_stage(db, second_model(), 2, NULL, NULL, NULL, err,
+                                            sizeof err), 0);
+    assert_int_equal(qd_store_reembed_switch(s, NULL, NULL), 0);
+    assert_int_equal(short_lists(s, &b), 0);
+    qd_store_close(s);
+    free_batch(&b);
+}
+
 static void test_migrate_v1(void **state)
 {
     (void)state;
@@ -1660,6 +1695,7 @@ int main(void)
         cmocka_unit_test(test_verdicts),
         cmocka_unit_test(test_migrate_v1),
         cmocka_unit_test(test_reembed),
+        cmocka_unit_test(test_params_survive_rebuild),
         cmocka_unit_test(test_concurrent_search_during_add),
         cmocka_unit_test(test_alloc_failures),
     };

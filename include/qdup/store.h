@@ -208,7 +208,8 @@ int qd_store_checkpoint(qd_store *s);
 int qd_store_compact(qd_store *s);
 
 /* Sets a FAISS search parameter ("nprobe" for IVF, "efSearch" for HNSW) on the index
- * in memory (not remembered across opens). QD_ERR_INVAL if the kind has none. */
+ * in memory, and on the indexes compact and a switch of model build later (not
+ * remembered across opens). QD_ERR_INVAL if the kind has none. */
 int qd_store_set_param(qd_store *s, const char *name, double value);
 /* The same from "NAME=VALUE" text (a --param option): QD_ERR_FORMAT, with the reason in
  * qd_store_errmsg(), if it is not of that form with a number for VALUE. */
