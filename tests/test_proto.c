@@ -493,6 +493,24 @@ static void test_latency_percentiles(void **state)
 
 /* --- permissions -------------------------------------------------------------------- */
 
+/* reload with nothing staged: answered, nothing switched (the real store); the
+ * in-memory index has no model to switch to. Fields are refused like any op's. */
+static void test_reload_nothing_staged(void **state)
+{
+    (void)state;
+    json_t *j = handle("{\"op\":\"reload\",\"tag\":7}");
+#ifdef QT_PROTO_MEMIDX
+    assert_string_equal(err_code(j), "unavailable");
+#else
+    assert_true(json_is_true(json_object_get(j, "ok")));
+    assert_true(json_is_false(json_object_get(j, "switched")));
+    assert_non_null(json_object_get(j, "reason"));
+#endif
+    assert_int_equal(json_integer_value(json_object_get(j, "tag")), 7);
+    json_decref(j);
+    expect_error("{\"op\":\"reload\",\"model\":\"x.qdm\"}", "bad_request");
+}
+
 static void test_forbidden(void **state)
 {
     (void)state;
@@ -502,6 +520,7 @@ static void test_forbidden(void **state)
         "{\"op\":\"remove\",\"id\":\"p\"}",
         "{\"op\":\"check\",\"id\":\"p\",\"text\":\"w5 w6\"}",
         "{\"op\":\"check\",\"id\":\"p\",\"text\":\"w5 w6\",\"store\":true}",
+        "{\"op\":\"reload\"}",
     };
     for (size_t i = 0; i < sizeof writes / sizeof writes[0]; i++) {
         json_t *j = handle_as(&reader, writes[i], strlen(writes[i]));
@@ -964,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_stats_server_part),
         cmocka_unit_test(test_latency_percentiles),
         cmocka_unit_test(test_forbidden),
+        cmocka_unit_test(test_reload_nothing_staged),
         cmocka_unit_test(test_unavailable),
         cmocka_unit_test(test_batch_equals_single),
         cmocka_unit_test(test_group_add),
