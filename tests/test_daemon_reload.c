@@ -294,6 +294,15 @@ static void test_reload_on_sighup(void **state)
     assert_string_not_equal(fp, fp1);
     char fp2[32];
     snprintf(fp2, sizeof fp2, "%s", fp);
+    /* The command-line client's reload: nothing is staged any more. */
+    char cmd[8400], got[256] = "";
+    snprintf(cmd, sizeof cmd, "'%s' --socket '%s' reload", bin("qdup"), sock);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    if (!fgets(got, sizeof got, p))
+        got[0] = '\0';
+    assert_int_equal(pclose(p), 0);
+    assert_non_null(strstr(got, "not switched: no model is staged"));
     conn_close(&c);
     assert_int_equal(stop_daemon(pid, SIGTERM), 0);
     static const char *const ids[] = {"late", "s0", "s199"};

@@ -45,6 +45,8 @@ static void usage(FILE *f)
             "                                          the k best matches of a new post, a\n"
             "                                          \"*\" marking duplicates (p_duplicate\n"
             "                                          >= the model's min_p), then store it\n"
+            "  reload                                  switch to the model qdup-index reembed\n"
+            "                                          staged (as SIGHUP does)\n"
             "  stats [--prometheus]                    the daemon's counters and latencies;\n"
             "                                          --prometheus: the Prometheus text\n"
             "                                          format (op \"metrics\")\n"
@@ -259,6 +261,12 @@ static void print_reply(const char *cmd, json_t *r, const char *id)
                    (long long)json_integer_value(json_object_get(r, "row")));
         else
             printf("not stored: %s\n", str_or(r, "reason", "not asked to"));
+    } else if (strcmp(cmd, "reload") == 0) {
+        if (json_is_true(json_object_get(r, "switched")))
+            printf("switched from model %s to %s\n", str_or(r, "from", "?"),
+                   str_or(r, "to", "?"));
+        else
+            printf("not switched: %s\n", str_or(r, "reason", "nothing staged"));
     } else if (strcmp(cmd, "stats") == 0) {
         print_flat("", json_object_get(r, "stats"));
     } else if (strcmp(cmd, "metrics") == 0) {
@@ -361,7 +369,7 @@ int main(int argc, char **argv)
         need_id = 1;
         verdict = 2; /* OLD and the decision */
     } else if (strcmp(cmd, "stats") != 0 && strcmp(cmd, "ping") != 0 &&
-               strcmp(cmd, "metrics") != 0) {
+               strcmp(cmd, "metrics") != 0 && strcmp(cmd, "reload") != 0) {
         fprintf(stderr, "qdup: unknown command \"%s\" (see --help)\n", cmd);
         return EXIT_FAIL;
     }
