@@ -116,6 +116,12 @@ int qd_finetune_extend(const qd_model *base, const qd_vocab *words, uint32_t max
     return 0;
 }
 
+double qd_finetune_gain(double auc, double map, double auc0, double map0, int graded)
+{
+    double g = auc - auc0;
+    return graded && map - map0 < g ? map - map0 : g;
+}
+
 int qd_finetune_parse_grades(const char *s, unsigned *mask)
 {
     unsigned m = 0;

@@ -102,11 +102,13 @@ static const char usage[] =
     "                        (chosen on the SemEval dev split, see BENCHMARKS.md).\n"
     "                        Each epoch is judged by what the daemon would answer\n"
     "                        with: the duplicate head fitted on the --head-share\n"
-    "                        groups, scoring --valid by P(duplicate) (its AUC plus, for\n"
-    "                        a graded file, its MAP); MODEL itself competes as epoch\n"
-    "                        0, with the head fitted on all of --train (what\n"
-    "                        --head-only gives), so fine-tuning never keeps weights\n"
-    "                        that score worse on --valid than MODEL's\n"
+    "                        groups, scoring --valid by P(duplicate); MODEL itself\n"
+    "                        is epoch 0, with the head fitted on all of --train\n"
+    "                        (what --head-only gives), and an epoch replaces it only\n"
+    "                        if its AUC and (for a graded file) MAP on --valid are\n"
+    "                        both higher: the epoch whose smaller gain is largest is\n"
+    "                        kept; if none, MODEL is written as it is, its scoring\n"
+    "                        re-fitted (the same fingerprint)\n"
     "  --duplicate-grades G  for a graded --train file (a 7th column relevance): the\n"
     "                        grades that count as duplicates, e.g. 2 or 1,2 (default:\n"
     "                        its is_duplicate column); --valid is scored by its\n"
@@ -142,7 +144,8 @@ static void on_progress(const qd_train_progress *p, void *arg)
     progress_state *st = arg;
     if (st->quiet)
         return;
-    const char *what = st->head ? "valid P(duplicate) AUC + MAP" : "valid AUC";
+    const char *what = st->head ? "valid P(duplicate) gain over epoch 0 (the smaller of AUC's "
+                                  "and MAP's)" : "valid AUC";
     if (p->epoch_done && p->epoch == 0) {
         fprintf(stderr, "epoch 0 (the starting model): %s %.4f\n", what, p->valid_auc);
         return;
@@ -313,8 +316,11 @@ static int hold_out(qd_pairs **train, qd_pairs **held, qd_pairs **all, float sha
  * the duplicate head the model would be given (fitted on the held-out groups; at epoch
  * 0, whose encoder has seen none of the training pairs, on all of them, as --head-only
  * fits it), scoring --valid through P(duplicate), what the daemon reports: its ROC AUC
- * plus, for a graded file, its MAP over the qid1 groups. The cosine's AUC alone is not
- * what is served: an epoch can raise it and lower P(duplicate)'s. */
+ * and, for a graded file, its MAP over the qid1 groups. The score is the smaller of the
+ * two gains over epoch 0's, so an epoch replaces the starting model only if it is
+ * better by both measures (their sum let epochs trade 0.02 of AUC for MAP). The
+ * cosine's AUC alone is not what is served: an epoch can raise it and lower
+ * P(duplicate)'s. */
 typedef struct head_judge {
     const qd_pairs *all;    /* the forum's training pairs: epoch 0's head */
     const qd_pairs *held;   /* the groups held out of training: the other epochs' heads */
@@ -323,11 +329,12 @@ typedef struct head_judge {
                                --valid's questions) */
     int threads;            /* encoding threads (0: all cores) */
     int quiet;              /* print nothing */
+    double auc0, map0;      /* epoch 0's P(duplicate) AUC and MAP (set when judged) */
 } head_judge;
 
 static int judge_by_head(const qd_model *m, int epoch, void *arg, double *score)
 {
-    const head_judge *j = arg;
+    head_judge *j = arg;
     char err[QD_ERRMSG_MAX];
     qd_head h;
     int rc = qd_fit_head(m, epoch == 0 ? j->all : j->held, j->threads, &h, err, sizeof err);
@@ -344,7 +351,11 @@ static int judge_by_head(const qd_model *m, int epoch, void *arg, double *score)
         double auc = qd_pairs_auc(p, j->valid->dup, n), map = 0;
         if (j->valid->grade)
             map = qd_pairs_map(p, j->valid->qid1, j->valid->grade, n, 1, NULL);
-        *score = auc + map;
+        if (epoch == 0) {
+            j->auc0 = auc;
+            j->map0 = map;
+        }
+        *score = qd_finetune_gain(auc, map, j->auc0, j->map0, j->valid->grade != NULL);
         if (!j->quiet)
             fprintf(stderr, "qdup-train: epoch %d: valid P(duplicate) AUC %.4f%s%.4f (head "
                             "fitted on %zu pairs), cosine AUC %.4f\n", epoch, auc,
@@ -807,7 +818,7 @@ int main(int argc, char **argv)
     printf("wrote %s: fingerprint %s, vocabulary %zu, best epoch %d of %d (valid %s %.4f), "
            "%.1f s, %.0f pairs/s\n",
            out_path, qd_model_fingerprint(m), (size_t)qd_model_header(m)->vocab, r.best_epoch,
-           r.epochs_run, st.head ? "P(duplicate) AUC + MAP" : "AUC", r.best_valid_auc,
+           r.epochs_run, st.head ? "P(duplicate) gain over epoch 0" : "AUC", r.best_valid_auc,
            r.seconds, r.pairs_per_s);
     if (r.stopped_early)
         printf("stopped early after epoch %d of %d: no better validation AUC for %d "

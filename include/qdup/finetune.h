@@ -48,6 +48,12 @@ int qd_finetune_extend(const qd_model *base, const qd_vocab *words, uint32_t max
 
 /* "2", "1,2": a set of grades 0..9 as a bit mask (bit g for grade g). QD_ERR_INVAL for
  * anything else. */
+/* How much better a fine-tuned epoch scores the validation pairs through the duplicate
+ * head (AUC auc, MAP map) than the starting model did (auc0, map0): the smaller of the
+ * two gains (the AUC's alone if the file is not graded), so that an epoch that trades
+ * one measure for the other never counts as better (> 0). */
+double qd_finetune_gain(double auc, double map, double auc0, double map0, int graded);
+
 int qd_finetune_parse_grades(const char *s, unsigned *mask);
 
 /* Labels a graded pair file: the pairs whose grade is in skip (a bit mask like mask)
