@@ -1286,21 +1286,28 @@ static void test_verdicts(void **state)
     free_batch(&b);
 }
 
-/* A second model of the fixture's dimension and vocabulary: its weights perturbed. */
-static const char *second_model(void)
+/* Another model of the fixture's dimension and vocabulary (variant 1, 2, ...): its
+ * weights perturbed. */
+static const char *variant_model(int v)
 {
-    static char path[4200];
+    static char path[2][4200];
+    char *out = path[v % 2];
     char err[QD_ERRMSG_MAX];
     qd_model *m = NULL;
-    snprintf(path, sizeof path, "%s/second.qdm", qt_tmp_dir());
+    snprintf(out, sizeof path[0], "%s/variant%d.qdm", qt_tmp_dir(), v);
     assert_int_equal(qd_model_load(model_path(), &m, err, sizeof err), 0);
     size_t n = 0;
     float *w = qd_model_param_data(m, &n);
     for (size_t i = 0; i < n; i++)
-        w[i] = w[i] * 0.8f + 0.05f * sinf((float)i);
-    assert_int_equal(qd_model_save(m, path, err, sizeof err), 0);
+        w[i] = w[i] * 0.8f + 0.05f * (float)v * sinf((float)i);
+    assert_int_equal(qd_model_save(m, out, err, sizeof err), 0);
     qd_model_free(m);
-    return path;
+    return out;
+}
+
+static const char *second_model(void)
+{
+    return variant_model(1);
 }
 
 static uint64_t reencode_problems(qd_store *s)
@@ -1310,6 +1317,49 @@ static uint64_t reencode_problems(qd_store *s)
     assert_true(rc == 0 || rc == QD_ERR_MISMATCH);
     assert_int_equal(rc == 0, bad == 0);
     return bad;
+}
+
+/* The hook of test_reembed_taken_over: a second staging, of another model, starts while
+ * the first is between two chunks. */
+static const char *takeover_db;
+static void stage_other(const char *point)
+{
+    char err[QD_ERRMSG_MAX];
+    if (strcmp(point, "reembed:chunk") != 0 || !takeover_db)
+        return;
+    const char *db = takeover_db;
+    takeover_db = NULL; /* once: the nested staging passes here too */
+    assert_int_equal(qd_store_reembed_stage(db, variant_model(2), 2, NULL, NULL, NULL, err,
+                                            sizeof err), 0);
+}
+
+/* Two stagings of different models never mix their vectors: the one taken over fails
+ * (busy) and leaves the other's complete set, which switches cleanly. */
+static void test_reembed_taken_over(void **state)
+{
+    (void)state;
+    const char *db = new_db("takeover");
+    char err[QD_ERRMSG_MAX], fp2[17];
+    qd_store *s = create(db, "Flat");
+    batch b = make_batch(0, 300);
+    add_ok(s, &b);
+    qd_store_close(s);
+    takeover_db = db;
+    qd_store_set_test_hook(stage_other);
+    int rc = qd_store_reembed_stage(db, variant_model(1), 2, NULL, NULL, NULL, err, sizeof err);
+    qd_store_set_test_hook(NULL);
+    assert_int_equal(rc, QD_ERR_BUSY);
+    assert_non_null(strstr(err, "taken over"));
+    s = open_rw(db);
+    qd_store_staged sg;
+    assert_int_equal(qd_store_reembed_status(s, &sg), 0);
+    assert_true(sg.staged && sg.complete);
+    assert_int_equal(sg.rows, 300);
+    assert_int_equal(qd_store_reembed_switch(s, NULL, fp2), 0);
+    assert_string_equal(fp2, sg.fingerprint);
+    assert_int_equal(reencode_problems(s), 0);
+    qd_store_close(s);
+    free_batch(&b);
 }
 
 /* reembed: staging beside an open writer, rows added and removed after the staging
@@ -1695,6 +1745,7 @@ int main(void)
         cmocka_unit_test(test_verdicts),
         cmocka_unit_test(test_migrate_v1),
         cmocka_unit_test(test_reembed),
+        cmocka_unit_test(test_reembed_taken_over),
         cmocka_unit_test(test_params_survive_rebuild),
         cmocka_unit_test(test_concurrent_search_during_add),
         cmocka_unit_test(test_alloc_failures),
