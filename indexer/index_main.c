@@ -654,7 +654,8 @@ static void human_bytes(uint64_t b, char *buf, size_t len)
         snprintf(buf, len, "%" PRIu64 " bytes", b);
 }
 
-static void print_info(const char *db, const qd_store_info *in, int json)
+static void print_info(const char *db, const qd_store_info *in, const qd_store_staged *sg,
+                       int json)
 {
     if (json) {
         json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:i, s:s, s:s, s:s, s:I, s:I, "
@@ -668,6 +669,14 @@ static void print_info(const char *db, const qd_store_info *in, int json)
                               (json_int_t)in->db_bytes, "faiss_bytes",
                               (json_int_t)in->faiss_bytes, "can_remove", in->can_remove,
                               "note", in->faiss_note);
+        /* A switch to another model under way (reembed): what is staged, or null. */
+        json_t *st = sg->staged ? json_pack("{s:s, s:s, s:I, s:I, s:b}", "fingerprint",
+                                            sg->fingerprint, "model_path", sg->model_path,
+                                            "rows", (json_int_t)sg->rows, "total",
+                                            (json_int_t)sg->total, "complete", sg->complete)
+                                : json_null();
+        if (o && st)
+            json_object_set_new(o, "staged", st);
         if (o) {
             json_dumpf(o, stdout, JSON_COMPACT);
             putchar('\n');
@@ -693,6 +702,11 @@ static void print_info(const char *db, const qd_store_info *in, int json)
                (double)(in->db_bytes + in->faiss_bytes) / (double)in->live);
     if (in->faiss_note[0])
         printf("note:        %s\n", in->faiss_note);
+    if (sg->staged)
+        printf("staged:      model %s (fingerprint %s), %" PRIu64 " of %" PRIu64
+               " questions%s\n", sg->model_path, sg->fingerprint, sg->rows, sg->total,
+               sg->complete ? ", complete: switched by the next reload or reembed"
+                            : ", not finished: run qdup-index reembed again");
 }
 
 static int cmd_info(opts *o, int argc, char **argv)
@@ -707,13 +721,10 @@ static int cmd_info(opts *o, int argc, char **argv)
         return 1;
     qd_store_info in;
     qd_store_get_info(s, &in);
-    print_info(o->db, &in, o->json);
     qd_store_staged sg;
-    if (!o->json && qd_store_reembed_status(s, &sg) == 0 && sg.staged)
-        printf("staged:      model %s (fingerprint %s), %" PRIu64 " of %" PRIu64
-               " questions%s\n", sg.model_path, sg.fingerprint, sg.rows, sg.total,
-               sg.complete ? ", complete: switched by the next reload or reembed"
-                           : ", not finished: run qdup-index reembed again");
+    if (qd_store_reembed_status(s, &sg) != 0)
+        sg.staged = 0; /* not worth failing info for: the rest is shown */
+    print_info(o->db, &in, &sg, o->json);
     qd_store_close(s);
     return 0;
 }

@@ -25,6 +25,7 @@
 #include <jansson.h>
 
 #include "qdup/common.h"
+#include "testmodel.h"
 #include "testutil.h"
 
 /* ------------------------------------------------------------- helpers ---------- */
@@ -234,7 +235,7 @@ static void test_help_and_usage(void **state)
     run_t r = RUN("--help");
     expect_status(&r, 0);
     static const char *cmds[] = {"build", "add", "remove", "search", "info", "verify",
-                                 "export", "compact"};
+                                 "export", "verdicts", "compact", "reembed"};
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
         expect_in(r.out, cmds[i]);
     run_free(&r);
@@ -716,6 +717,70 @@ static void test_interrupted_build(void **state)
     expect_top(db, q, "s600");
 }
 
+/* reembed with no daemon: stages and switches; the same model again is nothing to do;
+ * a model of another dimension is refused before anything is written; killed after
+ * the staging, info shows the staging and the next run switches. */
+static void test_reembed_cli(void **state)
+{
+    (void)state;
+    const char *dump = tmp("re.tsv"), *db = tmp("re.db"), *m2 = tmp("re-second.qdm");
+    write_dump(dump, "r", 0, 60);
+    run_t r = RUN("build", "--model", model(), "--db", db, dump);
+    expect_status(&r, 0);
+    run_free(&r);
+    qt_variant_model(model(), m2, 1);
+    json_t *o = info(db);
+    char fp1[32];
+    snprintf(fp1, sizeof fp1, "%s", json_string_value(json_object_get(o, "model_fingerprint")));
+    assert_true(json_is_null(json_object_get(o, "staged")));
+    json_decref(o);
+
+    r = RUN("reembed", "--db", db);
+    expect_status(&r, 2);
+    expect_in(r.err, "--model NEW is required");
+    run_free(&r);
+    r = RUN("reembed", "--db", db, "--model", qt_path(qt_fixtures_dir(), "fwd_ngram.qdm"));
+    expect_status(&r, 1);
+    expect_in(r.err, "dimension");
+    run_free(&r);
+    r = RUN("reembed", "--db", db, "--model", model());
+    expect_status(&r, 0);
+    expect_in(r.err, "nothing to do");
+    run_free(&r);
+
+    /* Killed between the staging and the switch: the old model in force, the staging
+     * shown, and the next run switches. */
+    r = RUN_STOP("reembed:staged", "reembed", "--db", db, "--model", m2);
+    assert_true(r.stopped);
+    run_free(&r);
+    o = info(db);
+    assert_string_equal(json_string_value(json_object_get(o, "model_fingerprint")), fp1);
+    json_t *st = json_object_get(o, "staged");
+    assert_true(json_is_true(json_object_get(st, "complete")));
+    assert_int_equal(json_integer_value(json_object_get(st, "rows")), 60);
+    json_decref(o);
+    r = RUN("verify", "--reencode", "--db", db);
+    expect_status(&r, 0);
+    run_free(&r);
+
+    r = RUN("reembed", "--db", db, "--model", m2);
+    expect_status(&r, 0);
+    expect_in(r.out, "switched");
+    run_free(&r);
+    o = info(db);
+    assert_string_not_equal(json_string_value(json_object_get(o, "model_fingerprint")), fp1);
+    assert_true(json_is_null(json_object_get(o, "staged")));
+    json_decref(o);
+    r = RUN("verify", "--reencode", "--db", db);
+    expect_status(&r, 0);
+    expect_in(r.out, "verify: OK");
+    run_free(&r);
+    /* The new model is remembered: search without --model finds each question. */
+    char q[128];
+    question(17, q, sizeof q);
+    expect_top(db, q, "r17");
+}
+
 static void test_writer_lock_cli(void **state)
 {
     (void)state;
@@ -806,6 +871,7 @@ int main(void)
         cmocka_unit_test(test_model_mismatch),
         cmocka_unit_test(test_interrupted_build),
         cmocka_unit_test(test_writer_lock_cli),
+        cmocka_unit_test(test_reembed_cli),
         cmocka_unit_test(test_shared_data),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

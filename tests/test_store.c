@@ -33,6 +33,7 @@
 #include "qdup/model.h"
 #include "qdup/pairs.h"
 #include "qdup/store.h"
+#include "testmodel.h"
 #include "testutil.h"
 
 /* ------------------------------------------------------------- helpers ---------- */
@@ -1286,22 +1287,13 @@ static void test_verdicts(void **state)
     free_batch(&b);
 }
 
-/* Another model of the fixture's dimension and vocabulary (variant 1, 2, ...): its
- * weights perturbed. */
+/* Another model of the fixture's dimension and vocabulary (variant 1, 2, ...). */
 static const char *variant_model(int v)
 {
     static char path[2][4200];
     char *out = path[v % 2];
-    char err[QD_ERRMSG_MAX];
-    qd_model *m = NULL;
     snprintf(out, sizeof path[0], "%s/variant%d.qdm", qt_tmp_dir(), v);
-    assert_int_equal(qd_model_load(model_path(), &m, err, sizeof err), 0);
-    size_t n = 0;
-    float *w = qd_model_param_data(m, &n);
-    for (size_t i = 0; i < n; i++)
-        w[i] = w[i] * 0.8f + 0.05f * (float)v * sinf((float)i);
-    assert_int_equal(qd_model_save(m, out, err, sizeof err), 0);
-    qd_model_free(m);
+    qt_variant_model(model_path(), out, v);
     return out;
 }
 
