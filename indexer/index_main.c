@@ -1005,8 +1005,9 @@ static const command commands[] = {
      "usage: qdup-index info --db DB [--json]\n\n"
      "Prints what DB holds: live questions and tombstones (removed, not yet compacted),\n"
      "the index kind and its vectors, the model (path and fingerprint), the change\n"
-     "sequence and the checkpoint the FAISS file reflects, and the files' sizes. Opens\n"
-     "DB read-only, so it works while a daemon serves it.\n\n"
+     "sequence and the checkpoint the FAISS file reflects, the files' sizes, and a\n"
+     "model staged by reembed (and how far). Opens DB read-only, so it works while a\n"
+     "daemon serves it.\n\n"
      "  --db DB           the index database\n"
      "  --json            one JSON object instead of text\n"},
     {"verify", cmd_verify, verify_opts, "check the index against its database",
