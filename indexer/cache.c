@@ -40,6 +40,43 @@ int st_spec_is_exact(const char *spec)
     return 0;
 }
 
+/* 1 if the factory string has a fast-scan product quantizer (a component "PQ<M>x4fs"
+ * or "...fsr"). FAISS 1.7.3 keeps such codes in block inverted lists, which cannot
+ * remove (BlockInvertedLists::update_entries throws inside an OpenMP loop, which ends
+ * the process), although removing nothing passes ann.c's probe. */
+int st_spec_is_fastscan(const char *spec)
+{
+    for (const char *p = spec; p && *p;) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n > 4 && strncmp(p, "PQ", 2) == 0 &&
+            ((n > 2 && strncmp(p + n - 2, "fs", 2) == 0) ||
+             (n > 3 && strncmp(p + n - 3, "fsr", 3) == 0)))
+            return 1;
+        p = end ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+int st_spec_is_compressed(const char *spec)
+{
+    static const char *const codes[] = {"PQ", "SQ", "RQ", "LSQ", "PRQ", "PLSQ", "LSH"};
+    for (const char *p = spec; p && *p;) {
+        for (size_t i = 0; i < sizeof codes / sizeof *codes; i++)
+            if (strncmp(p, codes[i], strlen(codes[i])) == 0)
+                return 1;
+        p = strchr(p, ',');
+        if (p)
+            p++;
+    }
+    return 0;
+}
+
+int st_can_remove(const qd_store *s, const qd_ann *a)
+{
+    return qd_ann_can_remove(a) && !st_spec_is_fastscan(s->spec);
+}
+
 /* Adds n vectors to a, training it on them first if it needs training. */
 int st_ann_add_trained(qd_ann *a, const float *x, const int64_t *ids, size_t n)
 {
@@ -182,7 +219,7 @@ static int replay(qd_store *s, qd_ann *a, uint64_t since)
     sqlite3_bind_int64(st, 1, (int64_t)since);
     rc = add_from_stmt(s, a, st, 0, NULL);
     sqlite3_finalize(st);
-    if (rc || !qd_ann_can_remove(a))
+    if (rc || !st_can_remove(s, a))
         return rc;
     rc = st_db_prepare(s, "SELECT row FROM questions WHERE removed_seq > ?1 AND seq <= ?1", &st);
     if (rc)

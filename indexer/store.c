@@ -165,6 +165,7 @@ void st_free(qd_store *s)
 {
     if (!s)
         return;
+    st_readers_free(s);
     if (s->db)
         sqlite3_close(s->db);
     qd_store_unlock(s->lock_fd);
@@ -181,6 +182,7 @@ void st_free(qd_store *s)
         qd_model_free(s->retired[i]);
     qd_free(s->retired);
     pthread_mutex_destroy(&s->wmu);
+    pthread_mutex_destroy(&s->rd_mu);
     pthread_rwlock_destroy(&s->rw);
     pthread_rwlock_destroy(&s->pin);
     qd_free(s);
@@ -208,6 +210,7 @@ int st_new(const char *db_path, const qd_store_opts *o, qd_store **out, char *er
         return qd_errf(err, errlen, QD_ERR_NOMEM, "out of memory");
     }
     pthread_mutex_init(&s->wmu, NULL);
+    pthread_mutex_init(&s->rd_mu, NULL);
     /* Writers would starve behind a steady stream of searches with glibc's default
      * (readers first). */
     pthread_rwlockattr_t ra;
@@ -221,6 +224,8 @@ int st_new(const char *db_path, const qd_store_opts *o, qd_store **out, char *er
         st_free(s);
         return qd_errf(err, errlen, QD_ERR_RANGE, "%s: path too long", db_path);
     }
+    st_format(s->rd_path, sizeof s->rd_path, "%s", s->db_path);
+    s->rd_flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
     *out = s;
     return 0;
 }
@@ -310,8 +315,9 @@ static int st_load_model(qd_store *s, const char *path, char *err, size_t errlen
 
 static void st_kind(qd_store *s)
 {
-    s->can_remove = qd_ann_can_remove(s->ann);
+    s->can_remove = st_can_remove(s, s->ann);
     s->lossy = !st_spec_is_exact(s->spec);
+    s->rescore = s->compressed ? ST_RESCORE_DEFAULT : 0;
 }
 
 int qd_store_create(const char *db_path, const qd_store_opts *o, qd_store **out, char *err,
@@ -335,6 +341,8 @@ int qd_store_create(const char *db_path, const qd_store_opts *o, qd_store **out,
         goto fail;
     }
     strcpy(s->spec, spec);
+    s->compressed = st_spec_is_compressed(s->spec);
+    s->keep_terms = !s->compressed;
     rc = qd_store_lock(db_path, &s->lock_fd, err, errlen);
     if (rc)
         goto fail;
@@ -450,13 +458,15 @@ static int reopen_immutable(qd_store *s, const char *db_path)
         return -1;
     snprintf(uri + n, sizeof uri - n, "?immutable=1");
     sqlite3 *db = NULL;
-    if (sqlite3_open_v2(uri, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI,
-                        NULL) != SQLITE_OK) {
+    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI;
+    if (sqlite3_open_v2(uri, &db, flags, NULL) != SQLITE_OK) {
         sqlite3_close(db);
         return -1;
     }
     sqlite3_close(s->db);
     s->db = db;
+    st_format(s->rd_path, sizeof s->rd_path, "%s", uri);
+    s->rd_flags = flags;
     return 0;
 }
 
@@ -531,6 +541,8 @@ int qd_store_open(const char *db_path, const qd_store_opts *o, qd_store **out, c
         rc = st_fail(QD_ERR_FORMAT, "%s: meta dim %" PRId64 " out of range", db_path, dim);
     if (!rc)
         rc = st_meta_text(s, "index_spec", s->spec, sizeof s->spec);
+    s->compressed = st_spec_is_compressed(s->spec);
+    s->keep_terms = !s->compressed;
     if (!rc)
         rc = st_meta_text(s, "model_fingerprint", s->fingerprint, sizeof s->fingerprint);
     if (!rc)
@@ -694,19 +706,28 @@ static size_t gather(qd_store *s, const float *scores, const int64_t *ids, size_
 }
 
 /* The hits of one query from its gathered rows: ranked by rank.h when the query's
- * terms are known (q not NULL), else in cosine order with no lexical score. */
+ * terms are known (q not NULL), else in cosine order with no lexical score. The
+ * candidates' terms are made from their texts into docs (n, freed by the caller) with
+ * tb. */
 static int make_hits(qd_store *s, const qd_store_query *o, const qd_lex_doc *q,
                      uint64_t qkey, const st_row **rows, const float *cos, size_t n,
-                     qd_rank_cand *cand, qd_store_hits *out)
+                     qd_rank_cand *cand, qd_tokbuf *tb, qd_lex_doc *docs,
+                     qd_store_hits *out)
 {
     size_t k = o->k < n ? o->k : n;
     out->hit = qd_calloc(k ? k : 1, sizeof *out->hit);
     if (!out->hit)
         return st_fail(QD_ERR_NOMEM, "out of memory for %zu results", k);
-    for (size_t i = 0; i < n; i++)
-        cand[i] = (qd_rank_cand){.doc = &rows[i]->doc, .cosine = cos[i],
+    for (size_t i = 0; i < n; i++) {
+        if (q) {
+            int rc = st_row_doc(s, tb, rows[i], &docs[i]);
+            if (rc)
+                return rc;
+        }
+        cand[i] = (qd_rank_cand){.doc = &docs[i], .cosine = cos[i],
                                  .identical = q && qkey && rows[i]->text_key == qkey,
                                  .index = i, .score = cos[i]};
+    }
     if (q) {
         int rc = qd_rank_rescore(qd_model_get_scoring(s->model), s->lex, q, o->rank, cand, n,
                                  k);
@@ -756,34 +777,39 @@ int qd_store_search_text(qd_store *s, const float *q, size_t nq, const qd_store_
             want = c;
     }
 
+    /* How many of the nearest rows by FAISS's scores are re-scored exactly from SQLite
+     * (compressed kinds), to keep the best `want` of them. */
+    size_t rescore = __atomic_load_n(&s->rescore, __ATOMIC_RELAXED); /* (set_param) */
+    size_t depth = rescore > want ? rescore : want;
+
     float *scores = NULL, *cos = NULL;
     int64_t *ids = NULL;
     const st_row **rows = NULL;
     qd_rank_cand *cand = NULL;
-    qd_lex_doc *docs = NULL;
+    qd_lex_doc *docs = NULL, *cdocs = NULL;
     uint64_t *keys = NULL;
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
     int rc = 0;
-    rows = qd_mallocarray(want, sizeof *rows);
-    cos = qd_mallocarray(want, sizeof *cos);
+    rows = qd_mallocarray(depth, sizeof *rows);
+    cos = qd_mallocarray(depth, sizeof *cos);
     cand = qd_mallocarray(want, sizeof *cand);
     if (o->texts) {
         docs = qd_calloc(nq, sizeof *docs);
         keys = qd_calloc(nq, sizeof *keys);
+        cdocs = qd_calloc(want, sizeof *cdocs);
     }
-    if (!rows || !cos || !cand || (o->texts && (!docs || !keys))) {
+    if (!rows || !cos || !cand || (o->texts && (!docs || !keys || !cdocs))) {
         rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu candidates", want);
         goto free;
     }
     if (o->texts) {
         /* The queries' terms and text keys, before taking the lock. */
-        qd_tokbuf tb;
-        qd_tokbuf_init(&tb);
         for (size_t i = 0; i < nq && !rc; i++) {
             rc = st_text_key_tb(&tb, o->texts[i], o->lens[i], &keys[i]);
             if (!rc)
                 rc = qd_lex_doc_make(&tb, o->texts[i], o->lens[i], &docs[i]);
         }
-        qd_tokbuf_free(&tb);
         if (rc) {
             rc = st_fail(rc, "query terms: %s", qd_strerror(rc));
             goto free;
@@ -799,7 +825,7 @@ int qd_store_search_text(qd_store *s, const float *q, size_t nq, const qd_store_
     size_t extra = ntotal > s->live ? (size_t)(ntotal - s->live) : 0;
     if (extra > 4 * k + 16)
         extra = 4 * k + 16;
-    size_t fetch = want + extra + (o->exclude ? 1 : 0);
+    size_t fetch = depth + extra + (o->exclude ? 1 : 0);
     if (fetch > ntotal)
         fetch = ntotal;
     scores = qd_mallocarray(nq * fetch, sizeof *scores);
@@ -813,11 +839,14 @@ int qd_store_search_text(qd_store *s, const float *q, size_t nq, const qd_store_
         rc = st_fail(rc, "%s", qd_ann_errmsg(s->ann));
         goto out;
     }
+    /* FAISS's scores of a compressed kind are approximate: min_score applies to the
+     * exact ones after re-scoring. */
+    float gather_min = rescore ? -INFINITY : o->min_score;
     for (size_t i = 0; i < nq && !rc; i++) {
         int more;
         const char *ex = o->exclude ? o->exclude[i] : NULL;
-        size_t n = gather(s, scores + i * fetch, ids + i * fetch, fetch, want, k,
-                          o->min_score, ex, rows, cos, &more);
+        size_t n = gather(s, scores + i * fetch, ids + i * fetch, fetch, depth, k,
+                          gather_min, ex, rows, cos, &more);
         /* Ask again for this query alone, four times deeper each time. */
         for (size_t f = fetch; !rc && more && f < ntotal;) {
             f = f > ntotal / 4 ? ntotal : f * 4;
@@ -828,13 +857,18 @@ int qd_store_search_text(qd_store *s, const float *q, size_t nq, const qd_store_
             else if ((rc = qd_ann_search(s->ann, q + i * dim, 1, f, sc, id)) != 0)
                 rc = st_fail(rc, "%s", qd_ann_errmsg(s->ann));
             else
-                n = gather(s, sc, id, f, want, k, o->min_score, ex, rows, cos, &more);
+                n = gather(s, sc, id, f, depth, k, gather_min, ex, rows, cos, &more);
             qd_free(sc);
             qd_free(id);
         }
+        if (!rc && rescore)
+            rc = st_rescore(s, q + i * dim, rows, cos, n, want, o->min_score, &n);
         if (!rc)
             rc = make_hits(s, o, docs ? &docs[i] : NULL, keys ? keys[i] : 0, rows, cos, n,
-                           cand, &out[i]);
+                           cand, &tb, cdocs, &out[i]);
+        if (cdocs)
+            for (size_t j = 0; j < want; j++)
+                st_row_doc_done(s, &cdocs[j]);
     }
 out:
     pthread_rwlock_unlock(&s->rw);
@@ -844,6 +878,8 @@ free:
     qd_free(rows);
     qd_free(cos);
     qd_free(cand);
+    qd_free(cdocs);
+    qd_tokbuf_free(&tb);
     if (docs)
         for (size_t i = 0; i < nq; i++)
             qd_lex_doc_free(&docs[i]);

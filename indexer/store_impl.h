@@ -93,24 +93,20 @@ typedef struct st_row {
     uint64_t id_hash;   /* hash of ext_id, for the by_ext table */
     double created;     /* unix time */
     double removed;     /* unix time of removal, 0 while live */
-    uint32_t id_len;    /* bytes of ext_id */
+    uint16_t id_len;    /* bytes of ext_id (at most QD_STORE_MAX_ID) */
+    uint16_t flags;     /* ROW_* marks used by the writer within one call */
     uint32_t text_len;  /* bytes of text */
-    unsigned flags;     /* ROW_* marks used by the writer within one call */
-    qd_lex_doc doc;     /* the text's terms (lex.h), pointing into data */
-    _Alignas(uint64_t) char data[]; /* the terms (doc.n hashes, then doc.n counts),
-                           ext_id, NUL,
-                           text, NUL */
+    uint32_t nterms;    /* distinct terms kept in data (0 where the store keeps none) */
+    uint32_t nwords;    /* the text's word tokens (qd_lex_doc.len), when kept */
+    _Alignas(uint64_t) char data[]; /* the terms if the store keeps them (nterms
+                           hashes, then nterms counts), ext_id, NUL, text, NUL */
 } st_row;
 
 enum { ROW_REPLACING = 1u, ROW_REMOVING = 2u };
 
-static inline size_t st_row_terms_bytes(uint32_t n)
-{
-    return (size_t)n * (sizeof(uint64_t) + sizeof(uint32_t));
-}
 static inline const char *st_row_ext(const st_row *r)
 {
-    return r->data + st_row_terms_bytes(r->doc.n);
+    return r->data + (size_t)r->nterms * (sizeof(uint64_t) + sizeof(uint32_t));
 }
 static inline const char *st_row_text(const st_row *r) { return st_row_ext(r) + r->id_len + 1; }
 
@@ -126,10 +122,16 @@ typedef struct st_map {
     enum st_key key;    /* what the entries are hashed by */
 } st_map;
 
-/* A row entry with copies of its strings and terms (doc), or NULL without memory. */
+/* A row entry with copies of its strings and, if terms is not NULL, of its terms; or
+ * NULL without memory. */
 st_row *st_row_new(int64_t row, const char *id, size_t id_len, const char *text,
-                   size_t text_len, uint64_t key, const qd_lex_doc *doc, double created,
+                   size_t text_len, uint64_t key, const qd_lex_doc *terms, double created,
                    double removed);
+/* The terms of a row's text into *doc: a view of those the row keeps when the store
+ * keeps terms (s->keep_terms), else made from the text with tb, which the caller then
+ * frees with qd_lex_doc_free (st_row_doc_done does the right thing for both). */
+int st_row_doc(const qd_store *s, qd_tokbuf *tb, const st_row *r, qd_lex_doc *doc);
+void st_row_doc_done(const qd_store *s, qd_lex_doc *doc);
 st_row *st_map_get_row(const st_map *m, int64_t row);
 st_row *st_map_get_ext(const st_map *m, const char *id, size_t len);
 st_row *st_map_get_text(const st_map *m, uint64_t key);
@@ -153,6 +155,13 @@ int st_text_keys(const qd_store_item *items, size_t n, int threads, uint64_t *ke
 
 typedef void (*st_progress_fn)(const char *phase, size_t done, size_t total, void *arg);
 
+/* A read-only connection for re-scoring (rescore.c). */
+typedef struct st_reader st_reader;
+
+/* Candidates re-scored exactly from SQLite by default, for compressed kinds
+ * (rescore.c). */
+#define ST_RESCORE_DEFAULT 100
+
 struct qd_store {
     char db_path[ST_PATH_MAX];    /* the database file, as given */
     char faiss_path[ST_PATH_MAX]; /* db_path + ".faiss" */
@@ -170,6 +179,12 @@ struct qd_store {
     int dim;                      /* vector dimension (meta, = the model's) */
     int can_remove;               /* the index kind removes vectors (else tombstones) */
     int lossy;                    /* the index kind stores approximate vectors (SQ, PQ) */
+    int compressed;               /* the kind keeps compressed codes (PQ, SQ): searches
+                                     re-score from SQLite (st_spec_is_compressed) */
+    int keep_terms;               /* rows keep their terms (not when compressed: such a
+                                     kind is chosen to save memory, and the terms
+                                     would cost more than its codes; they are made from
+                                     the text when needed) */
     char spec[128];               /* FAISS factory string (meta) */
     char fingerprint[17];         /* model fingerprint (meta) */
     char model_path[ST_PATH_MAX]; /* absolute path of the model in use */
@@ -198,6 +213,13 @@ struct qd_store {
     } param[8];                   /* set by qd_store_set_param (wmu), applied again to
                                      every index built later (compact, switch) */
     int nparams;                  /* entries of param */
+    size_t rescore;               /* compressed kinds: candidates re-scored from the stored
+                                     vectors (0: none, FAISS's scores stand) (rw) */
+    char rd_path[3 * ST_PATH_MAX + 32]; /* what re-scoring connections open (db_path,
+                                     or the immutable URI of a read-only open) */
+    int rd_flags;                 /* their sqlite3_open_v2 flags */
+    pthread_mutex_t rd_mu;        /* guards rd_free */
+    st_reader *rd_free;           /* idle re-scoring connections (rd_mu) */
     st_progress_fn progress;      /* progress callback, or NULL */
     void *progress_arg;           /* its argument */
 };
@@ -223,6 +245,14 @@ int st_load_rows(qd_store *s);
 
 /* 1 if the factory string names a kind that stores vectors exactly. */
 int st_spec_is_exact(const char *spec);
+/* 1 if it names a kind that keeps compressed codes instead of the vectors (a
+ * component PQ..., SQ..., RQ..., LSQ..., LSH): searches re-score from SQLite. */
+int st_spec_is_compressed(const char *spec);
+/* 1 if it names a fast-scan kind (PQ...x4fs), which cannot remove vectors. */
+int st_spec_is_fastscan(const char *spec);
+/* Whether the store removes vectors from index a (else removed rows stay in it as
+ * tombstones until compact): what FAISS says, less the fast-scan kinds. */
+int st_can_remove(const qd_store *s, const qd_ann *a);
 /* Adds n vectors to a, training it on them first if it needs training. */
 int st_ann_add_trained(qd_ann *a, const float *x, const int64_t *ids, size_t n);
 /* A new index of the store's kind holding every live row's stored vector. */
@@ -235,6 +265,16 @@ int st_checkpoint_locked(qd_store *s);
 /* Sets the search parameters qd_store_set_param set on the index in force on a new
  * index a (write.c). Caller holds wmu; a is not yet searched. */
 int st_apply_params(qd_store *s, qd_ann *a);
+
+/* --- exact re-scoring (rescore.c) ------------------------------------------------------ */
+
+/* Re-scores n candidates of one query (q: dim floats) by the exact cosine of their
+ * vectors stored in SQLite: rows and cos get, best first, at most `want` of them with
+ * cosine >= min_score, and *nout their number. Caller holds the read lock. */
+int st_rescore(qd_store *s, const float *q, const st_row **rows, float *cos, size_t n,
+               size_t want, float min_score, size_t *nout);
+/* Closes the idle re-scoring connections (at close, when no search runs). */
+void st_readers_free(qd_store *s);
 
 /* --- files and SQLite (storefile.c) ---------------------------------------------------- */
 

@@ -27,6 +27,8 @@ typedef struct add_plan {
     st_row *r;        /* the new row (to be stored), or NULL */
     st_row *old;      /* the live row it replaces, or NULL */
     size_t vec_index; /* its row in the batch's vector array */
+    const qd_lex_doc *doc; /* the new row's terms (the batch's), for the statistics */
+    qd_lex_doc old_doc;    /* the replaced row's terms (owned), made before the commit */
 } add_plan;
 
 /* Until its INSERT, a new row's id field holds -(item index + 2), so that a
@@ -83,12 +85,13 @@ static int classify(qd_store *s, const qd_store_item *items, size_t n, int flags
         if (t)
             res[i] = (qd_store_result){QD_STORE_REPOST, -1, t->row};
         st_row *r = st_row_new(batch_mark(i), it->ext_id, it->ext_id_len, it->text,
-                               it->text_len, keys[i], &docs[i], now, 0);
+                               it->text_len, keys[i], s->keep_terms ? &docs[i] : NULL, now, 0);
         if (!r) {
             rc = st_fail(QD_ERR_NOMEM, "out of memory for %zu new rows", n);
             goto out;
         }
         plan[i].r = r;
+        plan[i].doc = &docs[i];
         st_map_put(&bid, r);
         if (!t)
             st_map_put(&btext, r);
@@ -237,7 +240,7 @@ static int apply_add(qd_store *s, add_plan *plan, size_t n, size_t nstore, size_
         old->removed = now;
         st_map_del(&s->by_ext, old);
         st_map_del(&s->by_text, old);
-        qd_lex_stats_remove(s->lex, &old->doc);
+        qd_lex_stats_remove(s->lex, &plan[i].old_doc);
         s->live--;
         s->tombs++;
     }
@@ -249,7 +252,7 @@ static int apply_add(qd_store *s, add_plan *plan, size_t n, size_t nstore, size_
         st_map_put(&s->by_ext, r);
         st_map_put(&s->by_text, r);
         /* Cannot fail: room was reserved before the commit. */
-        int lrc = qd_lex_stats_add(s->lex, &r->doc);
+        int lrc = qd_lex_stats_add(s->lex, plan[i].doc);
         QD_ASSERT(lrc == 0);
         plan[i].r = NULL; /* owned by the table now */
         s->live++;
@@ -340,7 +343,17 @@ static int add_common(qd_store *s, const qd_store_item *items, size_t n, int rep
     size_t new_terms = 0;
     for (size_t i = 0; i < n; i++)
         if (plan[i].r)
-            new_terms += qd_lex_stats_missing(s->lex, &plan[i].r->doc);
+            new_terms += qd_lex_stats_missing(s->lex, plan[i].doc);
+    if (nreplace > 0) {
+        qd_tokbuf tb;
+        qd_tokbuf_init(&tb);
+        for (size_t i = 0; i < n && !rc; i++)
+            if (plan[i].old)
+                rc = st_row_doc(s, &tb, plan[i].old, &plan[i].old_doc);
+        qd_tokbuf_free(&tb);
+        if (rc)
+            goto out;
+    }
     pthread_rwlock_wrlock(&s->rw); /* the table may move */
     rc = qd_lex_stats_reserve(s->lex, new_terms);
     pthread_rwlock_unlock(&s->rw);
@@ -376,6 +389,7 @@ out:
     for (size_t i = 0; i < n; i++) {
         if (plan[i].old)
             plan[i].old->flags &= ~ROW_REPLACING;
+        st_row_doc_done(s, &plan[i].old_doc);
         qd_free(plan[i].r); /* NULL once the row table took it */
     }
     pthread_mutex_unlock(&s->wmu);
@@ -420,12 +434,14 @@ int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *
         return 0;
     st_row **rows = qd_mallocarray(n, sizeof *rows);
     int64_t *ids = qd_mallocarray(n, sizeof *ids);
+    qd_lex_doc *docs = qd_calloc(n, sizeof *docs);
     sqlite3_stmt *rem = NULL;
     size_t m = 0;
     int rc = 0;
-    if (!rows || !ids) {
+    if (!rows || !ids || !docs) {
         qd_free(rows);
         qd_free(ids);
+        qd_free(docs);
         return st_fail(QD_ERR_NOMEM, "out of memory");
     }
     pthread_mutex_lock(&s->wmu);
@@ -444,6 +460,15 @@ int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *
             found[i] = 1;
     }
     if (m == 0)
+        goto out;
+    /* The rows' terms, to take them out of the statistics: made before the commit,
+     * since applying a committed change to memory must not fail. */
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    for (size_t i = 0; i < m && !rc; i++)
+        rc = st_row_doc(s, &tb, rows[i], &docs[i]);
+    qd_tokbuf_free(&tb);
+    if (rc)
         goto out;
     double now = qd_wall_now();
     uint64_t seq = s->seq + 1;
@@ -475,7 +500,7 @@ int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *
         rows[i]->removed = now;
         st_map_del(&s->by_ext, rows[i]);
         st_map_del(&s->by_text, rows[i]);
-        qd_lex_stats_remove(s->lex, &rows[i]->doc);
+        qd_lex_stats_remove(s->lex, &docs[i]);
     }
     s->live -= m;
     s->tombs += m;
@@ -492,12 +517,15 @@ int qd_store_remove_many(qd_store *s, const char *const *ext_ids, const size_t *
     else if (nremoved)
         *nremoved = m;
 out:
-    for (size_t i = 0; i < m; i++)
+    for (size_t i = 0; i < m; i++) {
         rows[i]->flags &= ~ROW_REMOVING;
+        st_row_doc_done(s, &docs[i]);
+    }
     sqlite3_finalize(rem);
     pthread_mutex_unlock(&s->wmu);
     qd_free(rows);
     qd_free(ids);
+    qd_free(docs);
     if (rc && found)
         memset(found, 0, n * sizeof *found);
     return rc;
@@ -601,16 +629,29 @@ int qd_store_set_param(qd_store *s, const char *name, double value)
     st_enter();
     pthread_mutex_lock(&s->wmu);
     pthread_rwlock_wrlock(&s->rw);
-    int rc = qd_ann_set_param(s->ann, name, value);
-    if (rc)
+    int rc;
+    int own = s->compressed && name && strcmp(name, "rescore") == 0;
+    if (own) {
+        /* A compressed kind's re-scoring depth is the store's (rescore.c); the exact
+         * index's own 8-bit scan has a parameter of that name in ann.c. */
+        if (!(value >= 0 && value <= QD_STORE_MAX_K && value == floor(value)))
+            rc = st_fail(QD_ERR_INVAL, "parameter rescore: %g is not an integer in 0..%d",
+                         value, QD_STORE_MAX_K);
+        else {
+            __atomic_store_n(&s->rescore, (size_t)value, __ATOMIC_RELAXED);
+            rc = 0;
+        }
+    } else if ((rc = qd_ann_set_param(s->ann, name, value)) != 0) {
         st_fail(rc, "%s", qd_ann_errmsg(s->ann));
+    }
     pthread_rwlock_unlock(&s->rw);
     /* Remembered (the last value of each name), so that an index built later by a
-     * compaction or a switch of model searches the same way. */
+     * compaction or a switch of model searches the same way; the store's own rescore
+     * stays with the store. */
     int i = 0;
-    while (!rc && i < s->nparams && strcmp(s->param[i].name, name) != 0)
+    while (!rc && !own && i < s->nparams && strcmp(s->param[i].name, name) != 0)
         i++;
-    if (!rc && strlen(name) < sizeof s->param[0].name &&
+    if (!rc && !own && strlen(name) < sizeof s->param[0].name &&
         i < (int)(sizeof s->param / sizeof s->param[0])) {
         snprintf(s->param[i].name, sizeof s->param[i].name, "%s", name);
         s->param[i].value = value;

@@ -8,8 +8,9 @@
  * worker thread). A warm-up of up to 50 queries comes first.
  *
  * Recall is measured against exact search done apart from FAISS: every live row's
- * vector is read from the database (SQLite, the truth the index is built from), the
- * queries' inner products with all of them come from cblas_sgemm in blocks, and the
+ * vector is read from the database (SQLite, the truth the index is built from) one
+ * block at a time (so ten million rows need no more memory than a million), the
+ * queries' inner products with each block come from cblas_sgemm, and the
  * true top k of each query is kept; recall@k is the mean share of those k rows that
  * the index returned. For a Flat index it is 1 up to ties, which checks the
  * measurement itself.
@@ -103,110 +104,96 @@ static double pct(const double *v, size_t n, double p)
     return v[i ? (i > n ? n : i) - 1 : 0];
 }
 
-/* Every live row's vector from the database, in row order: ids (n) and vecs (n, dim). */
-static int read_vectors(const char *db, int dim, int64_t **ids_out, float **vecs_out,
-                        size_t *n_out)
+/* Merges one block of scores (nq, nb: queries by the block's rows, whose ids are
+ * ids[0..nb)) into each query's sorted top k (best, top: (nq, k), best first). */
+static void merge_block(const float *s, size_t nq, size_t nb, const int64_t *ids, size_t k,
+                        float *best, int64_t *top)
+{
+    for (size_t i = 0; i < nq; i++) {
+        float *bs = best + i * k;
+        int64_t *bt = top + i * k;
+        const float *si = s + i * nb;
+        for (size_t j = 0; j < nb; j++) {
+            if (si[j] <= bs[k - 1])
+                continue;
+            size_t p = k - 1; /* insertion into the sorted list, best first */
+            while (p > 0 && bs[p - 1] < si[j]) {
+                bs[p] = bs[p - 1];
+                bt[p] = bt[p - 1];
+                p--;
+            }
+            bs[p] = si[j];
+            bt[p] = ids[j];
+        }
+    }
+}
+
+/* The exact top k rows (by inner product) of each of nq queries q (nq, dim) among the
+ * live rows' vectors stored in the database: top (nq, k) row ids, best first. The
+ * vectors are read in blocks of EXACT_BLOCK and each block is scored with one
+ * cblas_sgemm, so memory stays at one block however many rows the store holds. */
+static int exact_topk(const char *db, const float *q, size_t nq, int dim, size_t k,
+                      int64_t *top)
 {
     sqlite3 *h = NULL;
     sqlite3_stmt *st = NULL;
-    int64_t *ids = NULL;
-    float *vecs = NULL;
-    size_t n = 0, cap = 0;
-    int rc = -1;
+    size_t vbytes = (size_t)dim * sizeof(float), n = 0, nb = 0;
+    float *s = qd_mallocarray(nq * EXACT_BLOCK, sizeof *s);
+    float *best = qd_mallocarray(nq * k, sizeof *best);
+    float *vecs = qd_mallocarray((size_t)EXACT_BLOCK * (size_t)dim, sizeof *vecs);
+    int64_t *ids = qd_mallocarray(EXACT_BLOCK, sizeof *ids);
+    int rc = -1, step;
+    if (!s || !best || !vecs || !ids) {
+        fprintf(stderr, PROG ": out of memory for the exact search\n");
+        goto done;
+    }
+    for (size_t i = 0; i < nq * k; i++) {
+        best[i] = -INFINITY;
+        top[i] = -1;
+    }
     if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(h, "SELECT row, vec FROM questions WHERE removed IS NULL", -1,
                            &st, NULL) != SQLITE_OK) {
         fprintf(stderr, PROG ": %s: %s\n", db, h ? sqlite3_errmsg(h) : "cannot open");
         goto done;
     }
-    int step;
-    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-        if (sqlite3_column_bytes(st, 1) != (int)(dim * sizeof(float))) {
-            fprintf(stderr, PROG ": %s: row %lld: vector of %d bytes, expected %zu\n", db,
-                    (long long)sqlite3_column_int64(st, 0), sqlite3_column_bytes(st, 1),
-                    dim * sizeof(float));
-            goto done;
-        }
-        if (n == cap) {
-            size_t nc = cap ? cap * 2 : 65536;
-            int64_t *i2 = qd_reallocarray(ids, nc, sizeof *i2);
-            if (i2)
-                ids = i2;
-            float *v2 = qd_reallocarray(vecs, nc * (size_t)dim, sizeof *v2);
-            if (v2)
-                vecs = v2;
-            if (!i2 || !v2) {
-                fprintf(stderr, PROG ": out of memory reading %zu vectors\n", nc);
+    for (;;) {
+        step = sqlite3_step(st);
+        if (step == SQLITE_ROW) {
+            if ((size_t)sqlite3_column_bytes(st, 1) != vbytes) {
+                fprintf(stderr, PROG ": %s: row %lld: vector of %d bytes, expected %zu\n", db,
+                        (long long)sqlite3_column_int64(st, 0), sqlite3_column_bytes(st, 1),
+                        vbytes);
                 goto done;
             }
-            cap = nc;
+            ids[nb] = sqlite3_column_int64(st, 0);
+            memcpy(vecs + nb * (size_t)dim, sqlite3_column_blob(st, 1), vbytes);
+            nb++;
+        } else if (step != SQLITE_DONE) {
+            fprintf(stderr, PROG ": %s: %s\n", db, sqlite3_errmsg(h));
+            goto done;
         }
-        ids[n] = sqlite3_column_int64(st, 0);
-        memcpy(vecs + n * (size_t)dim, sqlite3_column_blob(st, 1), dim * sizeof(float));
-        n++;
+        if (nb == EXACT_BLOCK || (step == SQLITE_DONE && nb > 0)) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nb, dim, 1.0f,
+                        q, dim, vecs, dim, 0.0f, s, (int)nb);
+            merge_block(s, nq, nb, ids, k, best, top);
+            n += nb;
+            nb = 0;
+            fprintf(stderr, "\r" PROG ": exact search: %zu rows", n);
+        }
+        if (step == SQLITE_DONE)
+            break;
     }
-    if (step != SQLITE_DONE) {
-        fprintf(stderr, PROG ": %s: %s\n", db, sqlite3_errmsg(h));
-        goto done;
-    }
-    *ids_out = ids;
-    *vecs_out = vecs;
-    *n_out = n;
-    ids = NULL;
-    vecs = NULL;
+    fputc('\n', stderr);
     rc = 0;
 done:
     sqlite3_finalize(st);
     sqlite3_close(h);
-    qd_free(ids);
-    qd_free(vecs);
-    return rc;
-}
-
-/* The exact top k rows (by inner product) of each of nq queries q (nq, dim) among the
- * n stored vectors: top (nq, k) row ids, best first. */
-static int exact_topk(const float *q, size_t nq, int dim, const int64_t *ids,
-                      const float *vecs, size_t n, size_t k, int64_t *top)
-{
-    float *s = qd_mallocarray(nq * EXACT_BLOCK, sizeof *s);
-    float *best = qd_mallocarray(nq * k, sizeof *best);
-    if (!s || !best) {
-        qd_free(s);
-        qd_free(best);
-        fprintf(stderr, PROG ": out of memory for the exact search\n");
-        return -1;
-    }
-    for (size_t i = 0; i < nq * k; i++) {
-        best[i] = -INFINITY;
-        top[i] = -1;
-    }
-    for (size_t b0 = 0; b0 < n; b0 += EXACT_BLOCK) {
-        size_t nb = n - b0 < EXACT_BLOCK ? n - b0 : EXACT_BLOCK;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nb, dim, 1.0f, q,
-                    dim, vecs + b0 * (size_t)dim, dim, 0.0f, s, (int)nb);
-        for (size_t i = 0; i < nq; i++) {
-            float *bs = best + i * k;
-            int64_t *bt = top + i * k;
-            const float *si = s + i * nb;
-            for (size_t j = 0; j < nb; j++) {
-                if (si[j] <= bs[k - 1])
-                    continue;
-                size_t p = k - 1; /* insertion into the sorted list, best first */
-                while (p > 0 && bs[p - 1] < si[j]) {
-                    bs[p] = bs[p - 1];
-                    bt[p] = bt[p - 1];
-                    p--;
-                }
-                bs[p] = si[j];
-                bt[p] = ids[b0 + j];
-            }
-        }
-        fprintf(stderr, "\r" PROG ": exact search: %zu of %zu rows", b0 + nb, n);
-    }
-    fputc('\n', stderr);
     qd_free(s);
     qd_free(best);
-    return 0;
+    qd_free(vecs);
+    qd_free(ids);
+    return rc;
 }
 
 static int set_params(qd_store *s, const search_opts *o)
@@ -228,8 +215,7 @@ static int run(const search_opts *o)
     qd_texts t = {0};
     float *qv = NULL;
     size_t *pick = NULL;
-    int64_t *got = NULL, *truth = NULL, *ids = NULL;
-    float *vecs = NULL;
+    int64_t *got = NULL, *truth = NULL;
     double *lat = NULL;
     int status = 1;
 
@@ -313,10 +299,8 @@ static int run(const search_opts *o)
 
     double recall = -1;
     if (o->exact) {
-        size_t nv;
         truth = qd_mallocarray(n * k, sizeof *truth);
-        if (!truth || read_vectors(o->db, dim, &ids, &vecs, &nv) != 0 ||
-            exact_topk(qv, n, dim, ids, vecs, nv, k, truth) != 0)
+        if (!truth || exact_topk(o->db, qv, n, dim, k, truth) != 0)
             goto done;
         size_t found = 0, want = 0;
         for (size_t i = 0; i < n; i++)
@@ -361,8 +345,6 @@ done:
     qd_free(qv);
     qd_free(got);
     qd_free(truth);
-    qd_free(ids);
-    qd_free(vecs);
     qd_free(lat);
     qd_texts_free(&t);
     qd_store_close(s);
