@@ -22,6 +22,11 @@ struct qd_enc_ws {
     qd_tokbuf tb;      /* tokenizer scratch */
     qd_tokseqs seqs;   /* the batch as embedding rows */
     qd_fwd fwd;        /* forward activations */
+    float *wt;         /* (qd_lstm_packed_len) the weights of wt_model packed for the
+                          small-batch products (qd_lstm_pack), or NULL */
+    size_t wt_len;     /* floats allocated in wt */
+    const qd_model *wt_model; /* the model wt was made from */
+    char wt_fp[17];    /* its fingerprint then ("": pack again at the next call) */
 };
 
 qd_enc_ws *qd_enc_ws_new(void)
@@ -42,11 +47,40 @@ void qd_enc_ws_free(qd_enc_ws *ws)
     qd_tokbuf_free(&ws->tb);
     qd_tokseqs_free(&ws->seqs);
     qd_fwd_free(&ws->fwd);
+    qd_free(ws->wt);
     qd_free(ws);
+}
+
+/* Gives the forward pass m's weights transposed for small products: made once per
+ * workspace and model, since a loaded model's weights do not change (a model with no
+ * fingerprint yet, one being trained, is packed again at each call). Without memory
+ * for them the pass uses BLAS alone. */
+static void ws_pack(qd_enc_ws *ws, const qd_model *m)
+{
+    if (ws->wt && ws->wt_model == m && m->fingerprint[0] &&
+        strcmp(ws->wt_fp, m->fingerprint) == 0) {
+        ws->fwd.wt = ws->wt;
+        return;
+    }
+    size_t need = qd_lstm_packed_len(&m->hdr);
+    ws->fwd.wt = NULL;
+    ws->wt_model = NULL;
+    if (need > ws->wt_len) {
+        qd_free(ws->wt);
+        ws->wt_len = 0;
+        if (!(ws->wt = qd_mallocarray(need, sizeof *ws->wt)))
+            return;
+        ws->wt_len = need;
+    }
+    qd_lstm_pack(&m->hdr, &m->p, ws->wt);
+    ws->wt_model = m;
+    memcpy(ws->wt_fp, m->fingerprint, sizeof ws->wt_fp);
+    ws->fwd.wt = ws->wt;
 }
 
 int qd_enc_forward(const qd_model *m, qd_enc_ws *ws, const qd_tokseqs *seqs, float *out)
 {
+    ws_pack(ws, m);
     int rc = qd_lstm_forward(&m->hdr, &m->p, seqs, NULL, 0, &ws->fwd);
     if (rc)
         return rc;
@@ -137,6 +171,8 @@ static void par_worker(size_t begin, size_t end, int worker, void *arg)
     qd_enc_ws *ws = qd_enc_ws_new();
     uint32_t *sel = qd_mallocarray(chunk, sizeof *sel);
     int rc = (ws && sel) ? 0 : QD_ERR_NOMEM;
+    if (ws)
+        ws_pack(ws, j->m);
     while (rc == 0 && atomic_load(&j->rc) == 0) {
         size_t lo = atomic_fetch_add(&j->next, chunk);
         if (lo >= j->n)

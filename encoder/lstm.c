@@ -4,7 +4,9 @@
  * Matrix work is two kinds of GEMM: the input projection of every token of the batch
  * at once, X (ntok, E) times Wx^T (E, 4H), and at each step the recurrent product of
  * the running questions' hidden states, H_{t-1} (n_t, H) times Wh^T (H, 4H), added into
- * the gate pre-activations of step t. The rest is element-wise work over 4H gates per
+ * the gate pre-activations of step t. Training multiplies through OpenBLAS (qd_gemm);
+ * inference, which has the weights packed in its workspace (qd_fwd.wt), through the
+ * small-batch kernel qd_smm below. The rest is element-wise work over 4H gates per
  * token, done by vectorized exp-based kernels that are cloned for AVX-512 and AVX2 and
  * chosen at load time, so the build needs no -march flag.
  *
@@ -12,6 +14,8 @@
  * n_t questions running at step t are the first n_t rows of step t-1.
  */
 #include <cblas.h>
+#include <immintrin.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -66,6 +70,207 @@ void qd_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const fl
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                 (blasint)M, (blasint)N, (blasint)K, alpha, A, (blasint)lda, B, (blasint)ldb,
                 beta, C, (blasint)ldc);
+}
+
+/* --- small-batch products --------------------------------------------------------------- */
+
+/* The daemon encodes a few questions at a time, so most of its products have 1 to 16
+ * rows: the recurrent step (n_t, H) x (H, 4H) and the input projection of a dozen
+ * tokens. For those, OpenBLAS (from 3 rows on) spends more time packing the weight
+ * matrix into its panel layout (256 KiB at H = 128) than multiplying. qd_smm reads
+ * weights packed once into that kind of layout instead (qd_lstm_pack): panels of
+ * SMM_NP output columns, each panel K rows of SMM_NP floats, contiguous, so a panel
+ * streams through in order. MR rows of A times a strip of columns stay in registers
+ * for all K: each weight vector is loaded once per strip and multiplied into MR
+ * accumulators with the row values broadcast. Every element is summed in order
+ * k = 0, 1, ..., K - 1 with fused multiply-adds, in every kernel, so all agree. */
+
+/* Rows per register block. */
+#define SMM_MR 4
+
+#define SMM_INLINE static inline __attribute__((always_inline))
+
+/* AVX-512: MR rows times one panel (4 vectors of 16 floats); nc < 64 masks the stores. */
+SMM_INLINE __attribute__((target("avx512f"))) void
+smm_block_avx512(size_t mr, size_t nc, size_t K, const float *A, size_t lda, const float *P,
+                 int acc, float *C, size_t ldc)
+{
+    __mmask16 m[4];
+    for (int v = 0; v < 4; v++) {
+        size_t rem = nc > (size_t)v * 16 ? nc - (size_t)v * 16 : 0;
+        m[v] = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
+    }
+    __m512 c[SMM_MR][4];
+#pragma GCC unroll 4
+    for (size_t r = 0; r < SMM_MR; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++)
+            c[r][v] = (acc && r < mr) ? _mm512_maskz_loadu_ps(m[v], C + r * ldc + v * 16)
+                                      : _mm512_setzero_ps();
+    for (size_t k = 0; k < K; k++) {
+        const float *b = P + k * SMM_NP;
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        __m512 b2 = _mm512_loadu_ps(b + 32), b3 = _mm512_loadu_ps(b + 48);
+#pragma GCC unroll 4
+        for (size_t r = 0; r < SMM_MR; r++) {
+            if (r >= mr)
+                break;
+            __m512 a = _mm512_set1_ps(A[r * lda + k]);
+            c[r][0] = _mm512_fmadd_ps(a, b0, c[r][0]);
+            c[r][1] = _mm512_fmadd_ps(a, b1, c[r][1]);
+            c[r][2] = _mm512_fmadd_ps(a, b2, c[r][2]);
+            c[r][3] = _mm512_fmadd_ps(a, b3, c[r][3]);
+        }
+    }
+#pragma GCC unroll 4
+    for (size_t r = 0; r < SMM_MR; r++)
+        if (r < mr)
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++)
+                _mm512_mask_storeu_ps(C + r * ldc + v * 16, m[v], c[r][v]);
+}
+
+/* The row count as a constant, so that the block's loops over rows unroll away. */
+#define SMM_DISPATCH(block, mr, ...)                                                     \
+    switch (mr) {                                                                         \
+    case 1: block(1, __VA_ARGS__); break;                                                 \
+    case 2: block(2, __VA_ARGS__); break;                                                 \
+    case 3: block(3, __VA_ARGS__); break;                                                 \
+    default: block(4, __VA_ARGS__); break;                                                \
+    }
+
+__attribute__((target("avx512f"))) static void
+smm_avx512(size_t M, size_t N, size_t K, const float *A, size_t lda, const float *Bp,
+           int acc, float *C, size_t ldc)
+{
+    /* Panel by panel: one panel (K * 64 floats, 32 KiB at K = 128) stays in the L1
+     * cache while every row passes. */
+    for (size_t j = 0; j < N; j += SMM_NP)
+        for (size_t i = 0; i < M; i += SMM_MR) {
+            size_t mr = M - i < SMM_MR ? M - i : SMM_MR, nc = N - j < SMM_NP ? N - j : SMM_NP;
+            SMM_DISPATCH(smm_block_avx512, mr, nc, K, A + i * lda, lda, Bp + j * K, acc,
+                         C + i * ldc + j, ldc)
+        }
+}
+
+/* AVX2 with FMA: MR rows times 2 vectors of 8 floats (8 accumulators, which leaves
+ * registers for the loads), a quarter of a panel at a time (P advances by 16 within
+ * it); C (MR, 16) with row stride ldc. */
+SMM_INLINE __attribute__((target("avx2,fma"))) void
+smm_block_avx2(size_t mr, size_t K, const float *A, size_t lda, const float *P, int acc,
+               float *C, size_t ldc)
+{
+    __m256 c[SMM_MR][2];
+#pragma GCC unroll 4
+    for (size_t r = 0; r < SMM_MR; r++)
+#pragma GCC unroll 2
+        for (int v = 0; v < 2; v++)
+            c[r][v] = (acc && r < mr) ? _mm256_loadu_ps(C + r * ldc + v * 8)
+                                      : _mm256_setzero_ps();
+    for (size_t k = 0; k < K; k++) {
+        const float *b = P + k * SMM_NP;
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 4
+        for (size_t r = 0; r < SMM_MR; r++) {
+            if (r >= mr)
+                break;
+            __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+            c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
+            c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
+        }
+    }
+#pragma GCC unroll 4
+    for (size_t r = 0; r < SMM_MR; r++)
+        if (r < mr) {
+            _mm256_storeu_ps(C + r * ldc, c[r][0]);
+            _mm256_storeu_ps(C + r * ldc + 8, c[r][1]);
+        }
+}
+
+__attribute__((target("avx2,fma"))) static void
+smm_avx2(size_t M, size_t N, size_t K, const float *A, size_t lda, const float *Bp, int acc,
+         float *C, size_t ldc)
+{
+    float tmp[SMM_MR * 16];
+    for (size_t j = 0; j < N; j += 16)
+        for (size_t i = 0; i < M; i += SMM_MR) {
+            size_t mr = M - i < SMM_MR ? M - i : SMM_MR;
+            const float *P = Bp + j / SMM_NP * SMM_NP * K + j % SMM_NP;
+            float *c = C + i * ldc + j;
+            size_t nc = N - j < 16 ? N - j : 16;
+            if (nc == 16) {
+                SMM_DISPATCH(smm_block_avx2, mr, K, A + i * lda, lda, P, acc, c, ldc)
+                continue;
+            }
+            /* The last columns, short of a strip: through a whole strip of scratch (the
+             * panel is padded with zero weights). */
+            for (size_t r = 0; r < mr; r++)
+                for (size_t t = 0; t < 16; t++)
+                    tmp[r * 16 + t] = acc && t < nc ? c[r * ldc + t] : 0.0f;
+            SMM_DISPATCH(smm_block_avx2, mr, K, A + i * lda, lda, P, acc, tmp, 16)
+            for (size_t r = 0; r < mr; r++)
+                memcpy(c + r * ldc, tmp + r * 16, nc * sizeof *c);
+        }
+}
+
+/* The same products by plain loops, in the kernels' order. */
+static void smm_loops(size_t M, size_t N, size_t K, const float *A, size_t lda,
+                      const float *Bp, int acc, float *C, size_t ldc)
+{
+    for (size_t i = 0; i < M; i++)
+        for (size_t j = 0; j < N; j++) {
+            const float *P = Bp + j / SMM_NP * SMM_NP * K + j % SMM_NP;
+            float s = acc ? C[i * ldc + j] : 0.0f;
+            for (size_t k = 0; k < K; k++)
+                s = fmaf(A[i * lda + k], P[k * SMM_NP], s);
+            C[i * ldc + j] = s;
+        }
+}
+
+typedef void (*smm_fn)(size_t M, size_t N, size_t K, const float *A, size_t lda,
+                       const float *Bp, int acc, float *C, size_t ldc);
+
+static smm_fn smm_kernel;
+static pthread_once_t smm_once = PTHREAD_ONCE_INIT;
+
+/* The kernel for this processor; QDUP_SMM_KERNEL=avx2 or generic picks a lesser one
+ * (tests, benchmarks). */
+static void smm_init(void)
+{
+    const char *want = getenv("QDUP_SMM_KERNEL");
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (__builtin_cpu_supports("avx512f") && !(want && *want))
+        smm_kernel = smm_avx512;
+    else if (avx2 && !(want && strcmp(want, "generic") == 0))
+        smm_kernel = smm_avx2;
+    else
+        smm_kernel = smm_loops;
+}
+
+void qd_smm(size_t M, size_t N, size_t K, const float *A, size_t lda, const float *Bp,
+            int accumulate, float *C, size_t ldc)
+{
+    if (M == 0 || N == 0)
+        return;
+    if (atomic_load_explicit(&gemm_reference, memory_order_relaxed)) {
+        smm_loops(M, N, K, A, lda, Bp, accumulate, C, ldc);
+        return;
+    }
+    pthread_once(&smm_once, smm_init);
+    smm_kernel(M, N, K, A, lda, Bp, accumulate, C, ldc);
+}
+
+size_t qd_smm_packed_len(size_t N, size_t K)
+{
+    return (N + SMM_NP - 1) / SMM_NP * SMM_NP * K;
+}
+
+void qd_smm_pack(size_t N, size_t K, const float *W, float *Bp)
+{
+    for (size_t j0 = 0; j0 < N; j0 += SMM_NP)
+        for (size_t k = 0; k < K; k++)
+            for (size_t t = 0; t < SMM_NP; t++)
+                Bp[j0 * K + k * SMM_NP + t] = j0 + t < N ? W[(j0 + t) * K + k] : 0.0f;
 }
 
 /* --- activations ------------------------------------------------------------------------ */
@@ -147,6 +352,19 @@ QD_CLONES static void lstm_cell(float *restrict g, const float *restrict bias,
     }
 }
 
+void qd_lstm_pack(const qd_model_hdr *hdr, const qd_params *p, float *wt)
+{
+    size_t E = hdr->emb_dim, H = hdr->hidden;
+    qd_smm_pack(4 * H, E, p->wx, wt);
+    qd_smm_pack(4 * H, H, p->wh, wt + qd_smm_packed_len(4 * H, E));
+}
+
+size_t qd_lstm_packed_len(const qd_model_hdr *hdr)
+{
+    size_t E = hdr->emb_dim, H = hdr->hidden;
+    return qd_smm_packed_len(4 * H, E) + qd_smm_packed_len(4 * H, H);
+}
+
 /* --- the forward pass ------------------------------------------------------------------ */
 
 void qd_fwd_init(qd_fwd *f)
@@ -192,9 +410,11 @@ static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t 
     size_t ctok = max_size(f->cap_tok, ntok + ntok / 2 + 1);
     float dropout = f->dropout;
     uint64_t dropout_seed = f->dropout_seed;
+    const float *wt = f->wt;
     qd_fwd_free(f);
     f->dropout = dropout;
     f->dropout_seed = dropout_seed;
+    f->wt = wt;
     f->order = qd_mallocarray(cn, sizeof *f->order);
     f->len = qd_mallocarray(cn, sizeof *f->len);
     f->norm = qd_mallocarray(cn, sizeof *f->norm);
@@ -326,7 +546,10 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
     }
 
     /* Input projection for every token at once. */
-    qd_gemm(0, 1, ntok, 4 * H, E, 1.0f, f->x, E, p->wx, E, 0.0f, f->gates, 4 * H);
+    if (f->wt)
+        qd_smm(ntok, 4 * H, E, f->x, E, f->wt, 0, f->gates, 4 * H);
+    else
+        qd_gemm(0, 1, ntok, 4 * H, E, 1.0f, f->x, E, p->wx, E, 0.0f, f->gates, 4 * H);
 
     /* Recurrence. */
     for (size_t t = 0; t < T; t++) {
@@ -336,7 +559,12 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
         size_t cstride = 0;
         if (t > 0) {
             size_t prev = f->toff[t - 1];
-            qd_gemm(0, 1, nt, 4 * H, H, 1.0f, f->h + prev * H, H, p->wh, H, 1.0f, g, 4 * H);
+            if (f->wt)
+                qd_smm(nt, 4 * H, H, f->h + prev * H, H, f->wt + qd_smm_packed_len(4 * H, E),
+                       1, g, 4 * H);
+            else
+                qd_gemm(0, 1, nt, 4 * H, H, 1.0f, f->h + prev * H, H, p->wh, H, 1.0f, g,
+                        4 * H);
             cprev = f->c + prev * H;
             cstride = H;
         }

@@ -28,6 +28,26 @@ void qd_gemm_use_reference(int on);
 /* Makes OpenBLAS run each call on the calling thread: qdup parallelizes above BLAS. */
 void qd_blas_single_thread(void);
 
+/* Output columns per panel of a matrix packed for qd_smm. */
+#define SMM_NP 64
+
+/* C (M, N) = [C +] A (M, K) * W^T for a W (N, K) packed by qd_smm_pack into Bp: the
+ * small-batch product (lstm.c), for few rows of A against a weight matrix. Row-major,
+ * row strides lda and ldc. Adds into C when `accumulate` is set, else overwrites it.
+ * Each element is summed in order of k with fused multiply-adds, by the AVX-512, AVX2
+ * or plain kernel (QDUP_SMM_KERNEL=avx2 or generic picks a lesser one; the reference of
+ * qd_gemm_use_reference, the plain one). */
+void qd_smm(size_t M, size_t N, size_t K, const float *A, size_t lda, const float *Bp,
+            int accumulate, float *C, size_t ldc);
+/* Floats of W (N, K) packed: panels of SMM_NP rows of W (the last padded with zeros),
+ * each stored transposed, K rows of SMM_NP. */
+size_t qd_smm_packed_len(size_t N, size_t K);
+void qd_smm_pack(size_t N, size_t K, const float *W, float *Bp);
+
+/* Packs wx and then wh for qd_smm into wt (qd_lstm_packed_len floats). */
+void qd_lstm_pack(const qd_model_hdr *hdr, const qd_params *p, float *wt);
+size_t qd_lstm_packed_len(const qd_model_hdr *hdr);
+
 /* Forward activations of one batch, kept for the backward pass. Grows as needed. */
 typedef struct qd_fwd {
     size_t n;          /* questions in the batch */
@@ -49,6 +69,9 @@ typedef struct qd_fwd {
     float *norm;       /* (n) L2 norm of pooled (0 for an empty question) */
     float *out;        /* (n, D) pooled / norm: the unit vectors */
     float *zeros;      /* (H) the state before step 0 */
+    const float *wt;   /* the weights packed for qd_smm (qd_lstm_pack) of the params
+                          passed to qd_lstm_forward, borrowed; small products then run
+                          through qd_smm. NULL: qd_gemm only (training) */
     float dropout;     /* training only: probability of zeroing each input component
                           (inverted dropout on the token embeddings); 0 for inference */
     uint64_t dropout_seed; /* draws of this pass: the mask is a hash of (seed, question,

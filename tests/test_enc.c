@@ -178,6 +178,46 @@ static void test_gemm_blas_vs_loops(void **state)
     }
 }
 
+/* The small-batch product (the kernel this processor or QDUP_SMM_KERNEL picks) agrees
+ * bit for bit with its plain loops, which sum in the same order, and with the double
+ * precision reference to rounding; shapes cover partial panels and strips. */
+static void test_smm_vs_loops(void **state)
+{
+    (void)state;
+    uint64_t rng = 7;
+    for (int trial = 0; trial < 60; trial++) {
+        size_t M = 1 + qt_rand(&rng) % 37, N = 1 + qt_rand(&rng) % 150,
+               K = 1 + qt_rand(&rng) % 70;
+        int acc = (int)(qt_rand(&rng) & 1);
+        float *A = malloc(M * K * sizeof *A), *W = malloc(N * K * sizeof *W);
+        float *P = malloc(qd_smm_packed_len(N, K) * sizeof *P);
+        float *C0 = malloc(M * N * sizeof *C0), *C1 = malloc(M * N * sizeof *C1),
+              *C2 = malloc(M * N * sizeof *C2);
+        for (size_t i = 0; i < M * K; i++)
+            A[i] = (float)qt_uniform(&rng, -1, 1);
+        for (size_t i = 0; i < N * K; i++)
+            W[i] = (float)qt_uniform(&rng, -1, 1);
+        for (size_t i = 0; i < M * N; i++)
+            C0[i] = C1[i] = C2[i] = (float)qt_uniform(&rng, -1, 1);
+        qd_smm_pack(N, K, W, P);
+        qd_gemm_use_reference(1);
+        qd_gemm(0, 1, M, N, K, 1.0f, A, K, W, K, acc ? 1.0f : 0.0f, C0, N);
+        qd_smm(M, N, K, A, K, P, acc, C1, N);
+        qd_gemm_use_reference(0);
+        qd_smm(M, N, K, A, K, P, acc, C2, N);
+        assert_true(max_abs_diff(C0, C1, M * N) < 1e-5);
+        if (memcmp(C1, C2, M * N * sizeof *C1) != 0)
+            fail_msg("M %zu N %zu K %zu: the kernel differs from its loops by %.3g", M, N, K,
+                     max_abs_diff(C1, C2, M * N));
+        free(A);
+        free(W);
+        free(P);
+        free(C0);
+        free(C1);
+        free(C2);
+    }
+}
+
 static void test_activations_accurate(void **state)
 {
     (void)state;
@@ -320,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_ngram_model_matches_pytorch),
         cmocka_unit_test(test_pooled_model_matches_pytorch),
         cmocka_unit_test(test_gemm_blas_vs_loops),
+        cmocka_unit_test(test_smm_vs_loops),
         cmocka_unit_test(test_activations_accurate),
         cmocka_unit_test(test_batch_composition_does_not_matter),
         cmocka_unit_test(test_empty_question_is_zero_vector),
