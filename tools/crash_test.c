@@ -89,7 +89,6 @@
 #include <jansson.h>
 
 #include "qdup/common.h"
-#include "qdup/model.h" /* the second model of the reembed phase */
 #include "qdup/store.h" /* QD_STORE_SUFFIXES only: this test links no store code */
 
 #include "harness.h"
@@ -1244,23 +1243,6 @@ static void index_phase(void)
 
 /* --- reembed phase --------------------------------------------------------------------- */
 
-/* Writes C.model with every weight perturbed to dst: a second model of the same
- * dimension and vocabulary whose vectors differ from the first's. */
-static void make_second_model(const char *dst)
-{
-    char err[QD_ERRMSG_MAX];
-    qd_model *m = NULL;
-    if (qd_model_load(C.model, &m, err, sizeof err) != 0)
-        die("%s", err);
-    size_t n = 0;
-    float *w = qd_model_param_data(m, &n);
-    for (size_t i = 0; i < n; i++)
-        w[i] = w[i] * 0.8f + 0.05f * sinf((float)i);
-    if (qd_model_save(m, dst, err, sizeof err) != 0)
-        die("%s", err);
-    qd_model_free(m);
-}
-
 /* The fingerprint of the model in force in db (`qdup-index info --json`), or "". */
 static void store_fingerprint(const char *db, char *fp, size_t len)
 {
@@ -1344,7 +1326,7 @@ static void reembed_phase(void)
     LOCAL_PATH(log, "reembed.log");
     LOCAL_PATH(dump, "re.tsv");
     LOCAL_PATH(model2, "second.qdm");
-    make_second_model(model2);
+    make_second_model(C.model, model2);
     write_dump(dump, "r", 0, C.index_rows, text_of);
     if (index_build(db, dump, log) != 0)
         die("qdup-index build failed (log %s)", log);

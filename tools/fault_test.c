@@ -16,10 +16,11 @@
  * = 1, 1 + S, 1 + 2S, ... up to C and every fault kind (each N takes the kinds in turn
  * unless --all-kinds), the store is put back as it was, the operation is run with call
  * N failing, and once the fault is gone the store is checked:
- *   - index: `qdup-index add`, `remove`, `build` (over the existing index) and
- *     `compact`. Each is one transaction: afterwards the store holds exactly what it
- *     held before or exactly what an unfaulted run leaves, and the latter whenever the
- *     command said it succeeded (exit status 0).
+ *   - index: `qdup-index add`, `remove`, `build` (over the existing index),
+ *     `compact` and `reembed` (to a second model: the fixture's weights perturbed).
+ *     Each is one transaction: afterwards the store holds exactly what it held before
+ *     or exactly what an unfaulted run leaves (its questions and the model in force),
+ *     and the latter whenever the command said it succeeded (exit status 0).
  *   - daemon: the daemon starts on the store, gets adds and removes one at a time
  *     (each with the client, `qdup`), a query, and SIGTERM (which checkpoints), so that
  *     the calls cover a start-up, commits, a checkpoint and a shutdown. An
@@ -27,7 +28,8 @@
  *     not ("nothing was written"); no other error code is acceptable; while a fault
  *     refuses writes, queries must still be answered. A daemon may refuse to start
  *     while the fault is there; it must start once the fault is gone.
- * In both, afterwards `qdup-index verify` must pass. A fault between the FAISS file's
+ * In both, afterwards `qdup-index verify --reencode` must pass (every stored vector
+ * the encoding of its text by the model in force). A fault between the FAISS file's
  * rename and the database's record of it leaves a FAISS file the database does not
  * vouch for (the documented window of qd_store_install and of checkpoints): counted,
  * repaired with `verify --repair` as an operator would, and verified again.
@@ -295,11 +297,23 @@ static int cmp_str(const void *a, const void *b)
 static char *store_content(const char *db)
 {
     LOCAL_PATH(out, "export.jsonl");
+    LOCAL_PATH(info, "info.json");
     char *argv[] = {(char *)prog("qdup-index"), "export", "--db", (char *)db, "--out",
                     (char *)out, NULL};
+    char *iargv[] = {(char *)prog("qdup-index"), "info", "--json", "--db", (char *)db, NULL};
     fault_env(NULL, NULL);
-    if (run(argv, NULL, NULL, path_in(C.dir, "index.log")) != 0)
+    if (run(argv, NULL, NULL, path_in(C.dir, "index.log")) != 0 ||
+        run(iargv, NULL, info, path_in(C.dir, "index.log")) != 0)
         return NULL;
+    /* The model in force is part of the content: reembed changes only it (and the
+     * vectors, which verify --reencode checks against it). */
+    char *itext = slurp(info, NULL);
+    json_t *ij = itext ? json_loads(itext, 0, NULL) : NULL;
+    const char *fp = json_string_value(json_object_get(ij, "model_fingerprint"));
+    char model_line[64];
+    snprintf(model_line, sizeof model_line, "model %s\n", fp ? fp : "?");
+    json_decref(ij);
+    free(itext);
     FILE *f = fopen(out, "r");
     if (!f)
         return NULL;
@@ -326,11 +340,11 @@ static char *store_content(const char *db)
     free(line);
     fclose(f);
     qsort(v, n, sizeof *v, cmp_str);
-    char *s = malloc(total);
+    char *s = malloc(total + strlen(model_line));
     if (!s)
         die("out of memory");
-    s[0] = '\0';
-    for (size_t i = 0, off = 0; i < n; i++) {
+    strcpy(s, model_line);
+    for (size_t i = 0, off = strlen(model_line); i < n; i++) {
         size_t l = strlen(v[i]);
         memcpy(s + off, v[i], l + 1);
         off += l;
@@ -344,16 +358,19 @@ static char *store_content(const char *db)
 static void verify_store(const char *db, const char *what)
 {
     LOCAL_PATH(out, "verify.out");
-    char *argv[] = {(char *)prog("qdup-index"), "verify", "--db", (char *)db, NULL, NULL};
+    /* --reencode: every stored vector is the model's in force (a switch of model cut
+     * short must not leave vectors of two). */
+    char *argv[] = {(char *)prog("qdup-index"), "verify", "--reencode", "--db", (char *)db,
+                    NULL, NULL};
     fault_env(NULL, NULL);
     if (run(argv, NULL, out, out) == 0)
         return;
     if (file_has_from(out, 0, "not the checkpoint") ||
         file_has_from(out, 0, "records no checkpoint")) {
         T.repaired++;
-        argv[4] = "--repair";
+        argv[5] = "--repair";
         run(argv, NULL, out, out);
-        argv[4] = NULL;
+        argv[5] = NULL;
         if (run(argv, NULL, out, out) == 0)
             return;
     }
@@ -496,11 +513,15 @@ static void index_scenario(void)
 
     char ix[PATH_MAX + 16]; /* a copy: path_in's buffers rotate */
     snprintf(ix, sizeof ix, "%s", prog("qdup-index"));
+    char second[PATH_MAX + 16];
+    snprintf(second, sizeof second, "%s", path_in(C.dir, "second.qdm"));
+    make_second_model(C.model, second);
     index_op ops[] = {
         {"add", {ix, "add", "--db", db, "--quiet", add, NULL}},
         {"remove", {ix, "remove", "--db", db, "--quiet", "b4", "b5", "b6", NULL}},
         {"build", {ix, "build", "--model", C.model, "--db", db, "--quiet", gen, NULL}},
         {"compact", {ix, "compact", "--db", db, NULL}},
+        {"reembed", {ix, "reembed", "--db", db, "--quiet", "--model", second, NULL}},
     };
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         sweep_index_op(&ops[i], snap, db);

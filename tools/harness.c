@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "qdup/common.h"
+#include "qdup/model.h"
 
 const char *harness_prog = "qdup-harness";
 
@@ -216,4 +217,19 @@ void write_dump(const char *path, const char *prefix, uint64_t k0, uint64_t k1,
     }
     if (fclose(f) != 0)
         die("%s: %s", path, strerror(errno));
+}
+
+void make_second_model(const char *src, const char *dst)
+{
+    char err[QD_ERRMSG_MAX];
+    qd_model *m = NULL;
+    if (qd_model_load(src, &m, err, sizeof err) != 0)
+        die("%s", err);
+    size_t n = 0;
+    float *w = qd_model_param_data(m, &n);
+    for (size_t i = 0; i < n; i++)
+        w[i] = w[i] * 0.8f + 0.05f * sinf((float)i);
+    if (qd_model_save(m, dst, err, sizeof err) != 0)
+        die("%s", err);
+    qd_model_free(m);
 }

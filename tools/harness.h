@@ -59,6 +59,11 @@ void write_dump(const char *path, const char *prefix, uint64_t k0, uint64_t k1,
  * $TMPDIR/<prog>.XXXXXX, else created if missing. Each buffer holds PATH_MAX bytes. */
 void harness_setup(char *bin, char *model, const char *fallback, char *dir, int given);
 
+/* Writes the model at src with every weight perturbed to dst: a second model of the
+ * same dimension and vocabulary whose vectors differ (to switch a store to with
+ * qdup-index reembed); dies on failure. */
+void make_second_model(const char *src, const char *dst);
+
 /* The number in v for option --name, which must lie in [lo, hi]: else a message and
  * exit status 2 (bad usage). */
 long opt_long(const char *name, const char *v, long lo, long hi);
