@@ -459,7 +459,7 @@ int qd_store_reembed_switch(qd_store *s, char *old_fp, char *new_fp)
     if (s->readonly)
         return st_fail(QD_ERR_FORBIDDEN, "%s: opened read-only", s->db_path);
     char err[QD_ERRMSG_MAX], abs[ST_PATH_MAX];
-    qd_model *m = NULL, **retired = NULL;
+    qd_model *m = NULL;
     qd_ann *a = NULL;
     qd_store_staged sg;
     pthread_mutex_lock(&s->wmu);
@@ -487,12 +487,6 @@ int qd_store_reembed_switch(qd_store *s, char *old_fp, char *new_fp)
                      qd_model_fingerprint(m), sg.fingerprint);
         goto out;
     }
-    retired = qd_reallocarray(s->retired, s->nretired + 1, sizeof *retired);
-    if (!retired) {
-        rc = st_fail(QD_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    s->retired = retired;
     if ((rc = begin(s)) != 0)
         goto out;
     /* Checked again inside the transaction: a reembed of another model may have
@@ -517,9 +511,10 @@ int qd_store_reembed_switch(qd_store *s, char *old_fp, char *new_fp)
     qd_ann *old_ann = s->ann;
     s->ann = a;
     a = NULL;
-    s->retired[s->nretired++] = s->model;
+    qd_model *old_model = s->model;
     s->model = m;
-    m = NULL;
+    m = old_model; /* freed below: no pin holds it any more, and searches see s->model
+                      only under rw */
     snprintf(s->fingerprint, sizeof s->fingerprint, "%s", qd_model_fingerprint(s->model));
     snprintf(s->model_path, sizeof s->model_path, "%s", abs);
     s->vouched = 0;

@@ -178,9 +178,6 @@ void st_free(qd_store *s)
     st_map_free(&s->by_text);
     qd_lex_stats_free(s->lex);
     qd_model_free(s->model);
-    for (size_t i = 0; i < s->nretired; i++)
-        qd_model_free(s->retired[i]);
-    qd_free(s->retired);
     pthread_mutex_destroy(&s->wmu);
     pthread_mutex_destroy(&s->rd_mu);
     pthread_rwlock_destroy(&s->rw);
@@ -770,7 +767,11 @@ int qd_store_search_text(qd_store *s, const float *q, size_t nq, const qd_store_
     /* How many nearest rows each query ranks. */
     size_t want = k;
     if (o->texts && o->rank == QD_RANK_FUSED) {
+        /* s->model under the read lock: a switch of model replaces it under the write
+         * lock (a caller that pinned the model sees the same one throughout). */
+        pthread_rwlock_rdlock(&s->rw);
         size_t c = o->candidates ? o->candidates : qd_model_get_scoring(s->model)->candidates;
+        pthread_rwlock_unlock(&s->rw);
         if (c > QD_STORE_MAX_K)
             c = QD_STORE_MAX_K;
         if (c > want)
@@ -916,11 +917,12 @@ int qd_store_get_info(qd_store *s, qd_store_info *info)
     st_format(info->checkpoint_error, sizeof info->checkpoint_error, "%s", s->ckpt_error);
     info->unsaved_changes = s->seq - s->faiss_seq;
     info->unsaved_bytes = info->unsaved_changes * ((uint64_t)s->dim * sizeof(float) + 8);
+    /* The model's names change with a switch of model, under the write lock. */
+    st_format(info->model_fingerprint, sizeof info->model_fingerprint, "%s", s->fingerprint);
+    st_format(info->model_path, sizeof info->model_path, "%s", s->model_path);
     pthread_rwlock_unlock(&s->rw);
     info->dim = s->dim;
     st_format(info->index_spec, sizeof info->index_spec, "%s", s->spec);
-    st_format(info->model_fingerprint, sizeof info->model_fingerprint, "%s", s->fingerprint);
-    st_format(info->model_path, sizeof info->model_path, "%s", s->model_path);
     info->db_bytes = st_file_size(s->db_path);
     if (st_path_with(wal, sizeof wal, s->db_path, "-wal") == 0)
         info->db_bytes += st_file_size(wal);

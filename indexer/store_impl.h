@@ -171,10 +171,8 @@ struct qd_store {
     int threads;                  /* tokenizing threads for batch adds (0: all cores) */
     qd_model *model;              /* the vectors' model: its fingerprint is the store's;
                                      callers encode with it (read-only once loaded;
-                                     replaced only by a switch, under pin and rw) */
-    qd_model **retired;           /* (nretired) models replaced by switches, freed at
-                                     close: a caller may still hold a pointer */
-    size_t nretired;              /* entries of retired */
+                                     replaced only by a switch, under pin and rw, which
+                                     then frees the old one) */
     pthread_rwlock_t pin;         /* qd_store_pin (read) against a switch (write) */
     int dim;                      /* vector dimension (meta, = the model's) */
     int can_remove;               /* the index kind removes vectors (else tombstones) */
@@ -186,8 +184,8 @@ struct qd_store {
                                      would cost more than its codes; they are made from
                                      the text when needed) */
     char spec[128];               /* FAISS factory string (meta) */
-    char fingerprint[17];         /* model fingerprint (meta) */
-    char model_path[ST_PATH_MAX]; /* absolute path of the model in use */
+    char fingerprint[17];         /* model fingerprint (meta; a switch: under rw) */
+    char model_path[ST_PATH_MAX]; /* absolute path of the model in use (as fingerprint) */
     pthread_mutex_t wmu;          /* serializes writers, verify, export and all of db */
     pthread_rwlock_t rw;          /* searches (read) against applying a change (write) */
     qd_ann *ann;                  /* the index (rw) */

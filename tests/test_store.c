@@ -1642,6 +1642,75 @@ static void test_concurrent_search_during_add(void **state)
     free_batch(&base);
 }
 
+/* Searchers that pin the model, encode a stored question's text, search and unpin,
+ * while the store switches model back and forth: each finds its question with cosine
+ * 1, which a query encoded with one model and searched in the other's index would not
+ * (qd_store_pin: queries in flight finish on the model they started with). */
+typedef struct pinned {
+    qd_store *s;          /* the store */
+    batch *b;             /* its questions */
+    volatile int done;    /* set by the test */
+    int searches;         /* searches made (under mu) */
+    int bad;              /* searches that did not find their question exactly (mu) */
+    pthread_mutex_t mu;   /* guards the counts */
+} pinned;
+
+static void *pinned_searcher(void *arg)
+{
+    pinned *p = arg;
+    qd_enc_ws *ws = qd_enc_ws_new();
+    float v[64];
+    for (size_t i = 0; !p->done; i = (i + 7) % p->b->n) {
+        const char *text = p->b->text[i];
+        size_t len = strlen(text);
+        const qd_model *m = qd_store_pin(p->s);
+        int rc = qd_enc_texts(m, ws, &text, &len, 1, v);
+        qd_store_hits h = {0, NULL};
+        if (!rc)
+            rc = qd_store_search(p->s, v, 1, 1, -INFINITY, NULL, &h);
+        qd_store_unpin(p->s);
+        int ok = !rc && h.n == 1 && strcmp(h.hit[0].row.ext_id, p->b->id[i]) == 0 &&
+                 h.hit[0].cosine > 0.9999f;
+        qd_store_hits_free(&h);
+        pthread_mutex_lock(&p->mu);
+        p->searches++;
+        p->bad += !ok;
+        pthread_mutex_unlock(&p->mu);
+    }
+    qd_enc_ws_free(ws);
+    return NULL;
+}
+
+static void test_switch_under_searches(void **state)
+{
+    (void)state;
+    const char *db = new_db("pinned");
+    char err[QD_ERRMSG_MAX];
+    qd_store *s = create(db, "Flat");
+    batch b = make_batch(0, 300);
+    add_ok(s, &b);
+    const char *models[2] = {variant_model(1), model_path()};
+    pinned p = {.s = s, .b = &b};
+    pthread_mutex_init(&p.mu, NULL);
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, pinned_searcher, &p), 0);
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(qd_store_reembed_stage(db, models[k % 2], 2, NULL, NULL, NULL, err,
+                                                sizeof err), 0);
+        assert_int_equal(qd_store_reembed_switch(s, NULL, NULL), 0);
+    }
+    p.done = 1;
+    for (int i = 0; i < 3; i++)
+        pthread_join(th[i], NULL);
+    assert_true(p.searches > 0);
+    assert_int_equal(p.bad, 0);
+    assert_int_equal(reencode_problems(s), 0);
+    qd_store_close(s);
+    pthread_mutex_destroy(&p.mu);
+    free_batch(&b);
+}
+
 /* --- allocation failures ------------------------------------------------------------ */
 
 static void test_alloc_failures(void **state)
@@ -1740,6 +1809,7 @@ int main(void)
         cmocka_unit_test(test_reembed_taken_over),
         cmocka_unit_test(test_params_survive_rebuild),
         cmocka_unit_test(test_concurrent_search_during_add),
+        cmocka_unit_test(test_switch_under_searches),
         cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

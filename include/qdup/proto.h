@@ -80,7 +80,9 @@ extern "C" {
  * threads at once except add, remove and checkpoint, which the caller serializes. */
 typedef struct qd_backend {
     void *ctx;                /* the store */
-    const qd_model *model;    /* encodes questions; read-only, shared by all threads */
+    const qd_model *model;    /* encodes questions; read-only, shared by all threads;
+                                 with pin, only the one at start (a reload frees it):
+                                 the handler encodes with the pinned one */
     int (*search)(void *ctx, const float *q, size_t nq, size_t k, float min_score,
                   const char *const *exclude, qd_store_hits *out);
     void (*hits_free)(qd_store_hits *h);

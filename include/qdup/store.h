@@ -110,6 +110,8 @@ void qd_store_close(qd_store *s);
  * be NULL. */
 const char *qd_store_errmsg(const qd_store *s);
 
+/* The model in force. A switch of model (qd_store_reembed_switch) frees the one it
+ * replaces: a caller on another thread than the switch's holds it with qd_store_pin. */
 const qd_model *qd_store_model(const qd_store *s);
 
 /* --- writing ------------------------------------------------------------------------ */
