@@ -13,10 +13,13 @@
  * every string, whether it came from the client or from the store, goes through
  * jansson's escaping. jansson refuses strings that are not valid UTF-8; store texts
  * that are not (a dump of raw bytes) are repaired with U+FFFD rather than dropped.
+ * The one exception is a successful query's reply, written directly into the same
+ * bounded buffer, byte for byte as jansson would (see "query replies" below).
  */
 #include "qdup/proto.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1259,18 +1262,174 @@ static int static_line(const char *line, char **out, size_t *len)
 static const char oom_line[] =
     "{\"ok\":false,\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}\n";
 
+/* --- query replies, written directly ------------------------------------------------- */
+
+/* A query's reply has one fixed shape and is most of what the daemon writes, so it is
+ * written straight into the buffer, byte for byte what jansson writes for the same
+ * value (test_proto compares the two on random results): no tree of jansson values
+ * (a dozen allocations per result) to build, walk and free. Strings are escaped as
+ * jansson escapes them with DUMP_FLAGS ('"', '\\' and the control characters; other
+ * characters as they are), after the same repair of invalid UTF-8; numbers as
+ * jansson's dtostr writes them at precision 7. Other replies keep going through
+ * jansson. */
+
+static atomic_int reply_jansson_only;
+
+void qd_proto_reply_use_jansson(int on)
+{
+    atomic_store(&reply_jansson_only, on);
+}
+
+static int ostr(obuf *o, const char *s, size_t n)
+{
+    return obuf_put(s, n, o);
+}
+
+/* A JSON string of s[0..n) (null for NULL), escaped as jansson escapes it. */
+static int put_str(obuf *o, const char *s, size_t n)
+{
+    if (!s)
+        return ostr(o, "null", 4);
+    for (size_t i = 0; i < n;) {
+        int32_t cp;
+        i += qd_utf8_decode((const unsigned char *)s + i, n - i, &cp);
+        if (cp < 0) {
+            /* Not valid UTF-8: what jstr sends jansson instead. */
+            size_t m;
+            char *fixed = utf8_repair(s, n, &m);
+            if (!fixed) {
+                o->nomem = 1;
+                return -1;
+            }
+            int rc = put_str(o, fixed, m);
+            qd_free(fixed);
+            return rc;
+        }
+    }
+    if (ostr(o, "\"", 1))
+        return -1;
+    size_t run = 0; /* bytes of s before i not yet written */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        char esc[8];
+        size_t el = 2;
+        esc[0] = '\\';
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default: el = (size_t)snprintf(esc, sizeof esc, "\\u%04X", (unsigned)c); break;
+        }
+        if (ostr(o, s + run, i - run) || ostr(o, esc, el))
+            return -1;
+        run = i + 1;
+    }
+    return ostr(o, s + run, n - run) || ostr(o, "\"", 1) ? -1 : 0;
+}
+
+/* A number as jansson writes a real at precision 7 (null if not finite, as jreal):
+ * "%.7g", ".0" added when that reads as an integer, the exponent without '+' or
+ * leading zeros. */
+static int put_real(obuf *o, double x)
+{
+    if (!isfinite(x))
+        return ostr(o, "null", 4);
+    char b[40];
+    int n = snprintf(b, sizeof b, "%.7g", x);
+    if (n <= 0 || (size_t)n >= sizeof b - 2)
+        return -1;
+    char *e = memchr(b, 'e', (size_t)n);
+    if (!e && !memchr(b, '.', (size_t)n)) {
+        memcpy(b + n, ".0", 3);
+        n += 2;
+    }
+    if (e) {
+        char *start = e + 1, *end = e + 2;
+        if (*start == '-')
+            start++;
+        while (*end == '0')
+            end++;
+        if (end != start) {
+            memmove(start, end, (size_t)(b + n - end) + 1);
+            n -= (int)(end - start);
+        }
+    }
+    return ostr(o, b, (size_t)n);
+}
+
+/* One list of results, as hits_json makes it (without "duplicate"). */
+static int put_hits(obuf *o, const qd_store_hits *h)
+{
+    if (ostr(o, "[", 1))
+        return -1;
+    for (size_t i = 0; h && i < h->n; i++) {
+        const qd_store_hit *x = &h->hit[i];
+        const char *id = x->row.ext_id, *text = x->row.text;
+        if (ostr(o, i ? ",{\"id\":" : "{\"id\":", i ? 7 : 6) ||
+            put_str(o, id, id ? strlen(id) : 0) || ostr(o, ",\"text\":", 8) ||
+            put_str(o, text, text ? strlen(text) : 0) || ostr(o, ",\"score\":", 9) ||
+            put_real(o, x->score) || ostr(o, ",\"cosine\":", 10) || put_real(o, x->cosine) ||
+            ostr(o, ",\"lexical\":", 11) || put_real(o, x->lexical) ||
+            ostr(o, ",\"p_duplicate\":", 15) || put_real(o, x->p_duplicate) ||
+            ostr(o, "}", 1))
+            return -1;
+    }
+    return ostr(o, "]", 1);
+}
+
+/* The reply line of a successful query (see the section's comment); 1 if it would
+ * pass max, QD_ERR_NOMEM. */
+static int query_line(const qd_req *r, size_t max, char **out, size_t *len)
+{
+    obuf o = {.max = max};
+    int bad = ostr(&o, "{\"ok\":true", 10);
+    if (!bad && r->tag)
+        bad = ostr(&o, ",\"tag\":", 7) ||
+              json_dump_callback(r->tag, obuf_put, &o, DUMP_FLAGS | JSON_ENCODE_ANY) != 0;
+    if (!bad)
+        bad = ostr(&o, ",\"results\":", 11);
+    if (!bad && r->batch) {
+        bad = ostr(&o, "[", 1);
+        for (size_t i = 0; !bad && i < r->ntexts; i++)
+            bad = (i && ostr(&o, ",", 1)) || put_hits(&o, &r->hits[i]);
+        bad = bad || ostr(&o, "]", 1);
+    } else if (!bad) {
+        bad = put_hits(&o, r->hits);
+    }
+    if (bad || ostr(&o, "}\n", 2) || o.over || o.nomem || !o.p) {
+        qd_free(o.p);
+        return o.over ? 1 : QD_ERR_NOMEM;
+    }
+    o.p[o.len] = '\0'; /* obuf_put always leaves room for it */
+    *out = o.p;
+    *len = o.len;
+    return 0;
+}
+
 int qd_proto_reply(const qd_proto *p, const qd_req *r, char **out, size_t *len)
 {
-    json_t *j = reply_json(r, r->code, r->msg);
-    if (!j)
-        return static_line(oom_line, out, len);
-    int rc = dump_line(j, p->lim.max_reply, out, len);
-    json_decref(j);
+    int rc;
+    if (r->code == QD_CODE_OK && r->op == QD_OP_QUERY &&
+        !atomic_load_explicit(&reply_jansson_only, memory_order_relaxed)) {
+        rc = query_line(r, p->lim.max_reply, out, len);
+    } else {
+        json_t *j = reply_json(r, r->code, r->msg);
+        if (!j)
+            return static_line(oom_line, out, len);
+        rc = dump_line(j, p->lim.max_reply, out, len);
+        json_decref(j);
+    }
     if (rc == 1) {
         char msg[160];
         snprintf(msg, sizeof msg, "the reply would be over the limit of %zu bytes; ask for "
                  "fewer results", p->lim.max_reply);
-        j = reply_json(r, QD_CODE_TOO_LARGE, msg);
+        json_t *j = reply_json(r, QD_CODE_TOO_LARGE, msg);
         rc = j ? dump_line(j, SIZE_MAX, out, len) : QD_ERR_NOMEM;
         json_decref(j);
     }

@@ -974,6 +974,96 @@ static void test_errors_attributed(void **state)
     proto.be = &be;
 }
 
+/* A random string for test_query_reply_writer: letters, the characters JSON escapes,
+ * control characters, multi-byte UTF-8 and ill-formed bytes. */
+static char *random_text(uint64_t *rng)
+{
+    static const char *const parts[] = {
+        "a", "Why", " ", "\"", "\\", "/", "\b", "\f", "\n", "\r", "\t", "\x01", "\x1f",
+        "\x7f", "\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80", "\xE2\x80\xA8", "\x80",
+        "\xC0\xAF", "\xED\xA0\x80", "\xF5", "\xE2\x82", "\xEF\xBF\xBD", "u0041", "?"};
+    size_t nparts = sizeof parts / sizeof parts[0], n = qt_rand(rng) % 12;
+    char *t = calloc(n * 4 + 1, 1);
+    for (size_t i = 0; i < n; i++)
+        strcat(t, parts[qt_rand(rng) % nparts]);
+    return t;
+}
+
+/* A random score: plain ones, every magnitude a float has, and the awkward values. */
+static float random_score(uint64_t *rng)
+{
+    static const float special[] = {0.0f, -0.0f, 1.0f, 0.5f, 1e-5f, 1e-4f, 123456.7f,
+                                    1234567.0f, 12345678.0f, 1e7f, 0.1f, 1e38f,
+                                    1.4e-45f, 3.4028235e38f, NAN, INFINITY, -INFINITY};
+    switch (qt_rand(rng) % 3) {
+    case 0:
+        return special[qt_rand(rng) % (sizeof special / sizeof special[0])];
+    case 1:
+        return (float)qt_uniform(rng, -1, 1);
+    default:
+        return (float)(qt_uniform(rng, -1, 1) * pow(10.0, qt_uniform(rng, -45, 38)));
+    }
+}
+
+/* Query replies are written directly (proto.c), the rest by jansson: the direct writer
+ * gives exactly jansson's bytes for random results, tags and limits. */
+static void test_query_reply_writer(void **state)
+{
+    (void)state;
+    uint64_t rng = 11;
+    qd_proto p = {0};
+    qd_proto_limits_default(&p.lim);
+    for (int trial = 0; trial < 400; trial++) {
+        qd_req r;
+        memset(&r, 0, sizeof r);
+        r.op = QD_OP_QUERY;
+        r.code = QD_CODE_OK;
+        r.batch = (int)(qt_rand(&rng) % 2);
+        r.ntexts = r.batch ? qt_rand(&rng) % 4 : 1;
+        r.hits = calloc(r.ntexts ? r.ntexts : 1, sizeof *r.hits);
+        for (size_t t = 0; t < r.ntexts; t++) {
+            qd_store_hits *h = &r.hits[t];
+            h->n = qt_rand(&rng) % 5;
+            h->hit = calloc(h->n ? h->n : 1, sizeof *h->hit);
+            for (size_t i = 0; i < h->n; i++) {
+                qd_store_hit *x = &h->hit[i];
+                x->row.ext_id = qt_rand(&rng) % 8 ? random_text(&rng) : NULL;
+                x->row.text = qt_rand(&rng) % 8 ? random_text(&rng) : NULL;
+                x->score = random_score(&rng);
+                x->cosine = random_score(&rng);
+                x->lexical = random_score(&rng);
+                x->p_duplicate = random_score(&rng);
+            }
+        }
+        if (trial % 3 == 0)
+            r.tag = json_pack("{s:s, s:f, s:[i, b]}", "t", "x\"\n\xC3\xA9", "f",
+                              qt_uniform(&rng, -1e6, 1e6), "a", trial, trial % 2);
+        else if (trial % 3 == 1)
+            r.tag = json_real(qt_uniform(&rng, -2, 2));
+        p.lim.max_reply = trial % 5 == 0 ? 40 + qt_rand(&rng) % 400 : 4u << 20;
+        char *direct, *ref;
+        size_t dlen, rlen;
+        assert_int_equal(qd_proto_reply(&p, &r, &direct, &dlen), 0);
+        qd_proto_reply_use_jansson(1);
+        assert_int_equal(qd_proto_reply(&p, &r, &ref, &rlen), 0);
+        qd_proto_reply_use_jansson(0);
+        if (dlen != rlen || memcmp(direct, ref, rlen) != 0)
+            fail_msg("trial %d:\n direct %s jansson %s", trial, direct, ref);
+        assert_true(direct[dlen] == '\0' && direct[dlen - 1] == '\n');
+        free(direct);
+        free(ref);
+        json_decref(r.tag);
+        for (size_t t = 0; t < r.ntexts; t++) {
+            for (size_t i = 0; i < r.hits[t].n; i++) {
+                free(r.hits[t].hit[i].row.ext_id);
+                free(r.hits[t].hit[i].row.text);
+            }
+            free(r.hits[t].hit);
+        }
+        free(r.hits);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -989,6 +1079,7 @@ int main(void)
         cmocka_unit_test(test_group_add),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_reply_limit),
+        cmocka_unit_test(test_query_reply_writer),
         cmocka_unit_test(test_random_lines),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_errors_attributed),

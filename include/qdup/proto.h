@@ -292,6 +292,10 @@ void qd_proto_run(const qd_proto *p, qd_enc_ws *ws, qd_req **reqs, size_t n);
  * only. */
 int qd_proto_reply(const qd_proto *p, const qd_req *r, char **out, size_t *len);
 
+/* Tests only: 1 makes qd_proto_reply build every reply with jansson, including the
+ * query replies it otherwise writes directly (the reference they are checked against). */
+void qd_proto_reply_use_jansson(int on);
+
 /* Formats a reply that belongs to no parsed request (a line too long, too many
  * clients): {"ok":false,"error":{"code":...,"message":...}} and '\n'. */
 int qd_proto_error_line(int code, const char *msg, char **out, size_t *len);
