@@ -983,7 +983,7 @@ static char *random_text(uint64_t *rng)
         "\x7f", "\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80", "\xE2\x80\xA8", "\x80",
         "\xC0\xAF", "\xED\xA0\x80", "\xF5", "\xE2\x82", "\xEF\xBF\xBD", "u0041", "?"};
     size_t nparts = sizeof parts / sizeof parts[0], n = qt_rand(rng) % 12;
-    char *t = calloc(n * 4 + 1, 1);
+    char *t = calloc(n * 5 + 1, 1); /* no part is longer than 5 bytes */
     for (size_t i = 0; i < n; i++)
         strcat(t, parts[qt_rand(rng) % nparts]);
     return t;
