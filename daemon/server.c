@@ -317,6 +317,10 @@ static void work_run(uv_work_t *req)
             continue;
         qd_req *r = w->reqs[j];
         w->reqs[j++] = NULL;
+        /* A switch of model is an operator's event: logged like SIGHUP's. */
+        if (ws && r->op == QD_OP_RELOAD && r->switched)
+            qd_server_log("reload (uid %u): switched from model %s to %s",
+                          (unsigned)sl->c->peer.uid, r->from_fp, r->to_fp);
         if (ws) {
             sl->code = r->code;
             qd_proto_reply(&s->proto, r, &sl->out, &sl->len);

@@ -210,6 +210,7 @@ static void test_reembed_while_serving(void **state)
     assert_string_not_equal(fp2, fp1);
     daemon_fingerprint(&c, fp, sizeof fp);
     assert_string_equal(fp, fp2);
+    assert_true(file_has(log, "reload (uid "));
     add_ok(&c, "new0", 5003);
     /* Found by its own new-model vector. */
     char t[64];
