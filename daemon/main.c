@@ -691,6 +691,10 @@ int main(int argc, char **argv)
         }
         if (rc) {
             qd_log(QD_LOG_ERR, "%s", err[0] ? err : qd_strerror(rc));
+            if (rc == QD_ERR_MISMATCH && c.model)
+                qd_log(QD_LOG_ERR, "if the store was switched to another model (qdup-index "
+                       "reembed), name that model with --model, or leave --model out: the "
+                       "store remembers its model");
             goto out;
         }
         if (apply_params(&c, store))

@@ -934,6 +934,7 @@ static void test_model_mismatch(void **state)
     assert_int_equal(start_daemon(sock, log, args, &st), -1);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
     assert_true(file_has(log, "fingerprint"));
+    assert_true(file_has(log, "leave --model out"));
     struct stat sb;
     assert_int_not_equal(lstat(sock, &sb), 0); /* never bound */
     /* With its own model it starts. */
