@@ -1711,6 +1711,97 @@ static void test_switch_under_searches(void **state)
     free_batch(&b);
 }
 
+/* A search that pinned the old model while a switch runs, on a compressed kind, which
+ * re-scores its candidates from the vectors in SQLite: it must see the old vectors
+ * there too, so the switch may not commit the new ones while any pin of the old model
+ * is held. The searcher goes once the switch has committed or waits for the pins,
+ * whichever comes first. */
+typedef struct pin_race {
+    qd_store *s;          /* the store */
+    const char *text;     /* a stored question's text */
+    int pinned, go;       /* steps (under mu) */
+    float cosine;         /* the search's best hit */
+    char id[32];          /* and its id */
+    pthread_mutex_t mu;   /* guards the steps */
+    pthread_cond_t cv;    /* signals them */
+} pin_race;
+
+static pin_race *pin_race_now;
+
+static void pin_race_hook(const char *point)
+{
+    pin_race *p = pin_race_now;
+    if (!p || (strcmp(point, "reembed:committed") != 0 && strcmp(point, "reembed:pins") != 0))
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->go = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void *pin_race_searcher(void *arg)
+{
+    pin_race *p = arg;
+    qd_enc_ws *ws = qd_enc_ws_new();
+    float v[64];
+    size_t len = strlen(p->text);
+    const qd_model *m = qd_store_pin(p->s);
+    int rc = qd_enc_texts(m, ws, &p->text, &len, 1, v);
+    pthread_mutex_lock(&p->mu);
+    p->pinned = 1;
+    pthread_cond_broadcast(&p->cv);
+    while (!p->go)
+        pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    qd_store_hits h = {0, NULL};
+    if (!rc)
+        rc = qd_store_search(p->s, v, 1, 1, -INFINITY, NULL, &h);
+    qd_store_unpin(p->s);
+    if (!rc && h.n == 1) {
+        p->cosine = h.hit[0].cosine;
+        snprintf(p->id, sizeof p->id, "%s", h.hit[0].row.ext_id);
+    }
+    qd_store_hits_free(&h);
+    qd_enc_ws_free(ws);
+    return NULL;
+}
+
+static void test_switch_rescore_pinned(void **state)
+{
+    (void)state;
+    const char *db = new_db("pinrescore");
+    char err[QD_ERRMSG_MAX];
+    qd_store *s = create(db, "SQ8");
+    batch b = make_batch(0, 200);
+    add_ok(s, &b);
+    assert_int_equal(qd_store_reembed_stage(db, variant_model(1), 2, NULL, NULL, NULL, err,
+                                            sizeof err), 0);
+    pin_race p = {.s = s, .text = b.text[17], .cosine = -2};
+    pthread_mutex_init(&p.mu, NULL);
+    pthread_cond_init(&p.cv, NULL);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, pin_race_searcher, &p), 0);
+    pthread_mutex_lock(&p.mu);
+    while (!p.pinned)
+        pthread_cond_wait(&p.cv, &p.mu);
+    pthread_mutex_unlock(&p.mu);
+    pin_race_now = &p;
+    qd_store_set_test_hook(pin_race_hook);
+    int rc = qd_store_reembed_switch(s, NULL, NULL);
+    qd_store_set_test_hook(NULL);
+    pin_race_now = NULL;
+    pthread_join(th, NULL);
+    assert_int_equal(rc, 0);
+    assert_string_equal(p.id, b.id[17]);
+    if (!(p.cosine > 0.9999f))
+        fail_msg("the pinned search scored its own question %g: vectors of the new model "
+                 "against a query of the old", (double)p.cosine);
+    qd_store_close(s);
+    pthread_cond_destroy(&p.cv);
+    pthread_mutex_destroy(&p.mu);
+    free_batch(&b);
+}
+
 /* --- allocation failures ------------------------------------------------------------ */
 
 static void test_alloc_failures(void **state)
@@ -1810,6 +1901,7 @@ int main(void)
         cmocka_unit_test(test_params_survive_rebuild),
         cmocka_unit_test(test_concurrent_search_during_add),
         cmocka_unit_test(test_switch_under_searches),
+        cmocka_unit_test(test_switch_rescore_pinned),
         cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
