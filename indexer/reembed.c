@@ -219,7 +219,9 @@ static int batch_new(batch *b, size_t cap, size_t dim)
 }
 
 /* Starts or resumes the staging of m (absolute path abs) in s: creates the table,
- * and empties it if it held another model's vectors. */
+ * and empties it if it held another model's vectors. QD_ERR_EXISTS if the store uses
+ * m already: read in the transaction, as a switch to m may have committed since the
+ * caller looked. */
 static int stage_begin(qd_store *s, const qd_model *m, const char *abs)
 {
     const char *fp = qd_model_fingerprint(m);
@@ -227,6 +229,10 @@ static int stage_begin(qd_store *s, const qd_model *m, const char *abs)
     int type, rc = begin(s);
     if (rc)
         return rc;
+    rc = st_meta_text(s, "model_fingerprint", s->fingerprint, sizeof s->fingerprint);
+    if (!rc && strcmp(fp, s->fingerprint) == 0)
+        rc = st_fail(QD_ERR_EXISTS, "%s already uses model %s (fingerprint %s)", s->db_path,
+                     abs, fp);
     if (!rc)
         rc = st_db_exec(s, create_sql);
     if (!rc)
@@ -337,8 +343,7 @@ int qd_store_reembed_stage(const char *db_path, const char *model_path, int thre
     int64_t dim = 0, version = 0;
     if ((rc = st_db_check_ours(s->db, db_path)) != 0 || (rc = st_db_configure(s)) != 0 ||
         (rc = st_meta_int(s, "schema_version", &version)) != 0 ||
-        (rc = st_meta_int(s, "dim", &dim)) != 0 ||
-        (rc = st_meta_text(s, "model_fingerprint", s->fingerprint, sizeof s->fingerprint)) != 0)
+        (rc = st_meta_int(s, "dim", &dim)) != 0)
         goto fail_st;
     if (version > QD_STORE_SCHEMA_VERSION) {
         rc = st_fail(QD_ERR_VERSION, "%s: schema version %" PRId64 " is newer than this "
@@ -351,12 +356,8 @@ int qd_store_reembed_stage(const char *db_path, const char *model_path, int thre
                      db_path, dim);
         goto fail_st;
     }
-    if (strcmp(qd_model_fingerprint(m), s->fingerprint) == 0) {
-        rc = st_fail(QD_ERR_EXISTS, "%s already uses model %s (fingerprint %s)", db_path, abs,
-                     s->fingerprint);
-        goto fail_st;
-    }
     s->dim = (int)dim;
+    st_hook("reembed:begin");
     if ((rc = stage_begin(s, m, abs)) != 0 || (rc = stage_all(s, m, threads, out)) != 0)
         goto fail_st;
     out->seconds = qd_now() - t0;

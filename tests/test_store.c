@@ -1354,6 +1354,49 @@ static void test_reembed_taken_over(void **state)
     free_batch(&b);
 }
 
+/* The hook of test_reembed_stage_after_switch: the writer switches to the staged model
+ * after a second staging of the same model read the store's model and before it
+ * starts. */
+static qd_store *switch_store;
+static void switch_meanwhile(const char *point)
+{
+    if (strcmp(point, "reembed:begin") != 0 || !switch_store)
+        return;
+    qd_store *s = switch_store;
+    switch_store = NULL;
+    assert_int_equal(qd_store_reembed_switch(s, NULL, NULL), 0);
+}
+
+/* A staging of the model the store switched to meanwhile has nothing to do: it says
+ * so (exists) and leaves no staging behind for a later reload to "switch" to the model
+ * already in force. */
+static void test_reembed_stage_after_switch(void **state)
+{
+    (void)state;
+    const char *db = new_db("stagelate");
+    char err[QD_ERRMSG_MAX];
+    qd_store *s = create(db, "Flat");
+    batch b = make_batch(0, 50);
+    add_ok(s, &b);
+    const char *m2 = second_model();
+    assert_int_equal(qd_store_reembed_stage(db, m2, 2, NULL, NULL, NULL, err, sizeof err), 0);
+    switch_store = s;
+    qd_store_set_test_hook(switch_meanwhile);
+    int rc = qd_store_reembed_stage(db, m2, 2, NULL, NULL, NULL, err, sizeof err);
+    qd_store_set_test_hook(NULL);
+    assert_null(switch_store); /* the switch ran */
+    if (rc != QD_ERR_EXISTS)
+        fail_msg("staging the model in force: %s (%s)", qd_strerror(rc), err);
+    assert_non_null(strstr(err, "already uses"));
+    qd_store_staged sg;
+    assert_int_equal(qd_store_reembed_status(s, &sg), 0);
+    assert_false(sg.staged);
+    assert_int_equal(qd_store_reembed_switch(s, NULL, NULL), QD_ERR_NOTFOUND);
+    assert_int_equal(reencode_problems(s), 0);
+    qd_store_close(s);
+    free_batch(&b);
+}
+
 /* reembed: staging beside an open writer, rows added and removed after the staging
  * encoded with the new model at the switch, the switch remembered at reopen. */
 static void test_reembed(void **state)
@@ -1655,23 +1698,36 @@ typedef struct pinned {
     pthread_mutex_t mu;   /* guards the counts */
 } pinned;
 
+/* Pins s's model, encodes text with it, calls wait(arg) if not NULL, searches for the
+ * nearest question and unpins: 1 if that is `id` with cosine 1 (*cosine, if not NULL,
+ * gets the cosine found, -2 for none). */
+static int pinned_finds(qd_store *s, qd_enc_ws *ws, const char *text, const char *id,
+                        void (*wait)(void *), void *arg, float *cosine)
+{
+    float v[64];
+    size_t len = strlen(text);
+    const qd_model *m = qd_store_pin(s);
+    int rc = ws ? qd_enc_texts(m, ws, &text, &len, 1, v) : QD_ERR_NOMEM;
+    if (wait)
+        wait(arg);
+    qd_store_hits h = {0, NULL};
+    if (!rc)
+        rc = qd_store_search(s, v, 1, 1, -INFINITY, NULL, &h);
+    qd_store_unpin(s);
+    int found = !rc && h.n == 1 && strcmp(h.hit[0].row.ext_id, id) == 0;
+    float c = found ? h.hit[0].cosine : -2;
+    qd_store_hits_free(&h);
+    if (cosine)
+        *cosine = c;
+    return c > 0.9999f;
+}
+
 static void *pinned_searcher(void *arg)
 {
     pinned *p = arg;
     qd_enc_ws *ws = qd_enc_ws_new();
-    float v[64];
     for (size_t i = 0; !p->done; i = (i + 7) % p->b->n) {
-        const char *text = p->b->text[i];
-        size_t len = strlen(text);
-        const qd_model *m = qd_store_pin(p->s);
-        int rc = qd_enc_texts(m, ws, &text, &len, 1, v);
-        qd_store_hits h = {0, NULL};
-        if (!rc)
-            rc = qd_store_search(p->s, v, 1, 1, -INFINITY, NULL, &h);
-        qd_store_unpin(p->s);
-        int ok = !rc && h.n == 1 && strcmp(h.hit[0].row.ext_id, p->b->id[i]) == 0 &&
-                 h.hit[0].cosine > 0.9999f;
-        qd_store_hits_free(&h);
+        int ok = pinned_finds(p->s, ws, p->b->text[i], p->b->id[i], NULL, NULL, NULL);
         pthread_mutex_lock(&p->mu);
         p->searches++;
         p->bad += !ok;
@@ -1719,9 +1775,9 @@ static void test_switch_under_searches(void **state)
 typedef struct pin_race {
     qd_store *s;          /* the store */
     const char *text;     /* a stored question's text */
+    const char *id;       /* its id */
     int pinned, go;       /* steps (under mu) */
-    float cosine;         /* the search's best hit */
-    char id[32];          /* and its id */
+    float cosine;         /* the cosine the search found the question with (-2: not) */
     pthread_mutex_t mu;   /* guards the steps */
     pthread_cond_t cv;    /* signals them */
 } pin_race;
@@ -1739,29 +1795,23 @@ static void pin_race_hook(const char *point)
     pthread_mutex_unlock(&p->mu);
 }
 
-static void *pin_race_searcher(void *arg)
+/* pinned_finds's wait: says it has pinned, and waits for the switch. */
+static void pin_race_wait(void *arg)
 {
     pin_race *p = arg;
-    qd_enc_ws *ws = qd_enc_ws_new();
-    float v[64];
-    size_t len = strlen(p->text);
-    const qd_model *m = qd_store_pin(p->s);
-    int rc = qd_enc_texts(m, ws, &p->text, &len, 1, v);
     pthread_mutex_lock(&p->mu);
     p->pinned = 1;
     pthread_cond_broadcast(&p->cv);
     while (!p->go)
         pthread_cond_wait(&p->cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
-    qd_store_hits h = {0, NULL};
-    if (!rc)
-        rc = qd_store_search(p->s, v, 1, 1, -INFINITY, NULL, &h);
-    qd_store_unpin(p->s);
-    if (!rc && h.n == 1) {
-        p->cosine = h.hit[0].cosine;
-        snprintf(p->id, sizeof p->id, "%s", h.hit[0].row.ext_id);
-    }
-    qd_store_hits_free(&h);
+}
+
+static void *pin_race_searcher(void *arg)
+{
+    pin_race *p = arg;
+    qd_enc_ws *ws = qd_enc_ws_new();
+    pinned_finds(p->s, ws, p->text, p->id, pin_race_wait, p, &p->cosine);
     qd_enc_ws_free(ws);
     return NULL;
 }
@@ -1776,7 +1826,7 @@ static void test_switch_rescore_pinned(void **state)
     add_ok(s, &b);
     assert_int_equal(qd_store_reembed_stage(db, variant_model(1), 2, NULL, NULL, NULL, err,
                                             sizeof err), 0);
-    pin_race p = {.s = s, .text = b.text[17], .cosine = -2};
+    pin_race p = {.s = s, .text = b.text[17], .id = b.id[17]};
     pthread_mutex_init(&p.mu, NULL);
     pthread_cond_init(&p.cv, NULL);
     pthread_t th;
@@ -1792,7 +1842,6 @@ static void test_switch_rescore_pinned(void **state)
     pin_race_now = NULL;
     pthread_join(th, NULL);
     assert_int_equal(rc, 0);
-    assert_string_equal(p.id, b.id[17]);
     if (!(p.cosine > 0.9999f))
         fail_msg("the pinned search scored its own question %g: vectors of the new model "
                  "against a query of the old", (double)p.cosine);
@@ -1898,6 +1947,7 @@ int main(void)
         cmocka_unit_test(test_migrate_v1),
         cmocka_unit_test(test_reembed),
         cmocka_unit_test(test_reembed_taken_over),
+        cmocka_unit_test(test_reembed_stage_after_switch),
         cmocka_unit_test(test_params_survive_rebuild),
         cmocka_unit_test(test_concurrent_search_during_add),
         cmocka_unit_test(test_switch_under_searches),
