@@ -860,13 +860,16 @@ static int cmd_reembed(opts *o, int argc, char **argv)
                 "%s) in %.2f s\n", prog, sg.rows, sg.model_path, sg.fingerprint, sg.seconds);
     test_stop("reembed:staged");
     /* The switch needs the writer lock: a serving daemon holds it and switches on
-     * reload instead. The store opens with the model in force until then. */
+     * reload instead; any other writer (an add, a compact) is done some time, and a run
+     * of reembed then switches (the staging is there). The store opens with the model
+     * in force until then. */
     qd_store_opts so = {.threads = o->threads};
     qd_store *s = NULL;
     rc = qd_store_open(o->db, &so, &s, err, sizeof err);
     if (rc == QD_ERR_BUSY) {
-        printf("staged; send SIGHUP or {\"op\":\"reload\"} to the daemon to switch (%s)\n",
-               err);
+        printf("staged; send SIGHUP or {\"op\":\"reload\"} to the daemon to switch (%s); "
+               "if that process is not a daemon, run qdup-index reembed again once it is "
+               "done\n", err);
         return 0;
     }
     if (rc) {

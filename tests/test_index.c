@@ -25,6 +25,7 @@
 #include <jansson.h>
 
 #include "qdup/common.h"
+#include "qdup/store.h"
 #include "testmodel.h"
 #include "testutil.h"
 
@@ -761,6 +762,19 @@ static void test_reembed_cli(void **state)
     json_decref(o);
     r = RUN("verify", "--reencode", "--db", db);
     expect_status(&r, 0);
+    run_free(&r);
+
+    /* Another writer holds the store, not necessarily a daemon (an add, a compact): the
+     * staging is kept, and the output says how to switch in either case. */
+    char err[QD_ERRMSG_MAX];
+    int lock;
+    assert_int_equal(qd_store_lock(db, &lock, err, sizeof err), 0);
+    r = RUN("reembed", "--db", db, "--model", m2);
+    qd_store_unlock(lock);
+    expect_status(&r, 0);
+    expect_in(r.out, "staged; send SIGHUP or {\"op\":\"reload\"} to the daemon to switch");
+    expect_in(r.out, "run qdup-index reembed again");
+    expect_in(r.out, "pid");
     run_free(&r);
 
     r = RUN("reembed", "--db", db, "--model", m2);
