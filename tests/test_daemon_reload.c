@@ -146,12 +146,13 @@ static void store_check(const char *db, const char *want, const char *const *ids
     qd_store_close(s);
 }
 
-/* One test's files under the scratch directory, named after it. */
+/* One test's files under the scratch directory, named after it: a store of `rows`
+ * questions and the second model are made there. */
 typedef struct files {
     char db[4096], sock[4096], log[4096], out[4096], m2[4096];
 } files;
 
-static void files_for(files *f, const char *name)
+static void files_for(files *f, const char *name, size_t rows)
 {
     char n[256];
     snprintf(n, sizeof n, "%s.db", name);
@@ -164,22 +165,30 @@ static void files_for(files *f, const char *name)
     snprintf(f->out, sizeof f->out, "%s", qt_path(qt_tmp_dir(), n));
     snprintf(n, sizeof n, "%s-second.qdm", name);
     snprintf(f->m2, sizeof f->m2, "%s", qt_path(qt_tmp_dir(), n));
+    make_store(f->db, rows);
+    make_second_model(f->m2);
+}
+
+/* Starts a daemon with args on f's socket and log, connects c to it and reads the
+ * fingerprint of the model in force into fp. Returns the daemon's pid. */
+static pid_t serve(const files *f, const char *const *args, conn *c, char *fp, size_t len)
+{
+    pid_t pid = start_daemon(f->sock, f->log, args, NULL);
+    assert_int_equal(conn_open(c, f->sock), 0);
+    daemon_fingerprint(c, fp, len);
+    return pid;
 }
 
 static void test_reembed_while_serving(void **state)
 {
     (void)state;
     static files f;
-    files_for(&f, "rl");
+    files_for(&f, "rl", 400);
     const char *db = f.db, *sock = f.sock, *log = f.log, *out = f.out, *m2 = f.m2;
-    make_store(db, 400);
-    make_second_model(m2);
     const char *args[] = {"--db", db, "--threads", "3", "--checkpoint-interval", "0.2", NULL};
-    pid_t pid = start_daemon(sock, log, args, NULL);
     conn c;
-    assert_int_equal(conn_open(&c, sock), 0);
     char fp1[32], fp2[32], fp[32];
-    daemon_fingerprint(&c, fp1, sizeof fp1);
+    pid_t pid = serve(&f, args, &c, fp1, sizeof fp1);
 
     /* Queries and adds from two other clients all along. */
     client q = {.sock = sock}, a = {.sock = sock, .adds = 1};
@@ -263,16 +272,12 @@ static void test_reload_on_sighup(void **state)
 {
     (void)state;
     static files f;
-    files_for(&f, "hup");
+    files_for(&f, "hup", 200);
     const char *db = f.db, *sock = f.sock, *log = f.log, *out = f.out, *m2 = f.m2;
-    make_store(db, 200);
-    make_second_model(m2);
     const char *args[] = {"--db", db, NULL};
-    pid_t pid = start_daemon(sock, log, args, NULL);
     conn c;
-    assert_int_equal(conn_open(&c, sock), 0);
     char fp1[32], fp[32];
-    daemon_fingerprint(&c, fp1, sizeof fp1);
+    pid_t pid = serve(&f, args, &c, fp1, sizeof fp1);
 
     /* Nothing staged: logged, nothing changes, the daemon serves on. */
     long from = file_size(log);
@@ -310,9 +315,7 @@ static void test_reload_on_sighup(void **state)
     store_check(db, fp2, ids, 3);
 
     /* Restarted, the daemon opens the store with the new model it remembers. */
-    pid = start_daemon(sock, log, args, NULL);
-    assert_int_equal(conn_open(&c, sock), 0);
-    daemon_fingerprint(&c, fp, sizeof fp);
+    pid = serve(&f, args, &c, fp, sizeof fp);
     assert_string_equal(fp, fp2);
     conn_close(&c);
     assert_int_equal(stop_daemon(pid, SIGTERM), 0);
