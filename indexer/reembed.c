@@ -124,10 +124,11 @@ static int still_ours(qd_store *s, const char *fp)
     return 0;
 }
 
-/* Reads up to cap rows (row, text) of questions after row `after` in row order, or,
- * with missing set, every row without a staged vector. texts[i] are copies. */
+/* Reads up to cap rows (row, text) from st, a query of questions. texts[i] are copies.
+ * With vec not NULL, column 2 too: the stored vector (dim floats) into vec + i * dim,
+ * NaN where its size is wrong (verify names those; here it matches nothing). */
 static int read_rows(qd_store *s, sqlite3_stmt *st, int64_t *rows, char **texts,
-                     size_t *lens, size_t cap, size_t *n)
+                     size_t *lens, float *vec, size_t dim, size_t cap, size_t *n)
 {
     int src = SQLITE_DONE;
     *n = 0;
@@ -142,6 +143,11 @@ static int read_rows(qd_store *s, sqlite3_stmt *st, int64_t *rows, char **texts,
         rows[*n] = sqlite3_column_int64(st, 0);
         texts[*n] = copy;
         lens[*n] = len;
+        if (vec && (size_t)sqlite3_column_bytes(st, 2) == dim * sizeof(float))
+            st_vec_from_le(sqlite3_column_blob(st, 2), dim, vec + *n * dim);
+        else if (vec)
+            for (size_t j = 0; j < dim; j++)
+                vec[*n * dim + j] = NAN;
         (*n)++;
     }
     if (*n < cap && src != SQLITE_DONE)
@@ -159,7 +165,8 @@ static int stage_rows(qd_store *s, const qd_model *m, int threads, const int64_t
     int rc = qd_enc_texts_parallel(m, (const char *const *)texts, lens, n, threads, 256, NULL,
                                    NULL, vec);
     if (rc)
-        return st_fail(rc, "encoding %zu questions: %s", n, qd_strerror(rc));
+        return st_fail(rc, "%s: encoding rows %" PRId64 "..%" PRId64 " with the new model: %s",
+                       s->db_path, rows[0], rows[n - 1], qd_strerror(rc));
     sqlite3_stmt *st = NULL;
     rc = st_db_prepare(s, "INSERT OR REPLACE INTO reembed (row, vec) VALUES (?1, ?2)", &st);
     for (size_t i = 0; i < n && !rc; i++) {
@@ -278,7 +285,7 @@ static int stage_all(qd_store *s, const qd_model *m, int threads, qd_store_stage
         size_t n = 0;
         sqlite3_bind_int64(sel, 1, last);
         sqlite3_bind_int64(sel, 2, RE_CHUNK);
-        rc = read_rows(s, sel, b.rows, b.texts, b.lens, b.cap, &n);
+        rc = read_rows(s, sel, b.rows, b.texts, b.lens, NULL, 0, b.cap, &n);
         sqlite3_reset(sel); /* ends the read, so the write below can start */
         if (rc || n == 0)
             break;
@@ -418,7 +425,7 @@ static int switch_rows(qd_store *s, const qd_model *m, const char *abs)
             }
             cap = nc;
         }
-        rc = read_rows(s, sel, rows + n, texts + n, lens + n, RE_CHUNK, &got);
+        rc = read_rows(s, sel, rows + n, texts + n, lens + n, NULL, 0, RE_CHUNK, &got);
         n += got;
     } while (!rc && got == RE_CHUNK);
     sqlite3_finalize(sel);
@@ -569,35 +576,14 @@ int qd_store_check_vectors(qd_store *s, FILE *report, size_t max_report, uint64_
     rc = st_db_prepare(s, "SELECT row, text, vec FROM questions ORDER BY row", &st);
     if (!rc && sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
         rc = st_dbfail(s->db, s->db_path, "starting a transaction");
-    int src = SQLITE_ROW;
-    while (!rc && src == SQLITE_ROW) {
-        size_t n = 0;
-        while (n < RE_CHUNK && (src = sqlite3_step(st)) == SQLITE_ROW) {
-            const unsigned char *t = sqlite3_column_text(st, 1);
-            size_t len = (size_t)sqlite3_column_bytes(st, 1);
-            b.texts[n] = qd_malloc(len + 1);
-            if (!b.texts[n]) {
-                rc = st_fail(QD_ERR_NOMEM, "out of memory");
-                break;
-            }
-            memcpy(b.texts[n], t ? (const char *)t : "", len);
-            b.texts[n][len] = '\0';
-            b.lens[n] = len;
-            b.rows[n] = sqlite3_column_int64(st, 0);
-            if ((size_t)sqlite3_column_bytes(st, 2) == dim * sizeof(float))
-                st_vec_from_le(sqlite3_column_blob(st, 2), dim, stored + n * dim);
-            else
-                for (size_t j = 0; j < dim; j++)
-                    stored[n * dim + j] = NAN; /* a wrong size: never matches */
-            n++;
-        }
-        if (!rc && src != SQLITE_ROW && src != SQLITE_DONE)
-            rc = st_dbfail(s->db, s->db_path, "reading questions");
+    for (size_t n = RE_CHUNK; !rc && n == RE_CHUNK;) {
+        rc = read_rows(s, st, b.rows, b.texts, b.lens, stored, dim, RE_CHUNK, &n);
         if (!rc && n > 0) {
             rc = qd_enc_texts_parallel(s->model, (const char *const *)b.texts, b.lens, n,
                                        s->threads, 256, NULL, NULL, b.vec);
             if (rc)
-                rc = st_fail(rc, "encoding: %s", qd_strerror(rc));
+                rc = st_fail(rc, "%s: encoding rows %" PRId64 "..%" PRId64 ": %s", s->db_path,
+                             b.rows[0], b.rows[n - 1], qd_strerror(rc));
         }
         for (size_t i = 0; i < n && !rc; i++) {
             float worst = 0;
