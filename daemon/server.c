@@ -390,8 +390,12 @@ static void work_done(uv_work_t *req, int status)
     (void)status; /* nothing is ever canceled */
     if (w->kind == W_RELOAD) {
         qd_sched_writer_done(&s->sched);
-        if (w->rc == 0)
+        /* A switch is a write the FAISS file must get, like the reload op's: should
+         * the switch's own checkpoint fail, the next ones retry it. */
+        if (w->rc == 0) {
+            s->dirty++;
             qd_server_log("SIGHUP: switched from model %s to %s", w->from_fp, w->to_fp);
+        }
         else if (w->rc == QD_ERR_NOTFOUND)
             qd_server_log("SIGHUP: no model is staged; the model is unchanged");
         else
