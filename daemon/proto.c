@@ -1333,15 +1333,88 @@ static int put_str(obuf *o, const char *s, size_t n)
     return ostr(o, s + run, n - run) || ostr(o, "\"", 1) ? -1 : 0;
 }
 
+/* "%.7g" of f as glibc's printf writes it, for the scores' usual magnitudes: f = 0 or
+ * 1e-4 <= |f| < 2^20 (fixed notation); -1 for any other f (the caller uses snprintf).
+ * Exact, in integers: f = m 2^-k, so the seven digits are m 10^s / 2^k rounded half to
+ * even (printf's rounding of the exact binary value) with s = 6 - X, X the decimal
+ * exponent, itself found by exact comparisons with powers of ten. test_proto compares
+ * it with snprintf on every float with few mantissa bits (the ties) and a sweep of the
+ * rest. */
+static int g7_float(float f, char *b)
+{
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    int neg = (int)(bits >> 31), be = (int)((bits >> 23) & 0xFF);
+    char *p = b;
+    if (neg)
+        *p++ = '-';
+    if ((bits & 0x7FFFFFFFu) == 0) {
+        *p++ = '0';
+        return (int)(p - b);
+    }
+    if (be == 0 || be < 127 - 14 || be >= 127 + 20)
+        return -1; /* subnormal, below 2^-14 or at least 2^20 */
+    typedef unsigned __int128 u128;
+    uint64_t m = (bits & 0x7FFFFFu) | 0x800000u;
+    int k = 150 - be; /* f = m / 2^k, 4 <= k <= 37 */
+    static const uint64_t p10[] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000,
+                                   100000000, 1000000000, 10000000000ULL};
+    int X = 6;
+    for (; X >= -4; X--) { /* the largest X with 10^X <= f */
+        int ge = X >= 0 ? (u128)m >= (u128)p10[X] << k : (u128)m * p10[-X] >= (u128)1 << k;
+        if (ge)
+            break;
+    }
+    if (X < -4)
+        return -1;
+    int sc = 6 - X; /* 0..10 */
+    u128 N = (u128)m * p10[sc];
+    uint64_t q = (uint64_t)(N >> k);
+    u128 rem = N - ((u128)q << k), half = (u128)1 << (k - 1);
+    if (rem > half || (rem == half && (q & 1)))
+        q++;
+    if (q == p10[7]) { /* rounded up to the next power of ten */
+        q = p10[6];
+        X++;
+    }
+    char d[7];
+    for (int i = 6; i >= 0; i--) {
+        d[i] = (char)('0' + q % 10);
+        q /= 10;
+    }
+    int last = 6; /* the last digit to write: trailing zeros after the point go */
+    while (last > X && last > 0 && d[last] == '0')
+        last--;
+    if (X < 0) {
+        *p++ = '0';
+        *p++ = '.';
+        for (int i = 0; i < -X - 1; i++)
+            *p++ = '0';
+        for (int i = 0; i <= last; i++)
+            *p++ = d[i];
+    } else {
+        for (int i = 0; i <= X; i++)
+            *p++ = d[i];
+        if (last > X) {
+            *p++ = '.';
+            for (int i = X + 1; i <= last; i++)
+                *p++ = d[i];
+        }
+    }
+    return (int)(p - b);
+}
+
 /* A number as jansson writes a real at precision 7 (null if not finite, as jreal):
  * "%.7g", ".0" added when that reads as an integer, the exponent without '+' or
  * leading zeros. */
-static int put_real(obuf *o, double x)
+static int put_real(obuf *o, float x)
 {
     if (!isfinite(x))
         return ostr(o, "null", 4);
     char b[40];
-    int n = snprintf(b, sizeof b, "%.7g", x);
+    int n = g7_float(x, b);
+    if (n < 0)
+        n = snprintf(b, sizeof b, "%.7g", (double)x);
     if (n <= 0 || (size_t)n >= sizeof b - 2)
         return -1;
     char *e = memchr(b, 'e', (size_t)n);

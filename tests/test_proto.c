@@ -974,6 +974,22 @@ static void test_errors_attributed(void **state)
     proto.be = &be;
 }
 
+/* qd_proto_reply's line for r is the one jansson makes (qd_proto_reply_use_jansson). */
+static void expect_reply_as_jansson(const qd_proto *p, const qd_req *r, const char *what)
+{
+    char *direct, *ref;
+    size_t dlen, rlen;
+    assert_int_equal(qd_proto_reply(p, r, &direct, &dlen), 0);
+    qd_proto_reply_use_jansson(1);
+    assert_int_equal(qd_proto_reply(p, r, &ref, &rlen), 0);
+    qd_proto_reply_use_jansson(0);
+    if (dlen != rlen || memcmp(direct, ref, rlen) != 0)
+        fail_msg("%s:\n direct %s jansson %s", what, direct, ref);
+    assert_true(direct[dlen] == '\0' && direct[dlen - 1] == '\n');
+    free(direct);
+    free(ref);
+}
+
 /* A random string for test_query_reply_writer: letters, the characters JSON escapes,
  * control characters, multi-byte UTF-8 and ill-formed bytes. */
 static char *random_text(uint64_t *rng)
@@ -1041,17 +1057,9 @@ static void test_query_reply_writer(void **state)
         else if (trial % 3 == 1)
             r.tag = json_real(qt_uniform(&rng, -2, 2));
         p.lim.max_reply = trial % 5 == 0 ? 40 + qt_rand(&rng) % 400 : 4u << 20;
-        char *direct, *ref;
-        size_t dlen, rlen;
-        assert_int_equal(qd_proto_reply(&p, &r, &direct, &dlen), 0);
-        qd_proto_reply_use_jansson(1);
-        assert_int_equal(qd_proto_reply(&p, &r, &ref, &rlen), 0);
-        qd_proto_reply_use_jansson(0);
-        if (dlen != rlen || memcmp(direct, ref, rlen) != 0)
-            fail_msg("trial %d:\n direct %s jansson %s", trial, direct, ref);
-        assert_true(direct[dlen] == '\0' && direct[dlen - 1] == '\n');
-        free(direct);
-        free(ref);
+        char what[32];
+        snprintf(what, sizeof what, "trial %d", trial);
+        expect_reply_as_jansson(&p, &r, what);
         json_decref(r.tag);
         for (size_t t = 0; t < r.ntexts; t++) {
             for (size_t i = 0; i < r.hits[t].n; i++) {
@@ -1062,6 +1070,74 @@ static void test_query_reply_writer(void **state)
         }
         free(r.hits);
     }
+}
+
+/* Compares the direct writer's numbers with jansson's for the floats in v (n of
+ * them), 20 to a reply. */
+static void compare_numbers(const float *v, size_t n)
+{
+    qd_proto p = {0};
+    qd_proto_limits_default(&p.lim);
+    qd_store_hit hit[5];
+    qd_store_hits h = {5, hit};
+    qd_req r;
+    memset(&r, 0, sizeof r);
+    memset(hit, 0, sizeof hit);
+    r.op = QD_OP_QUERY;
+    r.code = QD_CODE_OK;
+    r.ntexts = 1;
+    r.hits = &h;
+    for (size_t at = 0; at < n; at += 20) {
+        for (size_t i = 0; i < 20; i++) {
+            float x = v[at + i < n ? at + i : n - 1];
+            float *f = i % 4 == 0   ? &hit[i / 4].score
+                       : i % 4 == 1 ? &hit[i / 4].cosine
+                       : i % 4 == 2 ? &hit[i / 4].lexical
+                                    : &hit[i / 4].p_duplicate;
+            *f = x;
+        }
+        char what[48];
+        snprintf(what, sizeof what, "numbers from %.9g", (double)v[at]);
+        expect_reply_as_jansson(&p, &r, what);
+    }
+}
+
+static float float_of(uint32_t bits)
+{
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* The direct writer formats most scores itself (g7_float in proto.c) instead of by
+ * snprintf: the same text as jansson for every float with at most 8 significant bits
+ * (where exact ties of the rounding are), the floats around each power of ten, and a
+ * sweep through the rest of the range it takes, with signs. */
+static void test_query_reply_numbers(void **state)
+{
+    (void)state;
+    size_t cap = 400000, n = 0;
+    float *v = malloc(cap * sizeof *v);
+    uint32_t lo = 0x38800000u, hi = 0x49800000u; /* 2^-14 .. 2^20 */
+    for (uint32_t b = lo - (1u << 23); b < hi + (1u << 23); b += 1u << 16)
+        v[n++] = float_of(b);
+    for (int x = -6; x <= 7; x++) {
+        float f = (float)pow(10.0, x);
+        for (int d = -3; d <= 3; d++) {
+            uint32_t b;
+            memcpy(&b, &f, sizeof b);
+            v[n++] = float_of(b + (uint32_t)d);
+        }
+    }
+    for (uint32_t b = lo; b < hi && n + 2 < cap; b += 997)
+        v[n++] = float_of(b);
+    size_t half = n;
+    for (size_t i = 0; i < half && n + 2 < cap; i++)
+        v[n++] = -v[i];
+    v[n++] = 0.0f;
+    v[n++] = -0.0f;
+    compare_numbers(v, n);
+    free(v);
 }
 
 int main(void)
@@ -1080,6 +1156,7 @@ int main(void)
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_reply_limit),
         cmocka_unit_test(test_query_reply_writer),
+        cmocka_unit_test(test_query_reply_numbers),
         cmocka_unit_test(test_random_lines),
         cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_errors_attributed),
