@@ -19,10 +19,11 @@
  * vector, copies every staged vector into questions.vec, records the new model in
  * meta, unvouches the FAISS file (faiss_crc NULL) and drops the staging; an index
  * built from the new vectors inside that transaction is ready before the commit.
- * The commit waits for the pin lock (every caller that encoded with the old model has
- * finished: qd_store_pin; a search of a compressed kind reads vectors from SQLite, so
- * none may run with the old model past the commit), then the new model and index are
- * swapped in under the read-write lock, and a checkpoint writes the new FAISS file. A kill before the commit
+ * Then, once the pin lock is ours (every caller that encoded with the old model has
+ * finished: qd_store_pin), the new model and index are swapped in under the read-write
+ * lock, and a checkpoint writes the new FAISS file. For a compressed kind, whose
+ * searches read vectors from SQLite, the pin lock is taken before the commit instead,
+ * so that no search of the old model runs past it. A kill before the commit
  * leaves the old model in force with its staging (the next reembed resumes it); a
  * kill after the commit leaves the new model in force with a FAISS file meta does not
  * vouch for, which the next open rebuilds from the database.
@@ -505,13 +506,17 @@ int qd_store_reembed_switch(qd_store *s, char *old_fp, char *new_fp)
         rc = st_apply_params(s, a);
     st_hook("reembed:before-commit");
     /* Every caller that encoded with the old model has finished with it once the pin
-     * lock is ours, and none pins again until the swap: the commit waits for them, as
-     * a search of a compressed kind re-scores from the vectors in SQLite and must read
-     * its own model's there. Searches wait the commit and the swap. */
+     * lock is ours, and none pins again until the swap. A search of a compressed kind
+     * re-scores from the vectors in SQLite and must read its own model's there, so for
+     * such a store the commit waits for the pins (queries wait the commit, hundreds of
+     * milliseconds for a large store); other kinds search memory only, and go on
+     * while the commit runs. */
+    int pin_first = s->compressed;
     if (!rc) {
         st_hook("reembed:pins");
-        pthread_rwlock_wrlock(&s->pin);
-        if ((rc = commit(s, "switching the model")) != 0)
+        if (pin_first)
+            pthread_rwlock_wrlock(&s->pin);
+        if ((rc = commit(s, "switching the model")) != 0 && pin_first)
             pthread_rwlock_unlock(&s->pin);
     }
     if (rc) {
@@ -521,6 +526,8 @@ int qd_store_reembed_switch(qd_store *s, char *old_fp, char *new_fp)
     st_hook("reembed:committed");
     if (old_fp)
         memcpy(old_fp, s->fingerprint, 17);
+    if (!pin_first)
+        pthread_rwlock_wrlock(&s->pin);
     pthread_rwlock_wrlock(&s->rw);
     qd_ann *old_ann = s->ann;
     s->ann = a;

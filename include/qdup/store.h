@@ -288,9 +288,11 @@ int qd_store_reembed_status(qd_store *s, qd_store_staged *out);
 int qd_store_reembed_switch(qd_store *s, char *old_fp, char *new_fp);
 
 /* The model in force, held until qd_store_unpin: a switch waits for every pin to be
- * released before it commits the new vectors and swaps the model and the index, so a caller that encodes with the
- * pinned model and then searches (or adds) sees one model throughout. Pins are
- * shared; a thread must not pin twice (a waiting switch would deadlock it). */
+ * released before it swaps the model and the index (for a compressed kind, before it
+ * commits the new vectors, which its searches read from the database), so a caller
+ * that encodes with the pinned model and then searches (or adds) sees one model
+ * throughout. Pins are shared; a thread must not pin twice (a waiting switch would
+ * deadlock it). */
 const qd_model *qd_store_pin(qd_store *s);
 void qd_store_unpin(qd_store *s);
 
