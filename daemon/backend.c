@@ -82,7 +82,7 @@ void qd_backend_store(qd_store *st, qd_backend *be)
 {
     *be = (qd_backend){
         .ctx = st,
-        .model = qd_store_model(st),
+        .model = NULL, /* a reload frees the model: each list pins the one in force */
         .search = st_search,
         .hits_free = qd_store_hits_free,
         .add = st_add,

@@ -81,8 +81,8 @@ extern "C" {
 typedef struct qd_backend {
     void *ctx;                /* the store */
     const qd_model *model;    /* encodes questions; read-only, shared by all threads;
-                                 with pin, only the one at start (a reload frees it):
-                                 the handler encodes with the pinned one */
+                                 NULL with pin (a reload frees the model): the
+                                 handler encodes with the pinned one */
     int (*search)(void *ctx, const float *q, size_t nq, size_t k, float min_score,
                   const char *const *exclude, qd_store_hits *out);
     void (*hits_free)(qd_store_hits *h);
