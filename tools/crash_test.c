@@ -424,7 +424,12 @@ static int conn_open(conn *c, const char *sock)
 {
     memset(c, 0, sizeof *c);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+    size_t n = strlen(sock);
+    if (n >= sizeof sa.sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(sa.sun_path, sock, n + 1);
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (c->fd < 0)
         return -1;
