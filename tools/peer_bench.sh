@@ -7,15 +7,18 @@
 # runs per daemon and client count, with the ratio of the medians. Not part of CI: it
 # needs python3-torch and python3-faiss (apt-get install python3-torch python3-faiss).
 #
-# usage: tools/peer_bench.sh [--index Flat|HNSW32] [--ef N] [--clients "1 8"]
+# usage: tools/peer_bench.sh [--index Flat|HNSW32] [--ef N] [--rank fused|cosine] [--clients "1 8"]
 #                            [--requests N] [--warmup N] [--runs N] [--db DB] [--model MODEL]
 #                            [--questions TSV] [--peer PY] [--build DIR]
 # The store (--db) is built with qdup-index from the questions if it does not exist yet
 # (default models/peer-INDEX.db). Prints the qdup-load RESULT lines, then the table.
+# --rank cosine starts qdup-daemon with --rank cosine: the same work as the peer's (the
+# top k by cosine alone); the default, fused, is qdup-daemon's own default ranking,
+# which also asks the index for the fused ranking's candidates and re-scores them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-index=Flat ef=16 clients="1 8" requests=6000 warmup=500 runs=3 db="" build=build
+index=Flat ef=16 rank=fused clients="1 8" requests=6000 warmup=500 runs=3 db="" build=build
 model=models/default.qdm
 data=${QDUP_DATA:-../shared/data}
 questions=$data/quora/questions.tsv
@@ -24,6 +27,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --index) index=$2; shift 2 ;;
     --ef) ef=$2; shift 2 ;;
+    --rank) rank=$2; shift 2 ;;
     --clients) clients=$2; shift 2 ;;
     --requests) requests=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
@@ -33,11 +37,12 @@ while [ $# -gt 0 ]; do
     --questions) questions=$2; shift 2 ;;
     --peer) peer=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "peer_bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 case "$index" in Flat|HNSW32) ;; *) echo "peer_bench: --index Flat or HNSW32" >&2; exit 2 ;; esac
+case "$rank" in fused|cosine) ;; *) echo "peer_bench: --rank fused or cosine" >&2; exit 2 ;; esac
 [ -n "$db" ] || db=models/peer-$index.db
 for f in "$build/qdup-daemon" "$build/qdup-load" "$build/qdup-index" "$questions" "$peer"; do
     [ -e "$f" ] || { echo "peer_bench: $f not found" >&2; exit 1; }
@@ -73,6 +78,7 @@ wait_listening() {
 
 params=()
 [ "$index" = HNSW32 ] && params=(--param "efSearch=$ef")
+[ "$rank" = cosine ] && params+=(--rank cosine)
 "$build/qdup-daemon" --db "$db" --socket "$tmp/qdup.sock" "${params[@]}" >"$tmp/qdup.log" 2>&1 &
 qpid=$!
 /usr/bin/python3 "$peer" "$questions" "$tmp/peer.sock" --index "$index" --ef "$ef" >"$tmp/peer.log" 2>&1 &
@@ -105,7 +111,7 @@ for c in $clients; do
                 >"$tmp/$who.$field"
         done
     done
-    awk -v idx="$index" -v c="$c" \
+    awk -v idx="$index, $rank" -v c="$c" \
         -v qq="$(cat "$tmp/qdup.qps")" -v qp="$(cat "$tmp/qdup.p99_ms")" \
         -v pq="$(cat "$tmp/peer.qps")" -v pp="$(cat "$tmp/peer.p99_ms")" \
         'BEGIN { printf "| %s | %s | %.0f (%.2f) | %.0f (%.2f) | %.1f |\n", idx, c, qq, qp, pq, pp, qq / pq }'
