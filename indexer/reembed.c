@@ -156,20 +156,26 @@ static int read_rows(qd_store *s, sqlite3_stmt *st, int64_t *rows, char **texts,
     return 0;
 }
 
-/* Encodes n texts with m and writes (row, vector) into the staging table. Caller
- * holds a write transaction. */
-static int stage_rows(qd_store *s, const qd_model *m, int threads, const int64_t *rows,
-                      char *const *texts, const size_t *lens, size_t n, float *vec,
-                      unsigned char *blob)
+/* Encodes n texts (rows rows[0..n)) with m into vec. */
+static int encode_rows(qd_store *s, const qd_model *m, int threads, const int64_t *rows,
+                       char *const *texts, const size_t *lens, size_t n, float *vec)
 {
-    size_t dim = (size_t)s->dim;
     int rc = qd_enc_texts_parallel(m, (const char *const *)texts, lens, n, threads, 256, NULL,
                                    NULL, vec);
     if (rc)
         return st_fail(rc, "%s: encoding rows %" PRId64 "..%" PRId64 " with the new model: %s",
                        s->db_path, rows[0], rows[n - 1], qd_strerror(rc));
+    return 0;
+}
+
+/* Writes (row, vector) pairs into the staging table. Caller holds a write
+ * transaction. */
+static int insert_staged(qd_store *s, const int64_t *rows, size_t n, const float *vec,
+                         unsigned char *blob)
+{
+    size_t dim = (size_t)s->dim;
     sqlite3_stmt *st = NULL;
-    rc = st_db_prepare(s, "INSERT OR REPLACE INTO reembed (row, vec) VALUES (?1, ?2)", &st);
+    int rc = st_db_prepare(s, "INSERT OR REPLACE INTO reembed (row, vec) VALUES (?1, ?2)", &st);
     for (size_t i = 0; i < n && !rc; i++) {
         st_vec_to_le(vec + i * dim, dim, blob);
         sqlite3_bind_int64(st, 1, rows[i]);
@@ -290,8 +296,12 @@ static int stage_all(qd_store *s, const qd_model *m, int threads, qd_store_stage
         sqlite3_reset(sel); /* ends the read, so the write below can start */
         if (rc || n == 0)
             break;
+        /* Encoded before the transaction, so that a serving daemon's writes wait only
+         * for the inserts. */
+        if ((rc = encode_rows(s, m, threads, b.rows, b.texts, b.lens, n, b.vec)) != 0)
+            break;
         if (!(rc = begin(s)) && !(rc = still_ours(s, fp)) &&
-            !(rc = stage_rows(s, m, threads, b.rows, b.texts, b.lens, n, b.vec, b.blob)))
+            !(rc = insert_staged(s, b.rows, n, b.vec, b.blob)))
             rc = commit(s, "writing staged vectors");
         if (rc) {
             st_db_rollback(s);
@@ -432,7 +442,9 @@ static int switch_rows(qd_store *s, const qd_model *m, const char *abs)
     sqlite3_finalize(sel);
     for (size_t i = 0; i < n && !rc; i += RE_CHUNK) {
         size_t c = n - i < RE_CHUNK ? n - i : RE_CHUNK;
-        rc = stage_rows(s, m, s->threads, rows + i, texts + i, lens + i, c, b.vec, b.blob);
+        rc = encode_rows(s, m, s->threads, rows + i, texts + i, lens + i, c, b.vec);
+        if (!rc)
+            rc = insert_staged(s, rows + i, c, b.vec, b.blob);
     }
     if (texts)
         free_texts(texts, n);
@@ -444,9 +456,8 @@ static int switch_rows(qd_store *s, const qd_model *m, const char *abs)
         return rc;
     char ref[ST_PATH_MAX];
     st_model_ref(s->db_path, abs, ref, sizeof ref);
-    if (!rc)
-        rc = st_db_exec(s, "UPDATE questions SET vec = (SELECT r.vec FROM reembed r "
-                           "WHERE r.row = questions.row)");
+    rc = st_db_exec(s, "UPDATE questions SET vec = (SELECT r.vec FROM reembed r "
+                       "WHERE r.row = questions.row)");
     if (!rc)
         rc = st_meta_set(s, "model_fingerprint", 't', 0, qd_model_fingerprint(m), 0);
     if (!rc)
