@@ -157,6 +157,13 @@ static int set_threads(cfg *c, const char *v, char *err, size_t errlen)
     return 0;
 }
 
+static int set_whole_batches(cfg *c, const char *v, char *err, size_t errlen)
+{
+    (void)v, (void)err, (void)errlen;
+    c->so.whole_batches = 1;
+    return 0;
+}
+
 static int set_search_pad(cfg *c, const char *v, char *err, size_t errlen)
 {
     size_t x;
@@ -347,6 +354,9 @@ static const opt options[] = {
      "longest reply; a longer one is answered too_large (default 4M)"},
     {"search-batch", "N", set_search_batch,
      "most query texts encoded and searched together (default 64)"},
+    {"whole-batches", NULL, set_whole_batches,
+     "a free search worker takes every waiting query (up to the batch caps) instead "
+     "of its share of them among the free workers"},
     {"batch-results", "N", set_batch_results,
      "most results (k for each text) in one batch of reads, unless a single request "
      "asks for more (default 1000)"},

@@ -26,6 +26,7 @@
  */
 #include "qdup/sched.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "qdup/common.h"
@@ -137,6 +138,11 @@ size_t qd_sched_take_reads(qd_sched *s, qd_sched_item **out, size_t cap, int *he
     if (!qd_sched_reads_free(s))
         return 0;
     int heavy_ok = s->heavy_running < (o->threads > 1 ? o->threads - 1 : 1);
+    size_t share = SIZE_MAX;
+    if (o->split) {
+        size_t free_workers = (size_t)(o->threads - s->reads_running);
+        share = (s->queued + free_workers - 1) / free_workers;
+    }
     size_t n = 0, texts = 0, results = 0, bytes = 0;
     for (;;) {
         int took = 0;
@@ -163,6 +169,8 @@ size_t qd_sched_take_reads(qd_sched *s, qd_sched_item **out, size_t cap, int *he
             texts += h->texts;
             results += h->results;
             bytes += h->bytes;
+            if (n == share)
+                goto out;
             took = 1;
         }
         if (!took)

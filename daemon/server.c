@@ -676,6 +676,7 @@ static void on_hup(uv_signal_t *h, int signum)
     s->proto.lim = n.limits;
     s->proto.search_pad = n.search_pad;
     s->sched.lim.search_batch = n.search_batch;
+    s->sched.lim.split = !n.whole_batches;
     s->sched.lim.batch_results = n.batch_results;
     s->sched.lim.batch_bytes = n.batch_bytes;
     s->sched.lim.write_batch = n.write_batch;
@@ -759,6 +760,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
     qd_sched_limits lim = {
         .threads = o->threads,
         .search_batch = o->search_batch,
+        .split = !o->whole_batches,
         .batch_results = o->batch_results,
         .batch_bytes = o->batch_bytes,
         .write_batch = o->write_batch,

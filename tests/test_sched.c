@@ -3,7 +3,8 @@
  * threads: round-robin fairness and where newcomers join, batches capped by texts,
  * results and bytes, heavy requests alone and never on every worker, the writer's
  * batches of adds, read/write ordering per client, admission against the queue budget,
- * and the cancellation of a departed client's waiting reads.
+ * the cancellation of a departed client's waiting reads, and the sharing of what waits
+ * among the free workers (lim.split).
  *
  * Each test builds clients and items by hand and checks which items each batch takes,
  * in order, against what the policy in sched.c says.
@@ -294,6 +295,45 @@ static void test_admission_budget(void **state)
     assert_true(qd_sched_idle(&s));
 }
 
+static void test_split_shares_waiting_reads_among_free_workers(void **state)
+{
+    (void)state;
+    init(2, 64, 1000, 1000, 8);
+    s.lim.split = 1;
+    qd_sched_item *r[8];
+    for (int i = 0; i < 8; i++)
+        r[i] = read1(i % 4);
+    /* Eight waiting, two free workers: four each, round the ring as ever. */
+    qd_sched_item *w1[] = {r[0], r[1], r[2], r[3]};
+    expect_reads(w1, 4, 0);
+    qd_sched_item *w2[] = {r[4], r[5], r[6], r[7]};
+    expect_reads(w2, 4, 0);
+    reads_done(w1, 4, 0);
+    reads_done(w2, 4, 0);
+    /* Three waiting, two free: two, then the last with the other worker. */
+    for (int i = 0; i < 3; i++)
+        r[i] = read1(i);
+    qd_sched_item *w3[] = {r[0], r[1]};
+    expect_reads(w3, 2, 0);
+    /* One worker free now: it takes all that waits, up to the caps. */
+    for (int i = 3; i < 6; i++)
+        r[i] = read1(i % 4);
+    qd_sched_item *w4[] = {r[2], r[3], r[4], r[5]};
+    expect_reads(w4, 4, 0);
+    assert_false(qd_sched_reads_free(&s));
+    reads_done(w3, 2, 0);
+    reads_done(w4, 4, 0);
+    /* The caps still hold: with search_batch 3, a share of 5 stops at 3. */
+    s.lim.search_batch = 3;
+    for (int i = 0; i < 10; i++)
+        r[i % 8] = read1(i % 4);
+    qd_sched_item *out[NITEMS];
+    int heavy;
+    assert_int_equal(qd_sched_take_reads(&s, out, NITEMS, &heavy), 3);
+    assert_int_equal(qd_sched_take_reads(&s, out, NITEMS, &heavy), 3);
+    assert_int_equal(s.queued, 4);
+}
+
 static void test_cancel_drops_reads_keeps_writes(void **state)
 {
     (void)state;
@@ -338,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_reads_and_writes_keep_order_per_client),
         cmocka_unit_test(test_admission_budget),
         cmocka_unit_test(test_cancel_drops_reads_keeps_writes),
+        cmocka_unit_test(test_split_shares_waiting_reads_among_free_workers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

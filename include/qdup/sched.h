@@ -65,6 +65,7 @@ typedef struct qd_sched_limits {
     size_t batch_results;    /* most results in a read batch */
     size_t batch_bytes;      /* most text bytes in a read batch */
     size_t write_batch;      /* most joinable writes in a write batch */
+    int split;               /* 1: share what waits among the free search workers */
     size_t max_queued;       /* waiting items, all clients, before busy */
     size_t max_queued_bytes; /* line bytes waiting or at work before busy */
 } qd_sched_limits;
@@ -100,8 +101,11 @@ int qd_sched_reads_free(const qd_sched *s);
  * queued) items): round the ring from where the last batch stopped, the next ready
  * read of each client in turn, until the batch is full by texts, results or bytes (the
  * first item always fits) or no client has a read ready; the client whose item did not
- * fit is asked first next time. Returns the items taken (0: none ready or no worker
- * free) and in *heavy whether the batch is one item over a cap. The batch counts as
+ * fit is asked first next time. With lim.split, a batch also stops at its share of
+ * what waits: ceil(queued / free search workers) items, so that eight requests and
+ * two free workers make two batches of four rather than one of eight and an idle
+ * worker. Returns the items taken (0: none ready or no worker free) and in *heavy
+ * whether the batch is one item over a cap. The batch counts as
  * running until qd_sched_reads_done. */
 size_t qd_sched_take_reads(qd_sched *s, qd_sched_item **out, size_t cap, int *heavy);
 

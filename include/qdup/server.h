@@ -43,6 +43,9 @@ typedef struct qd_server_opts {
     size_t max_queued_bytes;  /* line bytes of the requests waiting, all clients;
                                  past it new ones are answered busy (64 MiB) */
     size_t search_batch;      /* most texts encoded and searched together (64) */
+    int whole_batches;        /* 1: a free worker takes all that waits, up to the caps;
+                                 0 (default): what waits is shared among the free
+                                 workers (sched.h, qd_sched_take_reads) */
     size_t batch_results;     /* most results (k for each text) in one batch, unless
                                  a single request asks for more (1000) */
     size_t batch_bytes;       /* most bytes of question text in one batch, unless a
