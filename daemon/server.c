@@ -7,8 +7,9 @@
  * run qd_proto_run() and qd_proto_reply() on requests handed to them (and
  * qd_proto_parse() on long lines), and the after-work callback (loop thread again)
  * takes the replies back. A uv_check handle runs after each round of I/O, so one
- * dispatch sees every request that round read, and a free worker takes many at once:
- * under load, batches grow by themselves. The loop parses lines up to 4 KiB itself;
+ * dispatch sees every request that round read, and the free workers share them (each
+ * takes its share, up to the batch caps): under load, batches grow by themselves, and
+ * no worker idles while another has a batch it could have split. The loop parses lines up to 4 KiB itself;
  * a longer one (up to max_line, most of a millisecond of JSON) waits in its client's
  * queue to be parsed by a worker like any other request, so a client flooding long
  * lines cannot hold the loop that everyone's reads and replies go through; the
