@@ -2,6 +2,10 @@
  * enc.c - encoding questions with a loaded model: per-thread workspaces, and a
  * parallel driver for large dumps.
  *
+ * Texts tokenized here take a known word's mean embedding from the model's cache of
+ * word means (lstm_impl.h) once some pass has computed it; qd_enc_forward(), whose
+ * batch may be made any way, reads every row.
+ *
  * qd_enc_texts_parallel() runs workers with qd_parallel_for, each taking chunks of the
  * input in turn (an atomic cursor), tokenizes a chunk, sorts it by length and encodes it in batches of
  * similar lengths, writing each vector to its question's row of the output. OpenBLAS
@@ -78,9 +82,11 @@ static void ws_pack(qd_enc_ws *ws, const qd_model *m)
     ws->fwd.wt = ws->wt;
 }
 
+/* The forward pass over a batch of any making reads every row of every token. */
 int qd_enc_forward(const qd_model *m, qd_enc_ws *ws, const qd_tokseqs *seqs, float *out)
 {
     ws_pack(ws, m);
+    ws->fwd.wmean = NULL;
     int rc = qd_lstm_forward(&m->hdr, &m->p, seqs, NULL, 0, &ws->fwd);
     if (rc)
         return rc;
@@ -97,7 +103,15 @@ int qd_enc_texts(const qd_model *m, qd_enc_ws *ws, const char *const *texts,
         if (rc)
             return rc;
     }
-    return qd_enc_forward(m, ws, &ws->seqs, out);
+    /* The batch is qd_tok_encode's with m's vocabulary: known words' means may come
+     * from the model's cache. */
+    ws_pack(ws, m);
+    ws->fwd.wmean = m->wmean;
+    int rc = qd_lstm_forward(&m->hdr, &m->p, &ws->seqs, NULL, 0, &ws->fwd);
+    if (rc)
+        return rc;
+    memcpy(out, ws->fwd.out, n * ws->fwd.D * sizeof *out);
+    return 0;
 }
 
 /* --- the parallel driver ----------------------------------------------------------------- */
@@ -147,6 +161,7 @@ static int encode_chunk(par_job *j, qd_enc_ws *ws, uint32_t *sel, size_t lo, siz
         sel[i] = (uint32_t)i;
     }
     qsort_r(sel, count, sizeof *sel, cmp_longer, &ws->seqs);
+    ws->fwd.wmean = m->wmean; /* the chunk is qd_tok_encode's, as in qd_enc_texts */
     for (size_t b = 0; b < count; b += j->batch) {
         size_t nb = b + j->batch < count ? j->batch : count - b;
         int rc = qd_lstm_forward(&m->hdr, &m->p, &ws->seqs, sel + b, nb, &ws->fwd);

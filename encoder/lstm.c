@@ -411,10 +411,12 @@ static int reserve(qd_fwd *f, size_t n, size_t T, size_t ntok, size_t E, size_t 
     float dropout = f->dropout;
     uint64_t dropout_seed = f->dropout_seed;
     const float *wt = f->wt;
+    qd_wordmean *wmean = f->wmean;
     qd_fwd_free(f);
     f->dropout = dropout;
     f->dropout_seed = dropout_seed;
     f->wt = wt;
+    f->wmean = wmean;
     f->order = qd_mallocarray(cn, sizeof *f->order);
     f->len = qd_mallocarray(cn, sizeof *f->len);
     f->norm = qd_mallocarray(cn, sizeof *f->norm);
@@ -485,6 +487,82 @@ static void sort_by_length(const qd_tokseqs *s, qd_fwd *f, size_t T)
     }
 }
 
+/* x (E) = the mean of embedding rows rows[0..n): the first row, plus each other in
+ * order, times 1 / n (the zero vector for no rows). The cached and the uncached path
+ * both come here, which keeps their vectors identical bit for bit. */
+static void rows_mean(const float *emb, const int32_t *rows, size_t n, size_t E, float *x)
+{
+    if (n == 0) {
+        memset(x, 0, E * sizeof *x);
+        return;
+    }
+    memcpy(x, emb + (size_t)rows[0] * E, E * sizeof *x);
+    for (size_t r = 1; r < n; r++) {
+        const float *e = emb + (size_t)rows[r] * E;
+        for (size_t k = 0; k < E; k++)
+            x[k] += e[k];
+    }
+    if (n > 1) {
+        float inv = 1.0f / (float)n;
+        for (size_t k = 0; k < E; k++)
+            x[k] *= inv;
+    }
+}
+
+enum { WM_EMPTY = 0, WM_WRITING = 1, WM_READY = 2 };
+
+/* x (E) = the mean of word w's rows rows[0..n): copied from the cache when it is
+ * there; else computed, and stored by the one thread that claims the word's row. */
+static void word_mean(qd_wordmean *c, uint32_t w, const float *emb, const int32_t *rows,
+                      size_t n, size_t E, float *x)
+{
+    float *row = c->mean + (size_t)w * E;
+    if (atomic_load_explicit(&c->state[w], memory_order_acquire) == WM_READY) {
+        memcpy(x, row, E * sizeof *x);
+        return;
+    }
+    rows_mean(emb, rows, n, E, x);
+    unsigned char empty = WM_EMPTY;
+    if (atomic_compare_exchange_strong_explicit(&c->state[w], &empty, WM_WRITING,
+                                                memory_order_relaxed, memory_order_relaxed)) {
+        memcpy(row, x, E * sizeof *x);
+        atomic_store_explicit(&c->state[w], WM_READY, memory_order_release);
+    }
+}
+
+qd_wordmean *qd_wordmean_new(size_t V, size_t E)
+{
+    qd_wordmean *c = qd_calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->nwords = V;
+    c->dim = E;
+    c->mean = qd_calloc(V, E * sizeof *c->mean);
+    c->state = qd_calloc(V, sizeof *c->state);
+    if (!c->mean || !c->state) {
+        qd_wordmean_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void qd_wordmean_free(qd_wordmean *c)
+{
+    if (!c)
+        return;
+    qd_free(c->mean);
+    qd_free(c->state);
+    qd_free(c);
+}
+
+size_t qd_wordmean_count(const qd_wordmean *c)
+{
+    size_t n = 0;
+    for (size_t w = 0; c && w < c->nwords; w++)
+        n += atomic_load_explicit(&c->state[w], memory_order_acquire) == WM_READY;
+    return n;
+}
+
 int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *s,
                     const uint32_t *sel, size_t n, qd_fwd *f)
 {
@@ -517,27 +595,19 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
     }
     QD_ASSERT(T == 0 || f->toff[T] == ntok);
 
-    /* Embedding: each token is the mean of its rows. */
+    /* Embedding: each token is the mean of its rows (or a known word's cached mean). */
+    QD_ASSERT(!f->wmean || f->wmean->dim == E);
     for (size_t t = 0; t < T; t++) {
         for (size_t j = 0; j < f->nact[t]; j++) {
             size_t tok = s->qoff[seq_of(f, f->order[j])] + t;
             float *x = f->x + (f->toff[t] + j) * E;
             uint32_t r0 = s->toff[tok], r1 = s->toff[tok + 1];
-            if (r1 == r0) {
-                memset(x, 0, E * sizeof *x);
-                continue;
-            }
-            memcpy(x, p->emb + (size_t)s->rows[r0] * E, E * sizeof *x);
-            for (uint32_t r = r0 + 1; r < r1; r++) {
-                const float *e = p->emb + (size_t)s->rows[r] * E;
-                for (size_t k = 0; k < E; k++)
-                    x[k] += e[k];
-            }
-            if (r1 - r0 > 1) {
-                float inv = 1.0f / (float)(r1 - r0);
-                for (size_t k = 0; k < E; k++)
-                    x[k] *= inv;
-            }
+            int32_t first = r1 > r0 ? s->rows[r0] : 0;
+            if (f->wmean && r1 - r0 > 1 && first >= QD_TOK_NRESERVED &&
+                (size_t)first < f->wmean->nwords)
+                word_mean(f->wmean, (uint32_t)first, p->emb, s->rows + r0, r1 - r0, E, x);
+            else
+                rows_mean(p->emb, s->rows + r0, r1 - r0, E, x);
             if (f->dropout > 0)
                 for (size_t k = 0; k < E; k++)
                     x[k] *= qd_dropout_scale(f->dropout_seed, seq_of(f, f->order[j]), t, k,

@@ -11,6 +11,7 @@
 #ifndef QDUP_LSTM_IMPL_H
 #define QDUP_LSTM_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,6 +49,29 @@ void qd_smm_pack(size_t N, size_t K, const float *W, float *Bp);
 void qd_lstm_pack(const qd_model_hdr *hdr, const qd_params *p, float *wt);
 size_t qd_lstm_packed_len(const qd_model_hdr *hdr);
 
+/* The mean embedding of each vocabulary word, for inference: a known word's rows are
+ * [id, its n-gram rows...], a pure function of the id (tok.h), so its mean is computed
+ * once, the first time the word is encoded, and copied after that: one row read instead
+ * of one per n-gram, scattered over the embedding table. Filled lazily by any number of
+ * threads at once: a word's state goes 0 (empty) -> 1 (one thread writing its row) -> 2
+ * (ready, published with release order); a thread that finds it not ready computes the
+ * mean itself, exactly as without the cache, so the vectors are the same bit for bit.
+ * Only for a model whose weights no longer change, and only for token batches made by
+ * qd_tok_encode with that model's vocabulary and settings. */
+typedef struct qd_wordmean {
+    size_t nwords;         /* V: word ids 0 .. V-1 (0 and 1 reserved, never cached) */
+    size_t dim;            /* E: floats per row */
+    float *mean;           /* (V, E) the mean of word w's rows once state[w] is 2;
+                              calloc'd, so a page takes memory only once written */
+    atomic_uchar *state;   /* (V) 0 empty, 1 being written, 2 ready */
+} qd_wordmean;
+
+/* A cache for V words of E floats, empty; NULL without memory. */
+qd_wordmean *qd_wordmean_new(size_t V, size_t E);
+void qd_wordmean_free(qd_wordmean *c);
+/* Words whose mean is cached (for tests and reports). */
+size_t qd_wordmean_count(const qd_wordmean *c);
+
 /* Forward activations of one batch, kept for the backward pass. Grows as needed. */
 typedef struct qd_fwd {
     size_t n;          /* questions in the batch */
@@ -72,6 +96,10 @@ typedef struct qd_fwd {
     const float *wt;   /* the weights packed for qd_smm (qd_lstm_pack) of the params
                           passed to qd_lstm_forward, borrowed; small products then run
                           through qd_smm. NULL: qd_gemm only (training) */
+    qd_wordmean *wmean; /* inference only: the model's cache of word means, borrowed,
+                           read and filled by the pass; NULL: every token's rows are read
+                           (always for training, and for token batches not made by
+                           qd_tok_encode with the model's vocabulary) */
     float dropout;     /* training only: probability of zeroing each input component
                           (inverted dropout on the token embeddings); 0 for inference */
     uint64_t dropout_seed; /* draws of this pass: the mask is a hash of (seed, question,

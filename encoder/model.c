@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lstm_impl.h"
 #include "model_impl.h"
 #include "qdup/common.h"
 #include "qdup/fileio.h"
@@ -166,6 +167,7 @@ void qd_model_free(qd_model *m)
         return;
     qd_vocab_free(m->vocab);
     qd_free(m->param_data);
+    qd_wordmean_free(m->wmean);
     qd_free(m);
 }
 
@@ -403,6 +405,9 @@ int qd_model_load_mem(const void *data, size_t len, const char *name, qd_model *
     } else {
         set_fingerprint(m, d, len);
     }
+    /* A loaded model is read-only, so its words' mean embeddings can be kept. Without
+     * memory for them, encoding reads every row, as it would anyway. */
+    m->wmean = qd_wordmean_new(h.vocab, h.emb_dim);
     *out = m;
     return 0;
 }
@@ -578,6 +583,10 @@ size_t qd_model_out_dim(const qd_model_hdr *h)
 
 float *qd_model_param_data(qd_model *m, size_t *n)
 {
+    /* The caller may change the weights: means cached from the old ones would be
+     * wrong. */
+    qd_wordmean_free(m->wmean);
+    m->wmean = NULL;
     if (n)
         *n = m->nparams;
     return m->param_data;

@@ -24,6 +24,9 @@ struct qd_model {
     char fingerprint[17]; /* hex FNV-1a of the encoder's file bytes (version 1 or 2
                              form); "" until saved or loaded */
     qd_model_scoring scoring; /* ranking and duplicate decision (fitted or defaults) */
+    struct qd_wordmean *wmean; /* (V, E) the mean embedding of each word, filled as
+                                  words are encoded (lstm_impl.h); made by the loader,
+                                  dropped by qd_model_param_data; NULL: none */
 };
 
 /* Embedding rows: vocabulary ids followed by n-gram buckets. */

@@ -6,7 +6,8 @@
  * The C forward pass must agree to 1e-5 (max abs difference), through BLAS and through
  * the plain-loop reference product. Then: a question's vector does not depend on the
  * batch it is encoded in, an empty question gives the zero vector, the activation
- * kernels are accurate, and the parallel driver agrees with the serial one.
+ * kernels are accurate, and the parallel driver agrees with the serial one. Last, the
+ * cache of word means gives the vectors of reading every row, bit for bit.
  */
 #include <math.h>
 #include <pthread.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "../encoder/lstm_impl.h"
+#include "../encoder/model_impl.h"
 #include "qdup/common.h"
 #include "qdup/model.h"
 #include "testutil.h"
@@ -352,6 +354,185 @@ static void test_parallel_matches_serial(void **state)
     qd_model_free(m);
 }
 
+/* --- the cache of word means ------------------------------------------------------- */
+
+/* A model whose n-grams start at 4 code points, saved and loaded (a loaded model has the
+ * cache): a one-letter word then has no n-gram, so a known one is its id's row alone
+ * and an unknown one is QD_TOK_UNK. */
+static qd_model *load_ngram4_model(void)
+{
+    static const char *const words[] = {"a", "is", "what", "the", "how", "sourdough"};
+    qd_vocab *v = qd_vocab_new();
+    assert_non_null(v);
+    for (size_t i = 0; i < sizeof words / sizeof *words; i++)
+        assert_true(qd_vocab_add(v, words[i], strlen(words[i])) >= 0);
+    qd_model_hdr h = {.emb_dim = 8, .hidden = 6, .vocab = (uint32_t)qd_vocab_size(v),
+                      .dirs = 1, .pool = QD_POOL_ALL,
+                      .tok = {.max_tokens = 64, .ngram_min = 4, .ngram_max = 5,
+                              .ngram_buckets = 97}};
+    qd_model *m;
+    if (qd_model_new(&h, v, &m, err, sizeof err))
+        fail_msg("%s", err);
+    uint64_t rs = 11;
+    size_t n;
+    float *w = qd_model_param_data(m, &n);
+    for (size_t i = 0; i < n; i++)
+        w[i] = (float)qt_uniform(&rs, -0.5, 0.5);
+    const char *path = qt_path(qt_tmp_dir(), "ngram4.qdm");
+    if (qd_model_save(m, path, err, sizeof err))
+        fail_msg("%s", err);
+    qd_model_free(m);
+    if (qd_model_load(path, &m, err, sizeof err))
+        fail_msg("%s", err);
+    return m;
+}
+
+/* Texts for a model: every vocabulary word alone, all of them in one text, a word
+ * repeated, and words the vocabulary lacks (long, one letter, punctuation, accented,
+ * an emoji). */
+static size_t word_texts(const qd_model *m, char ***texts, size_t **lens)
+{
+    const qd_vocab *v = qd_model_vocab(m);
+    size_t V = qd_vocab_size(v), n = 0, cap = V + 8, all = 0;
+    *texts = calloc(cap, sizeof **texts);
+    *lens = calloc(cap, sizeof **lens);
+    char *joined = calloc(V, QD_TOK_MAX_BYTES + 1);
+    for (int32_t id = QD_TOK_NRESERVED; (size_t)id < V; id++) {
+        size_t wn;
+        const char *w = qd_vocab_word(v, id, &wn);
+        (*texts)[n++] = strndup(w, wn);
+        memcpy(joined + all, w, wn);
+        all += wn;
+        joined[all++] = ' ';
+    }
+    (*texts)[n++] = joined;
+    static const char *const more[] = {
+        "zzyzx quux", "q", "x ? y !", "caf\xC3\xA9 na\xC3\xAFve", "\xF0\x9F\x91\x8D ok",
+        "what what what is is the q", "",
+    };
+    for (size_t i = 0; i < sizeof more / sizeof *more; i++)
+        (*texts)[n++] = strdup(more[i]);
+    for (size_t i = 0; i < n; i++)
+        (*lens)[i] = strlen((*texts)[i]);
+    return n;
+}
+
+/* One model: the token embeddings and vectors of a pass that fills the cache, and of
+ * one that reads it, are those of a pass reading every row, bit for bit; so are
+ * qd_enc_texts's (cached) and qd_enc_forward's (every row), and the parallel
+ * driver's on a fresh copy of the model filled by three threads at once. Afterwards
+ * the cache holds `cached` words. */
+static void check_word_cache(const char *path, qd_model *m, size_t cached)
+{
+    const qd_model_hdr *hdr = qd_model_header(m);
+    const qd_params *p = qd_model_cparams(m);
+    size_t E = hdr->emb_dim, D = (size_t)qd_model_dim(m);
+    assert_non_null(m->wmean);
+    assert_int_equal(qd_wordmean_count(m->wmean), 0);
+    char **texts;
+    size_t *lens;
+    size_t n = word_texts(m, &texts, &lens);
+    qd_tokbuf tb;
+    qd_tokbuf_init(&tb);
+    qd_tokseqs seqs;
+    qd_tokseqs_init(&seqs);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(qd_tok_encode(qd_model_vocab(m), &hdr->tok, &tb, texts[i], lens[i],
+                                       &seqs),
+                         0);
+
+    qd_fwd rows, fast;
+    qd_fwd_init(&rows);
+    qd_fwd_init(&fast);
+    assert_int_equal(qd_lstm_forward(hdr, p, &seqs, NULL, 0, &rows), 0);
+    fast.wmean = m->wmean;
+    for (int pass = 0; pass < 2; pass++) {
+        assert_int_equal(qd_lstm_forward(hdr, p, &seqs, NULL, 0, &fast), 0);
+        assert_memory_equal(fast.x, rows.x, seqs.ntok * E * sizeof *rows.x);
+        assert_memory_equal(fast.out, rows.out, n * D * sizeof *rows.out);
+        assert_int_equal(qd_wordmean_count(m->wmean), cached);
+    }
+
+    float *a = calloc(n * D, sizeof *a), *b = calloc(n * D, sizeof *b);
+    qd_enc_ws *ws = qd_enc_ws_new();
+    assert_int_equal(qd_enc_texts(m, ws, (const char *const *)texts, lens, n, a), 0);
+    assert_int_equal(qd_enc_forward(m, ws, &seqs, b), 0);
+    assert_memory_equal(a, b, n * D * sizeof *a);
+
+    qd_model *fresh;
+    if (qd_model_load(path, &fresh, err, sizeof err))
+        fail_msg("%s", err);
+    memset(a, 0xFF, n * D * sizeof *a);
+    assert_int_equal(qd_enc_texts_parallel(fresh, (const char *const *)texts, lens, n, 3, 1,
+                                           NULL, NULL, a),
+                     0);
+    assert_memory_equal(a, b, n * D * sizeof *a);
+    assert_int_equal(qd_wordmean_count(fresh->wmean), cached);
+    qd_model_free(fresh);
+
+    qd_enc_ws_free(ws);
+    free(a);
+    free(b);
+    qd_fwd_free(&rows);
+    qd_fwd_free(&fast);
+    qd_tokseqs_free(&seqs);
+    qd_tokbuf_free(&tb);
+    for (size_t i = 0; i < n; i++)
+        free(texts[i]);
+    free(texts);
+    free(lens);
+}
+
+static void test_word_cache_matches_rows(void **state)
+{
+    (void)state;
+    /* n-grams of 3 and 4: every word (w2 .. w29) has several rows, all are cached. */
+    const char *path = qt_path(qt_fixtures_dir(), "fwd_pool.qdm");
+    qd_model *m;
+    if (qd_model_load(path, &m, err, sizeof err))
+        fail_msg("%s", err);
+    check_word_cache(path, m, qd_model_header(m)->vocab - QD_TOK_NRESERVED);
+    qd_model_free(m);
+
+    /* No n-grams: a token is one row, nothing worth caching. */
+    path = qt_path(qt_fixtures_dir(), "fwd_plain.qdm");
+    if (qd_model_load(path, &m, err, sizeof err))
+        fail_msg("%s", err);
+    check_word_cache(path, m, 0);
+    qd_model_free(m);
+
+    /* n-grams from 4: all but the one-letter "a" have n-grams. */
+    m = load_ngram4_model();
+    check_word_cache(qt_path(qt_tmp_dir(), "ngram4.qdm"), m, 5);
+    qd_model_free(m);
+}
+
+/* A model whose weights are handed out for writing drops the cache, and encodes with
+ * the new weights. */
+static void test_word_cache_dropped_on_write(void **state)
+{
+    (void)state;
+    qd_model *m = load_ngram4_model();
+    const char *text = "what is sourdough";
+    size_t len = strlen(text), D = (size_t)qd_model_dim(m);
+    float *before = calloc(D, sizeof *before), *after = calloc(D, sizeof *after);
+    qd_enc_ws *ws = qd_enc_ws_new();
+    assert_int_equal(qd_enc_texts(m, ws, &text, &len, 1, before), 0);
+    assert_int_equal(qd_wordmean_count(m->wmean), 3);
+    size_t n;
+    float *w = qd_model_param_data(m, &n);
+    assert_null(m->wmean);
+    const qd_model_hdr *hdr = qd_model_header(m);
+    int32_t id = qd_vocab_find(qd_model_vocab(m), "sourdough", 9);
+    w[(size_t)id * hdr->emb_dim] += 1.0f; /* the word's own row moves its mean */
+    assert_int_equal(qd_enc_texts(m, ws, &text, &len, 1, after), 0);
+    assert_memory_not_equal(before, after, D * sizeof *after);
+    qd_enc_ws_free(ws);
+    free(before);
+    free(after);
+    qd_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -365,6 +546,8 @@ int main(void)
         cmocka_unit_test(test_batch_composition_does_not_matter),
         cmocka_unit_test(test_empty_question_is_zero_vector),
         cmocka_unit_test(test_parallel_matches_serial),
+        cmocka_unit_test(test_word_cache_matches_rows),
+        cmocka_unit_test(test_word_cache_dropped_on_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
