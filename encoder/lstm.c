@@ -389,6 +389,10 @@ void qd_fwd_free(qd_fwd *f)
     qd_free(f->norm);
     qd_free(f->out);
     qd_free(f->zeros);
+    qd_free(f->wid);
+    qd_free(f->urow);
+    qd_free(f->xu);
+    qd_free(f->gu);
     qd_fwd_init(f);
 }
 
@@ -530,16 +534,19 @@ static void word_mean(qd_wordmean *c, uint32_t w, const float *emb, const int32_
     }
 }
 
-qd_wordmean *qd_wordmean_new(size_t V, size_t E)
+qd_wordmean *qd_wordmean_new(size_t V, size_t E, size_t G)
 {
     qd_wordmean *c = qd_calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->nwords = V;
     c->dim = E;
+    c->gdim = G;
     c->mean = qd_calloc(V, E * sizeof *c->mean);
     c->state = qd_calloc(V, sizeof *c->state);
-    if (!c->mean || !c->state) {
+    c->gates = qd_calloc(V, G * sizeof *c->gates);
+    c->gstate = qd_calloc(V, sizeof *c->gstate);
+    if (!c->mean || !c->state || !c->gates || !c->gstate) {
         qd_wordmean_free(c);
         return NULL;
     }
@@ -552,6 +559,8 @@ void qd_wordmean_free(qd_wordmean *c)
         return;
     qd_free(c->mean);
     qd_free(c->state);
+    qd_free(c->gates);
+    qd_free(c->gstate);
     qd_free(c);
 }
 
@@ -561,6 +570,68 @@ size_t qd_wordmean_count(const qd_wordmean *c)
     for (size_t w = 0; c && w < c->nwords; w++)
         n += atomic_load_explicit(&c->state[w], memory_order_acquire) == WM_READY;
     return n;
+}
+
+size_t qd_wordmean_gates_count(const qd_wordmean *c)
+{
+    size_t n = 0;
+    for (size_t w = 0; c && w < c->nwords; w++)
+        n += atomic_load_explicit(&c->gstate[w], memory_order_acquire) == WM_READY;
+    return n;
+}
+
+/* Room in f for the projection cache's rows of ntok tokens (kept apart from reserve:
+ * only passes with the cache need them). */
+static int reserve_wid(qd_fwd *f, size_t ntok, size_t E, size_t H)
+{
+    if (ntok <= f->cap_wid && E == f->dim_e && H == f->dim_h)
+        return 0;
+    size_t cap = max_size(f->cap_wid, ntok + ntok / 2 + 1);
+    qd_free(f->wid);
+    qd_free(f->urow);
+    qd_free(f->xu);
+    qd_free(f->gu);
+    f->wid = qd_mallocarray(cap, sizeof *f->wid);
+    f->urow = qd_mallocarray(cap, sizeof *f->urow);
+    f->xu = qd_mallocarray(cap, E * sizeof *f->xu);
+    f->gu = qd_mallocarray(cap, 4 * H * sizeof *f->gu);
+    f->cap_wid = f->wid && f->urow && f->xu && f->gu ? cap : 0;
+    return f->cap_wid ? 0 : QD_ERR_NOMEM;
+}
+
+/* The input projection of every token into f->gates (ntok rows, time-major), known
+ * words' rows from the cache c: the other rows are gathered (into xu), projected
+ * together by qd_smm (into gu) and scattered back, and the known words among them are
+ * stored for the next passes by the one thread that claims each. f->wid holds each
+ * row's known word, or -1. */
+static void project_cached(qd_fwd *f, qd_wordmean *c, size_t ntok, size_t E, size_t G)
+{
+    size_t nu = 0;
+    for (size_t r = 0; r < ntok; r++) {
+        int32_t w = f->wid[r];
+        if (w >= 0 && atomic_load_explicit(&c->gstate[w], memory_order_acquire) == WM_READY) {
+            memcpy(f->gates + r * G, c->gates + (size_t)w * G, G * sizeof *f->gates);
+            continue;
+        }
+        memcpy(f->xu + nu * E, f->x + r * E, E * sizeof *f->xu);
+        f->urow[nu++] = (uint32_t)r;
+    }
+    if (nu == 0)
+        return;
+    qd_smm(nu, G, E, f->xu, E, f->wt, 0, f->gu, G);
+    for (size_t u = 0; u < nu; u++) {
+        size_t r = f->urow[u];
+        const float *g = f->gu + u * G;
+        memcpy(f->gates + r * G, g, G * sizeof *f->gates);
+        int32_t w = f->wid[r];
+        unsigned char empty = WM_EMPTY;
+        if (w >= 0 && atomic_compare_exchange_strong_explicit(&c->gstate[w], &empty, WM_WRITING,
+                                                              memory_order_relaxed,
+                                                              memory_order_relaxed)) {
+            memcpy(c->gates + (size_t)w * G, g, G * sizeof *c->gates);
+            atomic_store_explicit(&c->gstate[w], WM_READY, memory_order_release);
+        }
+    }
 }
 
 int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseqs *s,
@@ -595,14 +666,24 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
     }
     QD_ASSERT(T == 0 || f->toff[T] == ntok);
 
-    /* Embedding: each token is the mean of its rows (or a known word's cached mean). */
+    /* Embedding: each token is the mean of its rows (or a known word's cached mean).
+     * With packed weights, known words' projections may come from the cache too (wid:
+     * each row's word, for project_cached). */
     QD_ASSERT(!f->wmean || f->wmean->dim == E);
+    qd_wordmean *gc = f->wmean && f->wt && f->dropout == 0 && f->wmean->gdim == 4 * H
+                          ? f->wmean
+                          : NULL;
+    if (gc && reserve_wid(f, ntok, E, H))
+        gc = NULL; /* without memory for it, every row is projected */
     for (size_t t = 0; t < T; t++) {
         for (size_t j = 0; j < f->nact[t]; j++) {
             size_t tok = s->qoff[seq_of(f, f->order[j])] + t;
             float *x = f->x + (f->toff[t] + j) * E;
             uint32_t r0 = s->toff[tok], r1 = s->toff[tok + 1];
             int32_t first = r1 > r0 ? s->rows[r0] : 0;
+            if (gc)
+                f->wid[f->toff[t] + j] =
+                    first >= QD_TOK_NRESERVED && (size_t)first < gc->nwords ? first : -1;
             if (f->wmean && r1 - r0 > 1 && first >= QD_TOK_NRESERVED &&
                 (size_t)first < f->wmean->nwords)
                 word_mean(f->wmean, (uint32_t)first, p->emb, s->rows + r0, r1 - r0, E, x);
@@ -615,8 +696,10 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
         }
     }
 
-    /* Input projection for every token at once. */
-    if (f->wt)
+    /* Input projection for every token at once (known words' from the cache). */
+    if (gc)
+        project_cached(f, gc, ntok, E, 4 * H);
+    else if (f->wt)
         qd_smm(ntok, 4 * H, E, f->x, E, f->wt, 0, f->gates, 4 * H);
     else
         qd_gemm(0, 1, ntok, 4 * H, E, 1.0f, f->x, E, p->wx, E, 0.0f, f->gates, 4 * H);

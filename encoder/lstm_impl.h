@@ -64,13 +64,22 @@ typedef struct qd_wordmean {
     float *mean;           /* (V, E) the mean of word w's rows once state[w] is 2;
                               calloc'd, so a page takes memory only once written */
     atomic_uchar *state;   /* (V) 0 empty, 1 being written, 2 ready */
+    /* The same for the input projection of each word's mean, x W_x^T (no bias), as
+     * qd_smm computes it (the passes with packed weights only: a row of qd_smm's
+     * product is the same bit for bit in any batch, so a cached row is the row the
+     * batch would compute). Filled and published like the means. */
+    size_t gdim;           /* 4H: floats per projected row */
+    float *gates;          /* (V, 4H) word w's projection once gstate[w] is 2 */
+    atomic_uchar *gstate;  /* (V) 0 empty, 1 being written, 2 ready */
 } qd_wordmean;
 
-/* A cache for V words of E floats, empty; NULL without memory. */
-qd_wordmean *qd_wordmean_new(size_t V, size_t E);
+/* A cache for V words of E floats (their means) and G floats (their projections),
+ * empty; NULL without memory. */
+qd_wordmean *qd_wordmean_new(size_t V, size_t E, size_t G);
 void qd_wordmean_free(qd_wordmean *c);
-/* Words whose mean is cached (for tests and reports). */
+/* Words whose mean, and whose projection, is cached (for tests and reports). */
 size_t qd_wordmean_count(const qd_wordmean *c);
+size_t qd_wordmean_gates_count(const qd_wordmean *c);
 
 /* Forward activations of one batch, kept for the backward pass. Grows as needed. */
 typedef struct qd_fwd {
@@ -99,7 +108,13 @@ typedef struct qd_fwd {
     qd_wordmean *wmean; /* inference only: the model's cache of word means, borrowed,
                            read and filled by the pass; NULL: every token's rows are read
                            (always for training, and for token batches not made by
-                           qd_tok_encode with the model's vocabulary) */
+                           qd_tok_encode with the model's vocabulary). With wt set, the
+                           pass also takes known words' projections from it */
+    int32_t *wid;      /* (cap_wid) the known word of each row, or -1 (projection cache) */
+    uint32_t *urow;    /* (cap_wid) the rows whose projection is computed, in order */
+    float *xu, *gu;    /* (cap_wid, E), (cap_wid, 4H): the rows whose projection is
+                          computed, gathered, and their projections */
+    size_t cap_wid;    /* rows wid, xu and gu are allocated for */
     float dropout;     /* training only: probability of zeroing each input component
                           (inverted dropout on the token embeddings); 0 for inference */
     uint64_t dropout_seed; /* draws of this pass: the mask is a hash of (seed, question,

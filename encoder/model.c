@@ -407,7 +407,7 @@ int qd_model_load_mem(const void *data, size_t len, const char *name, qd_model *
     }
     /* A loaded model is read-only, so its words' mean embeddings can be kept. Without
      * memory for them, encoding reads every row, as it would anyway. */
-    m->wmean = qd_wordmean_new(h.vocab, h.emb_dim);
+    m->wmean = qd_wordmean_new(h.vocab, h.emb_dim, 4 * (size_t)h.hidden);
     *out = m;
     return 0;
 }

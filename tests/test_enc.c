@@ -417,6 +417,44 @@ static size_t word_texts(const qd_model *m, char ***texts, size_t **lens)
     return n;
 }
 
+/* The projection cache (passes with packed weights, as qd_enc_texts's): m's was filled
+ * by one qd_enc_texts pass over the n texts, whose vectors b are qd_enc_forward's
+ * (every row read and projected). A pass reading only the cache, and on a fresh copy
+ * of the model a pass mixing a cached word and new ones, give b bit for bit; a cached row
+ * is what the pass uses (changing it changes the vector). */
+static void check_gates_cache(const char *path, qd_model *m, qd_enc_ws *ws, char **texts,
+                              const size_t *lens, size_t n, const float *b)
+{
+    size_t D = (size_t)qd_model_dim(m), G = m->wmean->gdim;
+    size_t known = qd_wordmean_gates_count(m->wmean);
+    assert_int_equal(known, qd_model_header(m)->vocab - QD_TOK_NRESERVED);
+    float *a = calloc(n * D, sizeof *a);
+    assert_int_equal(qd_enc_texts(m, ws, (const char *const *)texts, lens, n, a), 0);
+    assert_memory_equal(a, b, n * D * sizeof *a);
+
+    qd_model *fresh;
+    if (qd_model_load(path, &fresh, err, sizeof err))
+        fail_msg("%s", err);
+    qd_enc_ws *fws = qd_enc_ws_new();
+    /* texts[0] is the first word alone: then every text, one word cached already. */
+    assert_int_equal(qd_enc_texts(fresh, fws, (const char *const *)texts, lens, 1, a), 0);
+    assert_memory_equal(a, b, D * sizeof *a);
+    assert_int_equal(qd_wordmean_gates_count(fresh->wmean), 1);
+    assert_int_equal(qd_enc_texts(fresh, fws, (const char *const *)texts, lens, n, a), 0);
+    assert_memory_equal(a, b, n * D * sizeof *a);
+    assert_int_equal(qd_wordmean_gates_count(fresh->wmean), known);
+
+    /* Its cached row is the one read. */
+    float *row = fresh->wmean->gates + (size_t)QD_TOK_NRESERVED * G;
+    for (size_t k = 0; k < G; k++)
+        row[k] += 0.5f;
+    assert_int_equal(qd_enc_texts(fresh, fws, (const char *const *)texts, lens, 1, a), 0);
+    assert_memory_not_equal(a, b, D * sizeof *a);
+    qd_enc_ws_free(fws);
+    qd_model_free(fresh);
+    free(a);
+}
+
 /* One model: the token embeddings and vectors of a pass that fills the cache, and of
  * one that reads it, are those of a pass reading every row, bit for bit; so are
  * qd_enc_texts's (cached) and qd_enc_forward's (every row), and the parallel
@@ -458,6 +496,7 @@ static void check_word_cache(const char *path, qd_model *m, size_t cached)
     assert_int_equal(qd_enc_texts(m, ws, (const char *const *)texts, lens, n, a), 0);
     assert_int_equal(qd_enc_forward(m, ws, &seqs, b), 0);
     assert_memory_equal(a, b, n * D * sizeof *a);
+    check_gates_cache(path, m, ws, texts, lens, n, b);
 
     qd_model *fresh;
     if (qd_model_load(path, &fresh, err, sizeof err))
