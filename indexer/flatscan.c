@@ -37,7 +37,9 @@
  * min-heap whose smallest score is the bar the kernel compares against (the kernel
  * returns the mask of lanes above it, so most blocks cost no scalar work). With several
  * OpenMP threads the blocks are split between them, each with its own heaps; all their
- * candidates are then re-scored in double precision from the float vectors.
+ * candidates are then re-scored in double precision from the float vectors, eight
+ * candidates at a time on the kernel's instruction set (fs_dot is the definition every
+ * re-scoring kernel matches bit for bit), and only the best k are sorted.
  */
 #include "flatscan_impl.h"
 
@@ -75,11 +77,19 @@ typedef size_t (*fs_run_fn)(const struct qd_flatscan *fs, size_t b, size_t b1,
                             const int8_t *qs, const uint8_t *qu, size_t qstride,
                             const float *bar, float *out, unsigned *mask);
 
+/* Candidates re-scored together by a re-scoring kernel. */
+#define FS_DOTS 8
+
+/* A re-scoring kernel: the exact scores of FS_DOTS vectors rows[0..FS_DOTS) (dim each)
+ * for the query q, out[c] for rows[c], each equal bit for bit to fs_dot's. */
+typedef void (*fs_dots_fn)(const float *q, const float *const *rows, int dim, float *out);
+
 struct fs_kernel {
     const char *name;   /* as qd_flatscan_kernel() reports it */
     fs_run_fn run;      /* one query */
     fs_run_fn run4;     /* FS_QB queries, or NULL */
     int (*runs)(void);  /* 1 if this processor can run it */
+    fs_dots_fn dots;    /* the re-scoring on the same instruction set */
 };
 
 #define FS_INLINE __attribute__((always_inline)) inline
@@ -132,6 +142,54 @@ struct qd_flatscan {
 };
 
 /* --- kernels ---------------------------------------------------------------------------- */
+
+/* The exact score of a candidate, from its four partial sums s (components i with i % 4
+ * = 0, 1, 2, 3, up to the last multiple of 4 below dim, from i0 on): the components left
+ * go into s[0] one at a time, then the pairs are summed. Shared by every re-scoring
+ * kernel, so all of them end alike. */
+FS_INLINE static float fs_dot_finish(const double *s, const float *a, const float *b, int i0,
+                                  int dim)
+{
+    double s0 = s[0];
+    for (int i = i0; i < dim; i++)
+        s0 += (double)a[i] * b[i];
+    return (float)((s0 + s[1]) + (s[2] + s[3]));
+}
+
+/* The exact inner product, accumulated in double: the score returned to the caller.
+ * The plain loop, and the definition the vector kernels below match bit for bit: a
+ * product of two floats is exact in double (48 significant bits, no overflow or
+ * underflow), so a vector lane that multiplies and adds (or fuses the two: the same
+ * rounding, once, of the same exact sum) in the same order as s0, s1, s2 or s3 gets the
+ * same double. */
+static float fs_dot(const float *a, const float *b, int dim)
+{
+    double s[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= dim; i += 4) {
+        s[0] += (double)a[i] * b[i];
+        s[1] += (double)a[i + 1] * b[i + 1];
+        s[2] += (double)a[i + 2] * b[i + 2];
+        s[3] += (double)a[i + 3] * b[i + 3];
+    }
+    return fs_dot_finish(s, a, b, i, dim);
+}
+
+/* The scores of FS_DOTS candidates from their partial sums s, as fs_dot_finish.
+ * Inlined into each kernel, so that no call runs with the upper halves of the vector
+ * registers dirty. */
+FS_INLINE static void fs_dots_finish(double s[FS_DOTS][4], const float *q, const float *const *rows,
+                           int i0, int dim, float *out)
+{
+    for (int c = 0; c < FS_DOTS; c++)
+        out[c] = fs_dot_finish(s[c], q, rows[c], i0, dim);
+}
+
+static void fs_dots_generic(const float *q, const float *const *rows, int dim, float *out)
+{
+    for (int c = 0; c < FS_DOTS; c++)
+        out[c] = fs_dot(q, rows[c], dim);
+}
 
 FS_INLINE static unsigned fs_kernel_generic(const int8_t *blk, size_t dim4, const int8_t *qs,
                                   const uint8_t *qu, const float *scale, const int32_t *csum,
@@ -360,15 +418,91 @@ static int fs_runs_avx512vnni(void)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vnni");
 }
+
+/* Re-scoring, AVX2: candidate c's four partial sums are the 4 double lanes of acc_c,
+ * lane t summing components i + t as fs_dot's s[t] does. Eight candidates at once give
+ * eight independent chains of additions, so the loop waits on the adders' throughput
+ * rather than their latency, and each group of 4 query components is widened once for
+ * all eight. Multiply, then add: AVX2 does not imply FMA. */
+#define FS_DOT_AVX2_STEP(c)                                                              \
+    acc##c = _mm256_add_pd(acc##c, _mm256_mul_pd(qv, _mm256_cvtps_pd(_mm_loadu_ps(rows[c] + i))))
+
+__attribute__((target("avx2"))) static void fs_dots_avx2(const float *q,
+                                                         const float *const *rows, int dim,
+                                                         float *out)
+{
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0,
+            acc5 = acc0, acc6 = acc0, acc7 = acc0;
+    int i = 0;
+    for (; i + 4 <= dim; i += 4) {
+        __m256d qv = _mm256_cvtps_pd(_mm_loadu_ps(q + i));
+        FS_DOT_AVX2_STEP(0);
+        FS_DOT_AVX2_STEP(1);
+        FS_DOT_AVX2_STEP(2);
+        FS_DOT_AVX2_STEP(3);
+        FS_DOT_AVX2_STEP(4);
+        FS_DOT_AVX2_STEP(5);
+        FS_DOT_AVX2_STEP(6);
+        FS_DOT_AVX2_STEP(7);
+    }
+    double s[FS_DOTS][4];
+    _mm256_storeu_pd(s[0], acc0);
+    _mm256_storeu_pd(s[1], acc1);
+    _mm256_storeu_pd(s[2], acc2);
+    _mm256_storeu_pd(s[3], acc3);
+    _mm256_storeu_pd(s[4], acc4);
+    _mm256_storeu_pd(s[5], acc5);
+    _mm256_storeu_pd(s[6], acc6);
+    _mm256_storeu_pd(s[7], acc7);
+    /* Clean upper halves before the scalar finish and the return: code compiled for
+     * SSE (most of the program) runs slowly after AVX code that leaves them dirty. */
+    _mm256_zeroupper();
+    fs_dots_finish(s, q, rows, i, dim, out);
+}
+
+/* Re-scoring, AVX-512: two candidates per register, lanes 0-3 the partial sums of
+ * candidate 2j and lanes 4-7 those of 2j + 1 (8 lanes of one candidate would split each
+ * of fs_dot's sums in two, and change the rounding). The 4 query components are widened
+ * once into both halves; the multiply and add are fused, which rounds as fs_dot does
+ * since the product is exact. */
+#define FS_DOT_AVX512_STEP(j)                                                            \
+    acc##j = _mm512_fmadd_pd(                                                            \
+        qv,                                                                              \
+        _mm512_cvtps_pd(_mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(rows[2 * (j)] + i)), \
+                                             _mm_loadu_ps(rows[2 * (j) + 1] + i), 1)),  \
+        acc##j)
+
+__attribute__((target("avx512f"))) static void fs_dots_avx512(const float *q,
+                                                              const float *const *rows,
+                                                              int dim, float *out)
+{
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    int i = 0;
+    for (; i + 4 <= dim; i += 4) {
+        __m128 q4 = _mm_loadu_ps(q + i);
+        __m512d qv = _mm512_cvtps_pd(_mm256_insertf128_ps(_mm256_castps128_ps256(q4), q4, 1));
+        FS_DOT_AVX512_STEP(0);
+        FS_DOT_AVX512_STEP(1);
+        FS_DOT_AVX512_STEP(2);
+        FS_DOT_AVX512_STEP(3);
+    }
+    double s[FS_DOTS][4];
+    _mm512_storeu_pd(s[0], acc0);
+    _mm512_storeu_pd(s[2], acc1);
+    _mm512_storeu_pd(s[4], acc2);
+    _mm512_storeu_pd(s[6], acc3);
+    _mm256_zeroupper(); /* as in fs_dots_avx2 */
+    fs_dots_finish(s, q, rows, i, dim, out);
+}
 #endif
 
 /* Best first: the first one this processor runs is the default. */
 static const struct fs_kernel fs_kernels[] = {
 #ifdef FS_X86
-    {"avx512vnni", fs_run_avx512vnni, fs_run4_avx512vnni, fs_runs_avx512vnni},
-    {"avx2", fs_run_avx2, fs_run4_avx2, fs_runs_avx2},
+    {"avx512vnni", fs_run_avx512vnni, fs_run4_avx512vnni, fs_runs_avx512vnni, fs_dots_avx512},
+    {"avx2", fs_run_avx2, fs_run4_avx2, fs_runs_avx2, fs_dots_avx2},
 #endif
-    {"generic", fs_run_generic, NULL, fs_runs_generic},
+    {"generic", fs_run_generic, NULL, fs_runs_generic, fs_dots_generic},
 };
 #define FS_NKERNELS (sizeof fs_kernels / sizeof fs_kernels[0])
 
@@ -603,22 +737,6 @@ static void fs_heap_push(struct fs_heap *h, float score, int64_t pos)
     c[i].pos = pos;
 }
 
-/* The exact inner product, accumulated in double: the score returned to the caller. */
-static float fs_dot(const float *a, const float *b, int dim)
-{
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= dim; i += 4) {
-        s0 += (double)a[i] * b[i];
-        s1 += (double)a[i + 1] * b[i + 1];
-        s2 += (double)a[i + 2] * b[i + 2];
-        s3 += (double)a[i + 3] * b[i + 3];
-    }
-    for (; i < dim; i++)
-        s0 += (double)a[i] * b[i];
-    return (float)((s0 + s1) + (s2 + s3));
-}
-
 /* Best first; equal scores by position. */
 static int fs_cand_cmp(const void *pa, const void *pb)
 {
@@ -634,13 +752,18 @@ static inline int fs_before(const struct fs_cand *a, const struct fs_cand *b)
     return a->score > b->score || (a->score == b->score && a->pos < b->pos);
 }
 
-/* Sorts c (m) as qsort with fs_cand_cmp does, without a call per comparison (the sort of
- * every query's candidates was most of a search of a small store): quicksort (Hoare's
- * partition around the middle element) down to runs of 16, then insertion sort; past a
+/* Puts the first k (>= 1) of c (m) in fs_cand_cmp's order at c[0..min(k, m)), in that
+ * order, leaving the rest in some order after them: callers use only the best k (the
+ * sort of every query's candidates was most of a search of a small store, and the
+ * fused ranking's 4k = 200 of them wanted only 50). A quicksort (Hoare's partition
+ * around the middle element) that sorts only the parts holding some of the first k
+ * (a part wholly past them is dropped: everything in it comes after everything before
+ * it), without a call per comparison, down to runs of 16, then insertion sort; past a
  * depth of 2 log2 m, qsort itself. Positions differ, so the order is total and the
- * result is the same whichever sort makes it. */
-static void fs_sort(struct fs_cand *c, size_t m, int depth)
+ * first k are the same whichever sort finds them. */
+static void fs_sort(struct fs_cand *c, size_t m, size_t k, int depth)
 {
+    QD_ASSERT(k > 0);
     while (m > 16) {
         if (depth-- <= 0) {
             qsort(c, m, sizeof *c, fs_cand_cmp);
@@ -661,15 +784,20 @@ static void fs_sort(struct fs_cand *c, size_t m, int depth)
             c[i] = c[j];
             c[j] = t;
         }
-        /* [0, j] and [j + 1, m): the smaller by recursion, the larger by the loop. */
+        /* [0, j] and [j + 1, m), each of the first before each of the second. */
         size_t left = (size_t)j + 1;
-        if (left < m - left) {
-            fs_sort(c, left, depth);
+        if (k <= left) {
+            m = left; /* the first k are all in [0, left) */
+        } else if (left < m - left) {
+            /* Both parts: the smaller by recursion, the larger by the loop. */
+            fs_sort(c, left, left, depth);
             c += left;
             m -= left;
+            k -= left;
         } else {
-            fs_sort(c + left, m - left, depth);
+            fs_sort(c + left, m - left, k - left, depth);
             m = left;
+            k = left;
         }
     }
     for (size_t i = 1; i < m; i++) {
@@ -797,24 +925,56 @@ static int fs_collect(const qd_flatscan *fs, const int8_t *qs, const uint8_t *qu
     return 0;
 }
 
-/* Replaces the candidate scores in c (m) by exact ones and sorts them best first. */
-static void fs_rescore(const qd_flatscan *fs, const float *xb, const float *q,
-                       struct fs_cand *c, size_t m)
+/* Replaces the candidate scores in c (m) by exact ones, FS_DOTS candidates per call of
+ * the kernel (a last short group repeats its last row, whose extra scores are dropped). */
+static void fs_exact(const qd_flatscan *fs, const float *xb, const float *q,
+                     struct fs_cand *c, size_t m)
 {
-    /* The rows are scattered over the float array: ask for a few ahead. */
-    size_t row = (size_t)fs->dim * sizeof(float);
-    for (size_t i = 0; i < m; i++) {
-        if (i + 4 < m) {
-            const char *next = (const char *)(xb + (size_t)c[i + 4].pos * (size_t)fs->dim);
+    size_t dim = (size_t)fs->dim, row = dim * sizeof(float);
+    const float *rows[FS_DOTS];
+    float out[FS_DOTS];
+    for (size_t i = 0; i < m; i += FS_DOTS) {
+        size_t g = m - i < FS_DOTS ? m - i : FS_DOTS;
+        /* The rows are scattered over the float array: ask for the next group's while
+         * this one is scored. */
+        for (size_t j = i + FS_DOTS; j < i + 2 * FS_DOTS && j < m; j++) {
+            const char *next = (const char *)(xb + (size_t)c[j].pos * dim);
             for (size_t off = 0; off < row; off += 64)
                 __builtin_prefetch(next + off);
         }
-        c[i].score = fs_dot(q, xb + (size_t)c[i].pos * (size_t)fs->dim, fs->dim);
+        for (size_t j = 0; j < FS_DOTS; j++)
+            rows[j] = xb + (size_t)c[i + (j < g ? j : g - 1)].pos * dim;
+        fs->kern->dots(q, rows, fs->dim, out);
+        for (size_t j = 0; j < g; j++)
+            c[i + j].score = out[j];
     }
+}
+
+/* Replaces the candidate scores in c (m) by exact ones and puts the best k first, best
+ * first (fs_sort); the rest follow in no particular order. */
+static void fs_rescore(const qd_flatscan *fs, const float *xb, const float *q,
+                       struct fs_cand *c, size_t m, size_t k)
+{
+    fs_exact(fs, xb, q, c, m);
     int depth = 0;
     for (size_t x = m; x > 1; x >>= 1)
         depth += 2;
-    fs_sort(c, m, depth);
+    fs_sort(c, m, k, depth);
+}
+
+int qd_flatscan_exact(const qd_flatscan *fs, const float *xb, const float *q,
+                      const int64_t *pos, size_t m, float *out)
+{
+    struct fs_cand *c = qd_mallocarray(m ? m : 1, sizeof *c);
+    if (!c)
+        return QD_ERR_NOMEM;
+    for (size_t i = 0; i < m; i++)
+        c[i] = (struct fs_cand){0, pos[i]};
+    fs_exact(fs, xb, q, c, m);
+    for (size_t i = 0; i < m; i++)
+        out[i] = c[i].score;
+    qd_free(c);
+    return 0;
 }
 
 int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, size_t nq,
@@ -903,7 +1063,7 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
                 left_out = fmaxf(left_out, h->c[0].score);
         }
         const float *qj = q + j * (size_t)fs->dim;
-        fs_rescore(fs, xb, qj, all, m);
+        fs_rescore(fs, xb, qj, all, m, k);
         const struct fs_cand *best = all;
         if (m >= k && left_out > -INFINITY) {
             float kth = all[k - 1].score;
@@ -912,7 +1072,7 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
                 float bar = qscale[j] > 0 ? (kth - qerr[j]) / qscale[j] : -INFINITY;
                 if (fs_collect(fs, qs + j * qbytes, qu + j * qbytes, bar, &extra) != 0)
                     goto out;
-                fs_rescore(fs, xb, qj, extra.c, extra.n);
+                fs_rescore(fs, xb, qj, extra.c, extra.n, k);
                 best = extra.c;
                 m = extra.n;
                 nsecond++;

@@ -19,6 +19,14 @@ void qd_flatscan_code(const qd_flatscan *fs, size_t pos, int8_t *codes, float *s
  * has count entries. QD_ERR_NOMEM. */
 int qd_flatscan_approx(const qd_flatscan *fs, const float *q, float *out);
 
+/* The exact scores of the stored vectors at positions pos (m, each < count) for one
+ * query q (dim), computed by the kernel in use as a search re-scores its candidates: the
+ * float of the inner product summed in double, components i with i % 4 = t into sum t
+ * in order (those past the last multiple of 4 into sum 0), then (sum 0 + sum 1) + (sum
+ * 2 + sum 3). xb (count, dim) are the float vectors. QD_ERR_NOMEM. */
+int qd_flatscan_exact(const qd_flatscan *fs, const float *xb, const float *q,
+                      const int64_t *pos, size_t m, float *out);
+
 /* How many queries were searched, and how many of them needed the second pass. */
 void qd_flatscan_stats(const qd_flatscan *fs, size_t *searched, size_t *second);
 

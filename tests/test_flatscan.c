@@ -6,7 +6,10 @@
  * dimensions and counts that leave partial groups and partial blocks. Searches must
  * return what a brute-force search in double precision returns: the same positions in
  * the same order, the same scores to float precision, on batches of queries, on one
- * thread and on several.
+ * thread and on several. The exact re-scoring of every kernel must equal bit for bit a
+ * plain loop that sums in the order the header documents, and with that loop as the
+ * reference a search must return exactly its top k, ties by position, where exact
+ * copies put many equal scores across the k-th place.
  */
 #include <math.h>
 #include <omp.h>
@@ -72,6 +75,15 @@ static float *near_queries(uint64_t *rng, const float *x, size_t n, int dim, siz
         normalize(q + j * dim, dim);
     }
     return q;
+}
+
+/* A scan holding x (n, dim). */
+static qd_flatscan *scan_of(const float *x, size_t n, int dim)
+{
+    qd_flatscan *fs;
+    assert_int_equal(qd_flatscan_new(dim, &fs), 0);
+    assert_int_equal(qd_flatscan_add(fs, x, n), 0);
+    return fs;
 }
 
 /* Quantizing keeps every component within half a step, in -127..127, padding zero. */
@@ -162,9 +174,7 @@ static void test_kernels_match_loop(void **state)
             }
             float *q = clustered(&rng, 3, dim, 1, 1.0);
             q[2 * dim] = -5; /* a query with one dominant component */
-            qd_flatscan *fs;
-            assert_int_equal(qd_flatscan_new(dim, &fs), 0);
-            assert_int_equal(qd_flatscan_add(fs, x, n), 0);
+            qd_flatscan *fs = scan_of(x, n, dim);
             float *got = malloc(n * sizeof *got);
             int8_t *xc = malloc((size_t)dim + 4), *qc = malloc((size_t)dim + 4);
             assert_non_null(got);
@@ -303,9 +313,7 @@ static void test_search_exact(void **state)
         normalize(q + j * dim, dim);
     }
     struct truth t = truth_new(x, n, dim, q, nq, 100);
-    qd_flatscan *fs;
-    assert_int_equal(qd_flatscan_new(dim, &fs), 0);
-    assert_int_equal(qd_flatscan_add(fs, x, n), 0);
+    qd_flatscan *fs = scan_of(x, n, dim);
     int saved = omp_get_max_threads();
     for (size_t kk = 0; kk < NKERNELS; kk++) {
         if (qd_flatscan_set_kernel(fs, kernels[kk]) != 0)
@@ -399,9 +407,7 @@ static void test_search_crowded(void **state)
     }
     float *q = near_queries(&rng, x, n, dim, nq, 5, 0.05);
     struct truth t = truth_new(x, n, dim, q, nq, k);
-    qd_flatscan *fs;
-    assert_int_equal(qd_flatscan_new(dim, &fs), 0);
-    assert_int_equal(qd_flatscan_add(fs, x, n), 0);
+    qd_flatscan *fs = scan_of(x, n, dim);
     float *sc = malloc(nq * k * sizeof *sc);
     int64_t *pos = malloc(nq * k * sizeof *pos);
     int saved = omp_get_max_threads();
@@ -432,6 +438,184 @@ static void test_search_crowded(void **state)
     free(pos);
 }
 
+/* The exact score as flatscan_impl.h documents it: sums 0..3 in double, in order. */
+static float loop_exact(const float *q, const float *x, int dim)
+{
+    double s[4] = {0, 0, 0, 0};
+    int full = dim / 4 * 4;
+    for (int i = 0; i < full; i++)
+        s[i % 4] += (double)q[i] * x[i];
+    for (int i = full; i < dim; i++)
+        s[0] += (double)q[i] * x[i];
+    return (float)((s[0] + s[1]) + (s[2] + s[3]));
+}
+
+/* Every kernel's re-scoring equals the plain loop bit for bit, for dimensions that leave
+ * 1 to 3 components past a multiple of 4 (and 8 and 16), and any number of positions
+ * (groups of 8 and a short last one), repeats included. Components spread over many
+ * orders of magnitude, and large products that cancel, make the rounding depend on the
+ * order of the sums, so a kernel summing in another order would fail (checked: a single
+ * running sum often gives another float). */
+static void test_exact_match_loop(void **state)
+{
+    (void)state;
+    static const int dims[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64, 127, 128, 300};
+    uint64_t rng = 4242;
+    size_t n = 21, order_matters = 0;
+    int ran[NKERNELS] = {0};
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        int dim = dims[di];
+        float *x = malloc(n * dim * sizeof *x), *q = malloc(2 * dim * sizeof *q);
+        assert_non_null(x);
+        assert_non_null(q);
+        for (size_t i = 0; i < n * (size_t)dim; i++)
+            x[i] = (float)(gauss(&rng) * pow(10, qt_uniform(&rng, -6, 6)));
+        for (int i = 0; i < 2 * dim; i++)
+            q[i] = (float)(gauss(&rng) * pow(10, qt_uniform(&rng, -6, 6)));
+        /* Two large products that cancel: what is summed before them is absorbed in
+         * some orders and not in others. */
+        q[0] = q[dim - 1] = 1;
+        for (size_t i = 3; i < n; i += 2) {
+            x[i * dim] = 1e20f;
+            x[i * dim + dim - 1] = -1e20f;
+        }
+        memset(x, 0, dim * sizeof *x); /* a zero vector */
+        for (int i = 0; i < dim; i++)
+            x[dim + i] = -0.0f; /* and a negative zero one: the sign of 0 must match */
+        int64_t pos[40];
+        for (size_t i = 0; i < 40; i++)
+            pos[i] = (int64_t)(qt_rand(&rng) % n);
+        pos[3] = pos[4]; /* a repeat */
+        qd_flatscan *fs = scan_of(x, n, dim);
+        float got[40];
+        for (size_t kk = 0; kk < NKERNELS; kk++) {
+            if (qd_flatscan_set_kernel(fs, kernels[kk]) != 0)
+                continue;
+            ran[kk] = 1;
+            for (int qi = 0; qi < 2; qi++) {
+                const float *qv = q + qi * dim;
+                for (size_t m = 0; m <= 40; m += m < 18 ? 1 : 11) {
+                    memset(got, 0x7f, sizeof got);
+                    assert_int_equal(qd_flatscan_exact(fs, x, qv, pos, m, got), 0);
+                    for (size_t i = 0; i < m; i++) {
+                        const float *xv = x + (size_t)pos[i] * dim;
+                        float want = loop_exact(qv, xv, dim);
+                        if (memcmp(&got[i], &want, sizeof want) != 0)
+                            fail_msg("kernel %s, dim %d, %zu positions, #%zu (position %lld): "
+                                     "%a, loop gives %a",
+                                     kernels[kk], dim, m, i, (long long)pos[i], got[i], want);
+                    }
+                }
+                if (kk == NKERNELS - 1) {
+                    for (size_t i = 0; i < n; i++) {
+                        double one = 0;
+                        for (int d = 0; d < dim; d++)
+                            one += (double)qv[d] * x[i * dim + d];
+                        order_matters += (float)one != loop_exact(qv, x + i * dim, dim);
+                    }
+                }
+            }
+        }
+        qd_flatscan_free(fs);
+        free(x);
+        free(q);
+    }
+    print_message("a single running sum differs from the loop for %zu vectors\n", order_matters);
+    assert_true(order_matters > 20);
+    for (size_t kk = 0; kk < NKERNELS; kk++)
+        print_message("re-scoring %s: %s\n", kernels[kk], ran[kk] ? "checked" : "not on this CPU");
+}
+
+/* Best first by exact score, equal scores by position: qd_flatscan_search's order. */
+struct ranked {
+    float score; /* loop_exact's */
+    int64_t pos; /* position */
+};
+
+static int ranked_cmp(const void *pa, const void *pb)
+{
+    const struct ranked *a = pa, *b = pb;
+    if (a->score != b->score)
+        return a->score > b->score ? -1 : 1;
+    return (a->pos > b->pos) - (a->pos < b->pos);
+}
+
+/* Many exact copies (equal codes, equal exact scores) scattered over the positions, so
+ * that equal scores straddle the k-th place and the second pass runs: with the plain
+ * loop's exact scores as the reference, every search returns exactly its top k, ties
+ * by position, scores bit for bit, for every k from 1 to past the count, on every
+ * kernel, one and two threads, default and full re-scoring. */
+static void test_search_ties(void **state)
+{
+    (void)state;
+    uint64_t rng = 31337;
+    int dim = 33;
+    size_t n = 4000, nq = 24, nd = 37;
+    float *distinct = clustered(&rng, nd, dim, 3, 0.02);
+    float *x = malloc(n * dim * sizeof *x);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++)
+        memcpy(x + i * dim, distinct + (qt_rand(&rng) % nd) * dim, dim * sizeof *x);
+    float *q = near_queries(&rng, x, n, dim, nq, 2, 0.01);
+    struct ranked *want = malloc(nq * n * sizeof *want);
+    assert_non_null(want);
+    for (size_t j = 0; j < nq; j++) {
+        for (size_t i = 0; i < n; i++)
+            want[j * n + i] = (struct ranked){loop_exact(q + j * dim, x + i * dim, dim),
+                                              (int64_t)i};
+        qsort(want + j * n, n, sizeof *want, ranked_cmp);
+        /* The data does what it is for: the 10th score is shared by several vectors. */
+        if (j < 2)
+            assert_true(want[j * n + 9].score == want[j * n + 10].score);
+    }
+    static const size_t ks[] = {1, 7, 10, 50, 64, 200, 999, 4001};
+    size_t kmax = 4001;
+    float *sc = malloc(nq * kmax * sizeof *sc);
+    int64_t *pos = malloc(nq * kmax * sizeof *pos);
+    assert_non_null(sc);
+    assert_non_null(pos);
+    qd_flatscan *fs = scan_of(x, n, dim);
+    int saved = omp_get_max_threads();
+    for (size_t kk = 0; kk < NKERNELS; kk++) {
+        if (qd_flatscan_set_kernel(fs, kernels[kk]) != 0)
+            continue;
+        for (int threads = 1; threads <= 2; threads++) {
+            omp_set_num_threads(threads);
+            for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+                for (size_t rescore = 0; rescore <= n; rescore += n) {
+                    size_t k = ks[ki];
+                    assert_int_equal(qd_flatscan_search(fs, x, q, nq, k, rescore, sc, pos), 0);
+                    for (size_t j = 0; j < nq; j++) {
+                        for (size_t i = 0; i < k; i++) {
+                            float gs = sc[j * k + i];
+                            int64_t gp = pos[j * k + i];
+                            if (i >= n) {
+                                assert_true(gp == -1 && gs == -INFINITY);
+                                continue;
+                            }
+                            const struct ranked *w = &want[j * n + i];
+                            if (gp != w->pos || memcmp(&gs, &w->score, sizeof gs) != 0)
+                                fail_msg("%s, %d thread(s), k %zu, rescore %zu, query %zu, "
+                                         "rank %zu: position %lld score %a, the loop's top "
+                                         "k %lld %a",
+                                         kernels[kk], threads, k, rescore, j, i, (long long)gp,
+                                         gs, (long long)w->pos, w->score);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    omp_set_num_threads(saved);
+    qd_flatscan_free(fs);
+    free(distinct);
+    free(x);
+    free(q);
+    free(want);
+    free(sc);
+    free(pos);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -441,6 +625,8 @@ int main(void)
         cmocka_unit_test(test_search_exact),
         cmocka_unit_test(test_search_edges),
         cmocka_unit_test(test_search_crowded),
+        cmocka_unit_test(test_exact_match_loop),
+        cmocka_unit_test(test_search_ties),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
