@@ -16,6 +16,8 @@
  * The scan runs on the widest kernel the processor has, picked at run time: AVX-512
  * with VNNI, AVX2, or a portable loop. All give the same candidate scores bit for bit
  * (integer dot products, then one float multiply), so the choice changes speed only.
+ * The exact re-scoring runs on the same instruction set and also gives the same scores
+ * bit for bit whatever the kernel (each sum in double in a fixed order).
  *
  * Threads: searches may run concurrently with each other; add and clear are writers
  * (the caller excludes them, as for qd_ann). A search splits its pass over OpenMP's
