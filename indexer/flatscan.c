@@ -614,7 +614,8 @@ int qd_flatscan_add(qd_flatscan *fs, const float *x, size_t n)
 {
     if (n == 0)
         return 0;
-    if (n > SIZE_MAX / 2 - fs->n)
+    /* Positions fit in 32 bits: the sort of the re-scored candidates needs it. */
+    if (n > SIZE_MAX / 2 - fs->n || n > (size_t)UINT32_MAX - fs->n)
         return QD_ERR_NOMEM;
     int rc = fs_reserve(fs, (fs->n + n + FS_BLOCK - 1) / FS_BLOCK);
     if (rc != 0)
@@ -737,75 +738,88 @@ static void fs_heap_push(struct fs_heap *h, float score, int64_t pos)
     c[i].pos = pos;
 }
 
-/* Best first; equal scores by position. */
-static int fs_cand_cmp(const void *pa, const void *pb)
+/* The order of the answer is best score first, equal scores by lower position. The
+ * re-scored candidates are sorted in it as 64-bit keys, larger first: the score's bits
+ * made to order as unsigned integers (-0 taken as +0, to which it is equal) above the
+ * complement of the position (fewer than 2^32 vectors are held). One integer
+ * comparison per step lets the partition run without branches, where comparing
+ * (score, position) pairs mispredicted about every other step. */
+static inline uint64_t fs_key(float score, int64_t pos)
 {
-    const struct fs_cand *a = pa, *b = pb;
-    if (a->score != b->score)
-        return a->score > b->score ? -1 : 1;
-    return (a->pos > b->pos) - (a->pos < b->pos);
+    uint32_t bits;
+    if (score == 0)
+        score = 0; /* +0 */
+    memcpy(&bits, &score, sizeof bits);
+    bits = bits >> 31 ? ~bits : bits | 0x80000000u;
+    return (uint64_t)bits << 32 | (UINT32_MAX - (uint32_t)pos);
 }
 
-/* 1 if a comes before b in fs_cand_cmp's order. */
-static inline int fs_before(const struct fs_cand *a, const struct fs_cand *b)
+/* The candidate of a key (fs_key's inverse, but for the sign of a zero score). */
+static inline struct fs_cand fs_unkey(uint64_t key)
 {
-    return a->score > b->score || (a->score == b->score && a->pos < b->pos);
+    uint32_t bits = (uint32_t)(key >> 32);
+    bits = bits >> 31 ? bits & 0x7fffffffu : ~bits;
+    struct fs_cand c;
+    memcpy(&c.score, &bits, sizeof bits);
+    c.pos = (int64_t)(UINT32_MAX - (uint32_t)key);
+    return c;
 }
 
-/* Puts the first k (>= 1) of c (m) in fs_cand_cmp's order at c[0..min(k, m)), in that
- * order, leaving the rest in some order after them: callers use only the best k (the
- * sort of every query's candidates was most of a search of a small store, and the
- * fused ranking's 4k = 200 of them wanted only 50). A quicksort (Hoare's partition
- * around the middle element) that sorts only the parts holding some of the first k
- * (a part wholly past them is dropped: everything in it comes after everything before
- * it), without a call per comparison, down to runs of 16, then insertion sort; past a
- * depth of 2 log2 m, qsort itself. Positions differ, so the order is total and the
+/* Larger key first. */
+static int fs_key_cmp(const void *pa, const void *pb)
+{
+    uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
+    return (a < b) - (a > b);
+}
+
+/* Puts the k (>= 1) largest of the keys a (m) at a[0..min(k, m)), largest first,
+ * leaving the rest in some order after them: callers use only the best k (the sort of
+ * every query's candidates was most of a search of a small store, and the fused
+ * ranking's 4k = 200 of them want only 50). A quicksort that sorts only the parts
+ * holding some of the first k: Lomuto's partition around the middle element, without
+ * branches (every element is swapped to the boundary, which moves on only past a
+ * larger key), then the part before the pivot alone if it holds all of the first k,
+ * else it whole and the part after for the rest; insertion sort for runs of 8 or
+ * fewer; past a depth of 2 log2 m, qsort itself. Keys differ (positions do), so the
  * first k are the same whichever sort finds them. */
-static void fs_sort(struct fs_cand *c, size_t m, size_t k, int depth)
+static void fs_sort(uint64_t *a, size_t m, size_t k, int depth)
 {
     QD_ASSERT(k > 0);
-    while (m > 16) {
+    while (m > 8) {
         if (depth-- <= 0) {
-            qsort(c, m, sizeof *c, fs_cand_cmp);
+            qsort(a, m, sizeof *a, fs_key_cmp);
             return;
         }
-        struct fs_cand p = c[m / 2], t;
-        ptrdiff_t i = -1, j = (ptrdiff_t)m;
-        for (;;) {
-            do
-                i++;
-            while (fs_before(&c[i], &p));
-            do
-                j--;
-            while (fs_before(&p, &c[j]));
-            if (i >= j)
-                break;
-            t = c[i];
-            c[i] = c[j];
-            c[j] = t;
+        uint64_t p = a[m / 2];
+        a[m / 2] = a[m - 1];
+        a[m - 1] = p;
+        size_t s = 0; /* a[0..s) > p */
+        for (size_t i = 0; i < m - 1; i++) {
+            uint64_t x = a[i];
+            a[i] = a[s];
+            a[s] = x;
+            s += x > p;
         }
-        /* [0, j] and [j + 1, m), each of the first before each of the second. */
-        size_t left = (size_t)j + 1;
-        if (k <= left) {
-            m = left; /* the first k are all in [0, left) */
-        } else if (left < m - left) {
-            /* Both parts: the smaller by recursion, the larger by the loop. */
-            fs_sort(c, left, left, depth);
-            c += left;
-            m -= left;
-            k -= left;
-        } else {
-            fs_sort(c + left, m - left, k - left, depth);
-            m = left;
-            k = left;
+        a[m - 1] = a[s];
+        a[s] = p;
+        if (k <= s) {
+            m = s;
+            continue;
         }
+        if (s > 0)
+            fs_sort(a, s, s, depth);
+        if (k == s + 1)
+            return;
+        a += s + 1;
+        m -= s + 1;
+        k -= s + 1;
     }
     for (size_t i = 1; i < m; i++) {
-        struct fs_cand x = c[i];
+        uint64_t x = a[i];
         size_t j = i;
-        for (; j > 0 && fs_before(&x, &c[j - 1]); j--)
-            c[j] = c[j - 1];
-        c[j] = x;
+        for (; j > 0 && a[j - 1] < x; j--)
+            a[j] = a[j - 1];
+        a[j] = x;
     }
 }
 
@@ -951,15 +965,19 @@ static void fs_exact(const qd_flatscan *fs, const float *xb, const float *q,
 }
 
 /* Replaces the candidate scores in c (m) by exact ones and puts the best k first, best
- * first (fs_sort); the rest follow in no particular order. */
+ * first; the rest are left out. keys has room for m. */
 static void fs_rescore(const qd_flatscan *fs, const float *xb, const float *q,
-                       struct fs_cand *c, size_t m, size_t k)
+                       struct fs_cand *c, size_t m, size_t k, uint64_t *keys)
 {
     fs_exact(fs, xb, q, c, m);
+    for (size_t i = 0; i < m; i++)
+        keys[i] = fs_key(c[i].score, c[i].pos);
     int depth = 0;
     for (size_t x = m; x > 1; x >>= 1)
         depth += 2;
-    fs_sort(c, m, k, depth);
+    fs_sort(keys, m, k, depth);
+    for (size_t i = 0; i < m && i < k; i++)
+        c[i] = fs_unkey(keys[i]);
 }
 
 int qd_flatscan_exact(const qd_flatscan *fs, const float *xb, const float *q,
@@ -1014,12 +1032,14 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
 
     int rc = QD_ERR_NOMEM;
     struct fs_list extra = {0};
+    size_t nkeys = (size_t)nt * r; /* room in keys */
+    uint64_t *keys = qd_mallocarray(nkeys, sizeof *keys);
     int8_t *qs = qd_calloc(2 * nqp, qbytes);
     float *qscale = qd_mallocarray(nq, 2 * sizeof *qscale);
     struct fs_heap *heaps = qd_mallocarray((size_t)nt * nq, sizeof *heaps);
     struct fs_cand *cands = qd_mallocarray((size_t)nt * nq * r, sizeof *cands);
     struct fs_cand *all = qd_mallocarray((size_t)nt * r, sizeof *all);
-    if (!qs || !qscale || !heaps || !cands || !all)
+    if (!keys || !qs || !qscale || !heaps || !cands || !all)
         goto out;
     uint8_t *qu = (uint8_t *)qs + nqp * qbytes;
     float *qerr = qscale + nq; /* (nq) E of each query, in exact-score units */
@@ -1063,7 +1083,7 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
                 left_out = fmaxf(left_out, h->c[0].score);
         }
         const float *qj = q + j * (size_t)fs->dim;
-        fs_rescore(fs, xb, qj, all, m, k);
+        fs_rescore(fs, xb, qj, all, m, k, keys);
         const struct fs_cand *best = all;
         if (m >= k && left_out > -INFINITY) {
             float kth = all[k - 1].score;
@@ -1072,7 +1092,14 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
                 float bar = qscale[j] > 0 ? (kth - qerr[j]) / qscale[j] : -INFINITY;
                 if (fs_collect(fs, qs + j * qbytes, qu + j * qbytes, bar, &extra) != 0)
                     goto out;
-                fs_rescore(fs, xb, qj, extra.c, extra.n, k);
+                if (extra.n > nkeys) {
+                    uint64_t *more = qd_reallocarray(keys, extra.n, sizeof *keys);
+                    if (!more)
+                        goto out;
+                    keys = more;
+                    nkeys = extra.n;
+                }
+                fs_rescore(fs, xb, qj, extra.c, extra.n, k, keys);
                 best = extra.c;
                 m = extra.n;
                 nsecond++;
@@ -1088,6 +1115,7 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
     rc = 0;
 out:
     qd_free(extra.c);
+    qd_free(keys);
     qd_free(all);
     qd_free(qs);
     qd_free(qscale);

@@ -45,7 +45,8 @@ int qd_flatscan_new(int dim, qd_flatscan **out);
 void qd_flatscan_free(qd_flatscan *fs);
 
 /* Appends the codes of n vectors x (n, dim) at positions count..count+n-1. Components
- * must be finite (the caller checks; qd_ann does). QD_ERR_NOMEM leaves it unchanged. */
+ * must be finite (the caller checks; qd_ann does). At most 2^32 - 1 vectors are held.
+ * QD_ERR_NOMEM (also past that count) leaves it unchanged. */
 int qd_flatscan_add(qd_flatscan *fs, const float *x, size_t n);
 
 /* Drops every vector (capacity is kept). */
