@@ -543,7 +543,7 @@ static int ranked_cmp(const void *pa, const void *pb)
 /* Many exact copies (equal codes, equal exact scores) scattered over the positions, so
  * that equal scores straddle the k-th place and the second pass runs: with the plain
  * loop's exact scores as the reference, every search returns exactly its top k, ties
- * by position, scores bit for bit, for every k from 1 to past the count, on every
+ * by position, scores bit for bit, for k from 1 to past the count, on every
  * kernel, one and two threads, default and full re-scoring. */
 static void test_search_ties(void **state)
 {
