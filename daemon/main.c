@@ -327,7 +327,9 @@ static const opt options[] = {
     {"ephemeral", NULL, set_ephemeral,
      "keep questions in memory only, starting empty; nothing is saved (for tests; "
      "needs --model, not --db)"},
-    {"threads", "N", set_threads, "search workers (default 2); writes have one more"},
+    {"threads", "N", set_threads,
+     "search workers (default: one more than the processors online, at most 64); "
+     "writes have one more"},
     {"socket-mode", "MODE", set_socket_mode, "socket file permissions, octal (default 0660)"},
     {"owner-only", NULL, set_owner_only, "refuse connections from any uid but the daemon's"},
     {"write-uids", "LIST", set_write_uids,

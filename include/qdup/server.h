@@ -30,7 +30,8 @@ extern "C" {
 typedef struct qd_server_opts {
     const char *socket_path;  /* where to listen (required) */
     unsigned socket_mode;     /* permission bits of the socket file (0660) */
-    int threads;              /* search workers (2); the writer has one more thread */
+    int threads;              /* search workers (processors + 1, at most 64); the
+                                 writer has one more thread */
     size_t max_clients;       /* connections at once; more are answered busy (1024) */
     size_t max_queued;        /* requests waiting for a worker, all clients together;
                                  more are answered busy (4096) */
