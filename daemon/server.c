@@ -62,7 +62,7 @@ void qd_server_opts_default(qd_server_opts *o)
      * and their next request would leave its processor idle (BENCHMARKS.md, the
      * daemon under load: 3 workers on 2 processors serve 10 to 20% more than 2). */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    o->threads = ncpu >= 1 && ncpu < 64 ? (int)ncpu + 1 : ncpu >= 64 ? 64 : 2;
+    o->threads = ncpu < 1 ? 2 : ncpu >= 63 ? 64 : (int)ncpu + 1;
     o->max_clients = 1024;
     o->max_queued = 4096;
     o->max_inflight = 64;

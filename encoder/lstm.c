@@ -515,23 +515,46 @@ static void rows_mean(const float *emb, const int32_t *rows, size_t n, size_t E,
 
 enum { WM_EMPTY = 0, WM_WRITING = 1, WM_READY = 2 };
 
+/* 1 if word w's row of a cache (its state array) is ready to read. */
+static inline int cache_ready(const atomic_uchar *state, size_t w)
+{
+    return atomic_load_explicit(&state[w], memory_order_acquire) == WM_READY;
+}
+
+/* Stores n floats of src as word w's row dst, if this thread is the one to claim it
+ * (a row is written once; others computing it meanwhile keep their own copy). */
+static void cache_publish(atomic_uchar *state, size_t w, float *dst, const float *src,
+                          size_t n)
+{
+    unsigned char empty = WM_EMPTY;
+    if (atomic_compare_exchange_strong_explicit(&state[w], &empty, WM_WRITING,
+                                                memory_order_relaxed, memory_order_relaxed)) {
+        memcpy(dst, src, n * sizeof *dst);
+        atomic_store_explicit(&state[w], WM_READY, memory_order_release);
+    }
+}
+
+/* Rows ready in a cache of nwords (its state array). */
+static size_t cache_count(const atomic_uchar *state, size_t nwords)
+{
+    size_t n = 0;
+    for (size_t w = 0; w < nwords; w++)
+        n += cache_ready(state, w);
+    return n;
+}
+
 /* x (E) = the mean of word w's rows rows[0..n): copied from the cache when it is
  * there; else computed, and stored by the one thread that claims the word's row. */
 static void word_mean(qd_wordmean *c, uint32_t w, const float *emb, const int32_t *rows,
                       size_t n, size_t E, float *x)
 {
     float *row = c->mean + (size_t)w * E;
-    if (atomic_load_explicit(&c->state[w], memory_order_acquire) == WM_READY) {
+    if (cache_ready(c->state, w)) {
         memcpy(x, row, E * sizeof *x);
         return;
     }
     rows_mean(emb, rows, n, E, x);
-    unsigned char empty = WM_EMPTY;
-    if (atomic_compare_exchange_strong_explicit(&c->state[w], &empty, WM_WRITING,
-                                                memory_order_relaxed, memory_order_relaxed)) {
-        memcpy(row, x, E * sizeof *x);
-        atomic_store_explicit(&c->state[w], WM_READY, memory_order_release);
-    }
+    cache_publish(c->state, w, row, x, E);
 }
 
 qd_wordmean *qd_wordmean_new(size_t V, size_t E, size_t G)
@@ -566,18 +589,12 @@ void qd_wordmean_free(qd_wordmean *c)
 
 size_t qd_wordmean_count(const qd_wordmean *c)
 {
-    size_t n = 0;
-    for (size_t w = 0; c && w < c->nwords; w++)
-        n += atomic_load_explicit(&c->state[w], memory_order_acquire) == WM_READY;
-    return n;
+    return c ? cache_count(c->state, c->nwords) : 0;
 }
 
 size_t qd_wordmean_gates_count(const qd_wordmean *c)
 {
-    size_t n = 0;
-    for (size_t w = 0; c && w < c->nwords; w++)
-        n += atomic_load_explicit(&c->gstate[w], memory_order_acquire) == WM_READY;
-    return n;
+    return c ? cache_count(c->gstate, c->nwords) : 0;
 }
 
 /* Room in f for the projection cache's rows of ntok tokens (kept apart from reserve:
@@ -609,7 +626,7 @@ static void project_cached(qd_fwd *f, qd_wordmean *c, size_t ntok, size_t E, siz
     size_t nu = 0;
     for (size_t r = 0; r < ntok; r++) {
         int32_t w = f->wid[r];
-        if (w >= 0 && atomic_load_explicit(&c->gstate[w], memory_order_acquire) == WM_READY) {
+        if (w >= 0 && cache_ready(c->gstate, (size_t)w)) {
             memcpy(f->gates + r * G, c->gates + (size_t)w * G, G * sizeof *f->gates);
             continue;
         }
@@ -624,13 +641,8 @@ static void project_cached(qd_fwd *f, qd_wordmean *c, size_t ntok, size_t E, siz
         const float *g = f->gu + u * G;
         memcpy(f->gates + r * G, g, G * sizeof *f->gates);
         int32_t w = f->wid[r];
-        unsigned char empty = WM_EMPTY;
-        if (w >= 0 && atomic_compare_exchange_strong_explicit(&c->gstate[w], &empty, WM_WRITING,
-                                                              memory_order_relaxed,
-                                                              memory_order_relaxed)) {
-            memcpy(c->gates + (size_t)w * G, g, G * sizeof *c->gates);
-            atomic_store_explicit(&c->gstate[w], WM_READY, memory_order_release);
-        }
+        if (w >= 0)
+            cache_publish(c->gstate, (size_t)w, c->gates + (size_t)w * G, g, G);
     }
 }
 
