@@ -14,7 +14,7 @@
  * (every |e_i| at most half a step), q.x - s_q s_x c_q.c_x = s_q c_q.e_x + e_q.x, so
  * a candidate score is off by at most E = s_x ||s_q c_q||_1 / 2 + s_q ||x||_1 / 2, and
  * the largest s_x and ||x||_1 held bound it for every vector. After re-scoring, if the
- * k-th exact score beats the best candidate score left out of the heaps by more than E,
+ * k-th exact score beats the best candidate score left out by more than E,
  * no vector left out can be in the top k and the answer is exact. Otherwise (crowded
  * neighbourhoods: many vectors within E of each other) that query is scanned again,
  * keeping every vector whose candidate score comes within E of the k-th exact score,
@@ -33,10 +33,11 @@
  * the search masks out.
  *
  * A search takes queries in a batch: for each block, every query of the batch is scored
- * against it while it sits in the L1 cache, and a query keeps its best candidates in a
- * min-heap whose smallest score is the bar the kernel compares against (the kernel
- * returns the mask of lanes above it, so most blocks cost no scalar work). With several
- * OpenMP threads the blocks are split between them, each with its own heaps; all their
+ * against it while it sits in the L1 cache, and a query appends the candidates that beat
+ * its bar to a buffer of twice the candidates it keeps, which a selection cuts back when
+ * full, raising the bar (the kernel returns the mask of lanes above the bar, so most
+ * blocks cost no scalar work). With several OpenMP threads the blocks are split between
+ * them, each with its own buffers; all their
  * candidates are then re-scored in double precision from the float vectors, eight
  * candidates at a time on the kernel's instruction set (fs_dot is the definition every
  * re-scoring kernel matches bit for bit), and only the best k are sorted.
@@ -690,54 +691,6 @@ struct fs_cand {
     int64_t pos; /* position of the vector */
 };
 
-/* A min-heap of at most cap candidates: the root is the weakest kept. */
-struct fs_heap {
-    struct fs_cand *c; /* (cap) the kept candidates, heap-ordered */
-    size_t n;          /* how many are kept */
-    size_t cap;        /* how many may be kept */
-};
-
-/* The score a candidate must beat to enter the heap. */
-static float fs_heap_bar(const struct fs_heap *h)
-{
-    return h->n < h->cap ? -INFINITY : h->c[0].score;
-}
-
-static void fs_heap_push(struct fs_heap *h, float score, int64_t pos)
-{
-    struct fs_cand *c = h->c;
-    size_t i;
-    if (h->n < h->cap) {
-        /* Sift up from the new leaf. */
-        i = h->n++;
-        while (i > 0 && c[(i - 1) / 2].score > score) {
-            c[i] = c[(i - 1) / 2];
-            i = (i - 1) / 2;
-        }
-    } else {
-        if (!(score > c[0].score))
-            return;
-        /* Replace the root and sift down. */
-        i = 0;
-        for (;;) {
-            size_t l = 2 * i + 1, m = i;
-            float ms = score;
-            if (l < h->n && c[l].score < ms) {
-                m = l;
-                ms = c[l].score;
-            }
-            if (l + 1 < h->n && c[l + 1].score < ms)
-                m = l + 1;
-            if (m == i)
-                break;
-            c[i] = c[m];
-            i = m;
-        }
-    }
-    c[i].score = score;
-    c[i].pos = pos;
-}
-
 /* The order of the answer is best score first, equal scores by lower position. The
  * re-scored candidates are sorted in it as 64-bit keys, larger first: the score's bits
  * made to order as unsigned integers (-0 taken as +0, to which it is equal) above the
@@ -772,15 +725,33 @@ static int fs_key_cmp(const void *pa, const void *pb)
     return (a < b) - (a > b);
 }
 
+/* Lomuto's partition of the keys a (m >= 2) around their middle element, without
+ * branches (every element is swapped to the boundary, which moves on only past a larger
+ * key): returns s, with a[0..s) > a[s] (the pivot) >= a(s..m). */
+static size_t fs_partition(uint64_t *a, size_t m)
+{
+    uint64_t p = a[m / 2];
+    a[m / 2] = a[m - 1];
+    a[m - 1] = p;
+    size_t s = 0; /* a[0..s) > p */
+    for (size_t i = 0; i < m - 1; i++) {
+        uint64_t x = a[i];
+        a[i] = a[s];
+        a[s] = x;
+        s += x > p;
+    }
+    a[m - 1] = a[s];
+    a[s] = p;
+    return s;
+}
+
 /* Puts the k (>= 1) largest of the keys a (m) at a[0..min(k, m)), largest first,
  * leaving the rest in some order after them: callers use only the best k (the sort of
  * every query's candidates was most of a search of a small store, and the fused
  * ranking's 4k = 200 of them want only 50). A quicksort that sorts only the parts
- * holding some of the first k: Lomuto's partition around the middle element, without
- * branches (every element is swapped to the boundary, which moves on only past a
- * larger key), then the part before the pivot alone if it holds all of the first k,
- * else it whole and the part after for the rest; insertion sort for runs of 8 or
- * fewer; past a depth of 2 log2 m, qsort itself. Keys differ (positions do), so the
+ * holding some of the first k: the part before the pivot alone if it holds all of the
+ * first k, else it whole and the part after for the rest; insertion sort for runs of 8
+ * or fewer; past a depth of 2 log2 m, qsort itself. Keys differ (positions do), so the
  * first k are the same whichever sort finds them. */
 static void fs_sort(uint64_t *a, size_t m, size_t k, int depth)
 {
@@ -790,18 +761,7 @@ static void fs_sort(uint64_t *a, size_t m, size_t k, int depth)
             qsort(a, m, sizeof *a, fs_key_cmp);
             return;
         }
-        uint64_t p = a[m / 2];
-        a[m / 2] = a[m - 1];
-        a[m - 1] = p;
-        size_t s = 0; /* a[0..s) > p */
-        for (size_t i = 0; i < m - 1; i++) {
-            uint64_t x = a[i];
-            a[i] = a[s];
-            a[s] = x;
-            s += x > p;
-        }
-        a[m - 1] = a[s];
-        a[s] = p;
+        size_t s = fs_partition(a, m);
         if (k <= s) {
             m = s;
             continue;
@@ -823,9 +783,71 @@ static void fs_sort(uint64_t *a, size_t m, size_t k, int depth)
     }
 }
 
-/* Pushes the lanes of block b set in mask (its scores in out) into heap h. */
-static void fs_push_lanes(const qd_flatscan *fs, struct fs_heap *h, size_t b, unsigned mask,
-                          const float *out)
+/* Twice the depth a quicksort of m keys should need. */
+static int fs_depth(size_t m)
+{
+    int depth = 0;
+    for (size_t x = m; x > 1; x >>= 1)
+        depth += 2;
+    return depth;
+}
+
+/* Puts the k (1 <= k < m) largest of the keys a (m) at a[0..k), in some order: the same
+ * partitions as fs_sort, following only the part that holds the k-th. */
+static void fs_select(uint64_t *a, size_t m, size_t k)
+{
+    int depth = fs_depth(m);
+    while (m > 8 && k < m) {
+        if (depth-- <= 0)
+            break; /* what is left is sorted below */
+        size_t s = fs_partition(a, m);
+        if (k <= s) {
+            m = s;
+        } else {
+            if (k == s + 1)
+                return;
+            a += s + 1;
+            m -= s + 1;
+            k -= s + 1;
+        }
+    }
+    if (k < m)
+        fs_sort(a, m, k, 0);
+}
+
+/* A query's candidates during a scan, as keys (fs_key) in a buffer of 2r: a candidate
+ * that beats the bar is appended, and when the buffer is full a selection keeps its best
+ * r and raises the bar to the score of the weakest of them. A min-heap of r kept the bar
+ * at the r-th best after every candidate, but its sift-down mispredicted at most levels
+ * (a third of the scan's time with the fused ranking's r = 200): appending is a store,
+ * and a selection, one per r candidates at most, a few branch-free passes over 2r keys.
+ * The bar rises more slowly, so more candidates are appended than a heap took. */
+struct fs_pool {
+    uint64_t *key; /* (2 r) the candidates */
+    size_t n;      /* how many are held */
+    size_t r;      /* how many a selection keeps */
+    float bar;     /* the score a candidate must beat: -INFINITY before a selection */
+    int cut;       /* candidates were dropped or turned away */
+};
+
+/* Keeps the best r of the pool's candidates (if it holds more) and sets its bar to the
+ * weakest of them. */
+static void fs_pool_cut(struct fs_pool *p)
+{
+    if (p->n <= p->r)
+        return;
+    fs_select(p->key, p->n, p->r);
+    p->n = p->r;
+    uint64_t low = p->key[0];
+    for (size_t i = 1; i < p->n; i++)
+        low = p->key[i] < low ? p->key[i] : low;
+    p->bar = fs_unkey(low).score;
+    p->cut = 1;
+}
+
+/* Appends the lanes of block b set in mask (its scores in out) to pool p. */
+static void fs_append_lanes(const qd_flatscan *fs, struct fs_pool *p, size_t b, unsigned mask,
+                            const float *out)
 {
     size_t first = b * FS_BLOCK;
     if (fs->n - first < FS_BLOCK)
@@ -833,17 +855,19 @@ static void fs_push_lanes(const qd_flatscan *fs, struct fs_heap *h, size_t b, un
     while (mask) {
         int v = __builtin_ctz(mask);
         mask &= mask - 1;
-        fs_heap_push(h, out[v], (int64_t)(first + (size_t)v));
+        p->key[p->n++] = fs_key(out[v], (int64_t)(first + (size_t)v));
+        if (p->n == 2 * p->r)
+            fs_pool_cut(p);
     }
 }
 
-/* Scans blocks [b0, b1) for every query, pushing candidates into heaps (nq): chunk by
+/* Scans blocks [b0, b1) for every query, appending candidates to pools (nq): chunk by
  * chunk, every query over the chunk, FS_QB at a time where the kernel can. qs and qu
  * hold nq rounded up to FS_QB rows: a last group of two or three queries is padded with
  * rows whose bar (+INFINITY) nothing beats, since the wide kernel costs little more than
  * two passes of the narrow one, whose speed is the memory's. */
 static void fs_scan(const qd_flatscan *fs, size_t b0, size_t b1, const int8_t *qs,
-                    const uint8_t *qu, size_t nq, struct fs_heap *heaps)
+                    const uint8_t *qu, size_t nq, struct fs_pool *pools)
 {
     size_t qbytes = fs->dim4 * FS_GROUP;
     float out[FS_QB * FS_BLOCK], bar[FS_QB];
@@ -858,12 +882,12 @@ static void fs_scan(const qd_flatscan *fs, size_t b0, size_t b1, const int8_t *q
                 bar[i] = INFINITY;
             for (size_t b = c0;; b++) {
                 for (size_t i = 0; i < real; i++)
-                    bar[i] = fs_heap_bar(&heaps[j + i]);
+                    bar[i] = pools[j + i].bar;
                 b = run(fs, b, c1, qs + j * qbytes, qu + j * qbytes, qbytes, bar, out, mask);
                 if (b >= c1)
                     break;
                 for (size_t i = 0; i < real; i++)
-                    fs_push_lanes(fs, &heaps[j + i], b, mask[i], out + i * FS_BLOCK);
+                    fs_append_lanes(fs, &pools[j + i], b, mask[i], out + i * FS_BLOCK);
             }
             j += m;
         }
@@ -972,10 +996,7 @@ static void fs_rescore(const qd_flatscan *fs, const float *xb, const float *q,
     fs_exact(fs, xb, q, c, m);
     for (size_t i = 0; i < m; i++)
         keys[i] = fs_key(c[i].score, c[i].pos);
-    int depth = 0;
-    for (size_t x = m; x > 1; x >>= 1)
-        depth += 2;
-    fs_sort(keys, m, k, depth);
+    fs_sort(keys, m, k, fs_depth(m));
     for (size_t i = 0; i < m && i < k; i++)
         c[i] = fs_unkey(keys[i]);
 }
@@ -1036,10 +1057,10 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
     uint64_t *keys = qd_mallocarray(nkeys, sizeof *keys);
     int8_t *qs = qd_calloc(2 * nqp, qbytes);
     float *qscale = qd_mallocarray(nq, 2 * sizeof *qscale);
-    struct fs_heap *heaps = qd_mallocarray((size_t)nt * nq, sizeof *heaps);
-    struct fs_cand *cands = qd_mallocarray((size_t)nt * nq * r, sizeof *cands);
+    struct fs_pool *pools = qd_mallocarray((size_t)nt * nq, sizeof *pools);
+    uint64_t *pkeys = qd_mallocarray((size_t)nt * nq * r, 2 * sizeof *pkeys);
     struct fs_cand *all = qd_mallocarray((size_t)nt * r, sizeof *all);
-    if (!keys || !qs || !qscale || !heaps || !cands || !all)
+    if (!keys || !qs || !qscale || !pools || !pkeys || !all)
         goto out;
     uint8_t *qu = (uint8_t *)qs + nqp * qbytes;
     float *qerr = qscale + nq; /* (nq) E of each query, in exact-score units */
@@ -1056,31 +1077,34 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
         qerr[j] = e * 1.001f + 1e-5f;
     }
     for (size_t h = 0; h < (size_t)nt * nq; h++)
-        heaps[h] = (struct fs_heap){cands + h * r, 0, r};
+        pools[h] = (struct fs_pool){pkeys + h * 2 * r, 0, r, -INFINITY, 0};
 
     if (nt == 1) {
-        fs_scan(fs, 0, nblocks, qs, qu, nq, heaps);
+        fs_scan(fs, 0, nblocks, qs, qu, nq, pools);
     } else {
 #pragma omp parallel num_threads(nt)
         {
             size_t t = (size_t)omp_get_thread_num(), tn = (size_t)omp_get_num_threads();
-            /* A smaller team than asked for leaves the later heaps empty. */
-            fs_scan(fs, nblocks * t / tn, nblocks * (t + 1) / tn, qs, qu, nq, heaps + t * nq);
+            /* A smaller team than asked for leaves the later pools empty. */
+            fs_scan(fs, nblocks * t / tn, nblocks * (t + 1) / tn, qs, qu, nq, pools + t * nq);
         }
     }
 
     /* Re-score every query's candidates exactly and keep the k best. The candidates of
-     * query j sit in the heaps j, nq + j, 2 nq + j, ... */
+     * query j sit in the pools j, nq + j, 2 nq + j, ... */
     size_t nsecond = 0;
     for (size_t j = 0; j < nq; j++) {
         size_t m = 0;
-        float left_out = -INFINITY; /* best candidate score a full heap turned away */
+        float left_out = -INFINITY; /* at least the best candidate score left out */
         for (int t = 0; t < nt; t++) {
-            const struct fs_heap *h = &heaps[(size_t)t * nq + j];
-            memcpy(all + m, h->c, h->n * sizeof *all);
-            m += h->n;
-            if (h->n == h->cap)
-                left_out = fmaxf(left_out, h->c[0].score);
+            struct fs_pool *p = &pools[(size_t)t * nq + j];
+            fs_pool_cut(p);
+            for (size_t i = 0; i < p->n; i++)
+                all[m++] = fs_unkey(p->key[i]);
+            /* What a pool dropped or turned away scored no more than its bar, which is
+             * now the weakest score it kept. */
+            if (p->cut)
+                left_out = fmaxf(left_out, p->bar);
         }
         const float *qj = q + j * (size_t)fs->dim;
         fs_rescore(fs, xb, qj, all, m, k, keys);
@@ -1119,8 +1143,8 @@ out:
     qd_free(all);
     qd_free(qs);
     qd_free(qscale);
-    qd_free(heaps);
-    qd_free(cands);
+    qd_free(pools);
+    qd_free(pkeys);
     return rc;
 }
 
