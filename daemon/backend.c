@@ -78,6 +78,11 @@ static int st_reload(void *ctx, char *old_fp, char *new_fp)
     return st_write_rc(qd_store_reembed_switch(ctx, old_fp, new_fp));
 }
 
+static size_t st_search_batch(void *ctx, size_t dflt)
+{
+    return qd_store_search_batch(ctx, dflt);
+}
+
 void qd_backend_store(qd_store *st, qd_backend *be)
 {
     *be = (qd_backend){
@@ -98,5 +103,6 @@ void qd_backend_store(qd_store *st, qd_backend *be)
         .pin = st_pin,
         .unpin = st_unpin,
         .reload = st_reload,
+        .search_batch = st_search_batch,
     };
 }

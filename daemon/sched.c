@@ -142,6 +142,8 @@ size_t qd_sched_take_reads(qd_sched *s, qd_sched_item **out, size_t cap, int *he
     if (o->split) {
         size_t free_workers = (size_t)(o->threads - s->reads_running);
         share = (s->queued + free_workers - 1) / free_workers;
+        if (share < o->min_share)
+            share = o->min_share;
     }
     size_t n = 0, texts = 0, results = 0, bytes = 0;
     for (;;) {

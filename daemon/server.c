@@ -388,6 +388,15 @@ static void ckpt_recovered(qd_server *s)
     ckpt_timer_regular(s);
 }
 
+/* The least share of what waits that a search worker takes (qd_sched_limits.min_share),
+ * as the store says: it changes with the store's size, so it is asked again after each
+ * write (loop thread). */
+static void update_min_share(qd_server *s)
+{
+    if (s->be.search_batch)
+        s->sched.lim.min_share = s->be.search_batch(s->be.ctx, s->sched.lim.min_share);
+}
+
 static void work_done(uv_work_t *req, int status)
 {
     work *w = (work *)req;
@@ -399,6 +408,7 @@ static void work_done(uv_work_t *req, int status)
          * the switch's own checkpoint fail, the next ones retry it. */
         if (w->rc == 0) {
             s->dirty++;
+            update_min_share(s);
             qd_server_log("SIGHUP: switched from model %s to %s", w->from_fp, w->to_fp);
         }
         else if (w->rc == QD_ERR_NOTFOUND)
@@ -428,10 +438,12 @@ static void work_done(uv_work_t *req, int status)
         qd_server_maybe_finish(s);
         return;
     }
-    if (w->kind == W_WRITE)
+    if (w->kind == W_WRITE) {
         qd_sched_writer_done(&s->sched);
-    else
+        update_min_share(s);
+    } else {
         qd_sched_reads_done(&s->sched, w->heavy);
+    }
     for (size_t i = 0; i < w->n; i++) {
         slot *sl = SLOT_OF(w->items[i]);
         /* The client's next request may now be free to start: the check handle's
@@ -773,6 +785,7 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
         .max_queued_bytes = o->max_queued_bytes,
     };
     qd_sched_init(&s->sched, &lim);
+    update_min_share(s);
 
     /* The pool: one thread per search worker and one for the writer. libuv reads this
      * when the first work item is queued. */

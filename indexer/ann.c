@@ -859,6 +859,11 @@ int qd_ann_get(const qd_ann *a, int64_t id, float *vec)
     return ann_fail(QD_ERR_INDEX, "reconstructing id %" PRId64 ": %s", id, detail);
 }
 
+size_t qd_ann_search_batch(const qd_ann *a)
+{
+    return a->scan && a->use_scan ? qd_flatscan_batch(a->scan) : 1;
+}
+
 size_t qd_ann_count(const qd_ann *a)
 {
     return (size_t)faiss_Index_ntotal(a->index);

@@ -64,6 +64,13 @@
 /* Queries scored together by the wide kernels: each load of a block serves all of them. */
 #define FS_QB 4
 
+/* Codes of more than this many bytes are taken to be read from memory, not the L2
+ * cache, by every search (qd_flatscan_batch): 1 MiB, half of a recent server core's L2
+ * (a search of one query over 8.6 MB of codes took about 0.35 ms, of four queries
+ * about 0.35 ms too, on a 2 MiB L2 and the memory bandwidth of the machine of
+ * BENCHMARKS.md). */
+#define FS_STREAM_BYTES ((size_t)1 << 20)
+
 /* Blocks scanned by all queries of a batch before the next ones: 256 blocks of 128
  * components are 512 KiB, which stay in the L2 cache while every query passes. */
 #define FS_CHUNK 256
@@ -660,6 +667,12 @@ void qd_flatscan_clear(qd_flatscan *fs)
 size_t qd_flatscan_count(const qd_flatscan *fs)
 {
     return fs->n;
+}
+
+size_t qd_flatscan_batch(const qd_flatscan *fs)
+{
+    size_t bytes = fs->n * fs->dim4 * FS_GROUP;
+    return bytes >= FS_STREAM_BYTES && fs->kern->run4 ? FS_QB : 1;
 }
 
 const char *qd_flatscan_kernel(const qd_flatscan *fs)

@@ -900,6 +900,15 @@ int qd_store_search(qd_store *s, const float *q, size_t nq, size_t k, float min_
     return qd_store_search_text(s, q, nq, &o, out);
 }
 
+size_t qd_store_search_batch(qd_store *s, size_t dflt)
+{
+    if (pthread_rwlock_tryrdlock(&s->rw) != 0)
+        return dflt;
+    size_t n = s->ann ? qd_ann_search_batch(s->ann) : 1;
+    pthread_rwlock_unlock(&s->rw);
+    return n;
+}
+
 int qd_store_get_info(qd_store *s, qd_store_info *info)
 {
     st_enter();

@@ -300,6 +300,42 @@ static void test_flat_scan_dropped(void **state)
     qd_ann_free(a);
 }
 
+/* Searches worth batching: 1 for a small Flat store, an HNSW one or FAISS's own scan;
+ * 4 for a Flat store whose 8-bit codes outgrow the L2 cache (1 MiB: 32,768 vectors of
+ * 32 components) where the kernels that score four queries in a pass run. */
+static void test_search_batch(void **state)
+{
+    (void)state;
+    char err[QD_ERRMSG_MAX];
+    qd_ann *a = NULL;
+    assert_int_equal(qd_ann_new(DIM, "HNSW16", &a, err, sizeof err), 0);
+    assert_int_equal(qd_ann_add(a, base, base_id, NB), 0);
+    assert_int_equal(qd_ann_search_batch(a), 1);
+    qd_ann_free(a);
+
+    assert_int_equal(qd_ann_new(DIM, "Flat", &a, err, sizeof err), 0);
+    assert_int_equal(qd_ann_add(a, base, base_id, NB), 0);
+    assert_int_equal(qd_ann_search_batch(a), 1);
+    size_t big = ((size_t)1 << 20) / DIM;
+    float *x = malloc(big * DIM * sizeof *x);
+    int64_t *ids = malloc(big * sizeof *ids);
+    assert_non_null(x);
+    assert_non_null(ids);
+    for (size_t i = 0; i < big; i++) {
+        memcpy(x + i * DIM, base + (i % NB) * DIM, DIM * sizeof *x);
+        ids[i] = 1000000 + (int64_t)i;
+    }
+    assert_int_equal(qd_ann_add(a, x, ids, big), 0);
+    __builtin_cpu_init();
+    size_t want = __builtin_cpu_supports("avx2") ? 4 : 1;
+    assert_int_equal(qd_ann_search_batch(a), want);
+    assert_int_equal(qd_ann_set_param(a, "flatscan", 0), 0);
+    assert_int_equal(qd_ann_search_batch(a), 1);
+    qd_ann_free(a);
+    free(x);
+    free(ids);
+}
+
 static void test_padding_when_fewer_than_k(void **state)
 {
     (void)state;
@@ -893,6 +929,7 @@ int main(void)
         cmocka_unit_test(test_flat_exact),
         cmocka_unit_test(test_flat_scan_matches_faiss),
         cmocka_unit_test(test_flat_scan_dropped),
+        cmocka_unit_test(test_search_batch),
         cmocka_unit_test(test_padding_when_fewer_than_k),
         cmocka_unit_test(test_hnsw),
         cmocka_unit_test(test_ivf),

@@ -151,6 +151,36 @@ static void test_codes_stored(void **state)
     free(x);
 }
 
+/* A store of a few vectors is searched a query at a time; one whose codes outgrow the
+ * L2 cache (1 MiB: 8,192 vectors of 128 components) four at a time, by the kernels that
+ * score four queries in one pass. */
+static void test_batch_hint(void **state)
+{
+    (void)state;
+    int dim = 128;
+    size_t n = 8192;
+    float *x = calloc(n * (size_t)dim, sizeof *x);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++)
+        x[i * (size_t)dim + i % (size_t)dim] = 1.0f;
+    qd_flatscan *fs;
+    assert_int_equal(qd_flatscan_new(dim, &fs), 0);
+    assert_int_equal(qd_flatscan_batch(fs), 1);
+    assert_int_equal(qd_flatscan_add(fs, x, n - 1), 0);
+    assert_int_equal(qd_flatscan_batch(fs), 1);
+    assert_int_equal(qd_flatscan_add(fs, x + (n - 1) * (size_t)dim, 1), 0);
+    for (size_t kk = 0; kk < NKERNELS; kk++) {
+        if (qd_flatscan_set_kernel(fs, kernels[kk]) != 0)
+            continue;
+        size_t want = strcmp(kernels[kk], "generic") == 0 ? 1 : 4;
+        assert_int_equal(qd_flatscan_batch(fs), want);
+    }
+    qd_flatscan_clear(fs);
+    assert_int_equal(qd_flatscan_batch(fs), 1);
+    qd_flatscan_free(fs);
+    free(x);
+}
+
 /* Every kernel's candidate scores equal the plain loop's, bit for bit. */
 static void test_kernels_match_loop(void **state)
 {
@@ -621,6 +651,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantize),
         cmocka_unit_test(test_codes_stored),
+        cmocka_unit_test(test_batch_hint),
         cmocka_unit_test(test_kernels_match_loop),
         cmocka_unit_test(test_search_exact),
         cmocka_unit_test(test_search_edges),

@@ -334,6 +334,39 @@ static void test_split_shares_waiting_reads_among_free_workers(void **state)
     assert_int_equal(s.queued, 4);
 }
 
+/* A store whose search costs about the same for four queries as for one asks for
+ * shares of at least four (min_share): fewer batches, each with more in it. */
+static void test_split_share_has_a_floor(void **state)
+{
+    (void)state;
+    init(3, 64, 1000, 1000, 8);
+    s.lim.split = 1;
+    s.lim.min_share = 4;
+    qd_sched_item *r[8];
+    for (int i = 0; i < 6; i++)
+        r[i] = read1(i % 4);
+    /* Six waiting, three free workers: not two each, but four, then the last two. */
+    qd_sched_item *w1[] = {r[0], r[1], r[2], r[3]};
+    expect_reads(w1, 4, 0);
+    qd_sched_item *w2[] = {r[4], r[5]};
+    expect_reads(w2, 2, 0);
+    assert_int_equal(s.queued, 0);
+    reads_done(w1, 4, 0);
+    reads_done(w2, 2, 0);
+    /* Nine waiting and three free workers: shares of three, which a floor of three
+     * leaves alone; then six waiting and two free: shares of three, raised to four. */
+    for (int i = 0; i < 9; i++)
+        read1(i % 4);
+    qd_sched_item *out[NITEMS];
+    int heavy;
+    s.lim.min_share = 3;
+    assert_int_equal(qd_sched_take_reads(&s, out, NITEMS, &heavy), 3);
+    s.lim.min_share = 4;
+    assert_int_equal(qd_sched_take_reads(&s, out, NITEMS, &heavy), 4);
+    assert_int_equal(qd_sched_take_reads(&s, out, NITEMS, &heavy), 2);
+    assert_int_equal(s.queued, 0);
+}
+
 static void test_cancel_drops_reads_keeps_writes(void **state)
 {
     (void)state;
@@ -379,6 +412,7 @@ int main(void)
         cmocka_unit_test(test_admission_budget),
         cmocka_unit_test(test_cancel_drops_reads_keeps_writes),
         cmocka_unit_test(test_split_shares_waiting_reads_among_free_workers),
+        cmocka_unit_test(test_split_share_has_a_floor),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

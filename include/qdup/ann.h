@@ -125,6 +125,10 @@ int qd_ann_can_get(const qd_ann *a);
 /* Number of vectors held. */
 size_t qd_ann_count(const qd_ann *a);
 
+/* How many queries are worth searching in one call (qd_flatscan_batch for an exact
+ * index answered by 8-bit codes; 1 otherwise). */
+size_t qd_ann_search_batch(const qd_ann *a);
+
 /* Dimension of the vectors. */
 int qd_ann_dim(const qd_ann *a);
 

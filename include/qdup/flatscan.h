@@ -65,6 +65,11 @@ size_t qd_flatscan_count(const qd_flatscan *fs);
 int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, size_t nq,
                        size_t k, size_t rescore, float *scores, int64_t *pos);
 
+/* How many queries are worth searching together: the queries one pass of the kernel
+ * scores (4) once the codes outgrow a processor's L2 cache, since each search then
+ * streams them from memory and that many queries cost about what one does; else 1. */
+size_t qd_flatscan_batch(const qd_flatscan *fs);
+
 /* Name of the kernel in use: "avx512vnni", "avx2" or "generic". */
 const char *qd_flatscan_kernel(const qd_flatscan *fs);
 

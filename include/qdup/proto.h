@@ -115,6 +115,10 @@ typedef struct qd_backend {
      * switching to a staged model; QD_ERR_NOTFOUND when nothing is staged. Serialized
      * by the caller like add, and never called while this thread holds a pin. */
     int (*reload)(void *ctx, char *old_fp, char *new_fp);
+    /* Optional (may be NULL: 1): qd_store_search_batch, how many waiting queries a
+     * search worker should take together; called by the loop thread, never waits,
+     * `dflt` if it cannot tell now. */
+    size_t (*search_batch)(void *ctx, size_t dflt);
 } qd_backend;
 
 /* Size limits on requests and replies. */

@@ -66,6 +66,9 @@ typedef struct qd_sched_limits {
     size_t batch_bytes;      /* most text bytes in a read batch */
     size_t write_batch;      /* most joinable writes in a write batch */
     int split;               /* 1: share what waits among the free search workers */
+    size_t min_share;        /* with split: a share is at least this many items (0 or
+                                1: as split says); the server sets it from the store
+                                (qd_backend.search_batch) */
     size_t max_queued;       /* waiting items, all clients, before busy */
     size_t max_queued_bytes; /* line bytes waiting or at work before busy */
 } qd_sched_limits;
@@ -104,7 +107,8 @@ int qd_sched_reads_free(const qd_sched *s);
  * fit is asked first next time. With lim.split, a batch also stops at its share of
  * what waits: ceil(queued / free search workers) items, so that eight requests and
  * two free workers make two batches of four rather than one of eight and an idle
- * worker. Returns the items taken (0: none ready or no worker free) and in *heavy
+ * worker; but a share is at least lim.min_share items, for a store whose search costs
+ * about the same for that many queries as for one. Returns the items taken (0: none ready or no worker free) and in *heavy
  * whether the batch is one item over a cap. The batch counts as
  * running until qd_sched_reads_done. */
 size_t qd_sched_take_reads(qd_sched *s, qd_sched_item **out, size_t cap, int *heavy);

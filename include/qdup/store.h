@@ -401,6 +401,10 @@ typedef struct qd_store_info {
 
 int qd_store_get_info(qd_store *s, qd_store_info *info);
 
+/* How many queries are worth searching in one call (qd_ann_search_batch), or `dflt`
+ * if a change is being applied right now: it never waits for one. */
+size_t qd_store_search_batch(qd_store *s, size_t dflt);
+
 /* Checks that every live row is in FAISS with its stored vector, that FAISS holds
  * nothing else (tombstones of kinds that cannot remove aside), and that the model
  * matches; also the FAISS file on disk against meta's record, SQLite's own integrity
