@@ -1029,6 +1029,34 @@ int qd_flatscan_exact(const qd_flatscan *fs, const float *xb, const float *q,
     return 0;
 }
 
+/* A search that would re-score every vector (a store of a few hundred, or a rescore
+ * of at least the count) skips the codes: each query scores them all exactly. */
+static int fs_search_all(const qd_flatscan *fs, const float *xb, const float *q, size_t nq,
+                         size_t k, float *scores, int64_t *pos)
+{
+    size_t n = fs->n;
+    struct fs_cand *c = qd_mallocarray(n, sizeof *c);
+    uint64_t *keys = qd_mallocarray(n, sizeof *keys);
+    if (!c || !keys) {
+        qd_free(c);
+        qd_free(keys);
+        return QD_ERR_NOMEM;
+    }
+    for (size_t j = 0; j < nq; j++) {
+        for (size_t i = 0; i < n; i++)
+            c[i] = (struct fs_cand){0, (int64_t)i};
+        fs_rescore(fs, xb, q + j * (size_t)fs->dim, c, n, k, keys);
+        for (size_t i = 0; i < n && i < k; i++) {
+            scores[j * k + i] = c[i].score;
+            pos[j * k + i] = c[i].pos;
+        }
+    }
+    atomic_fetch_add_explicit((atomic_size_t *)&fs->nsearched, nq, memory_order_relaxed);
+    qd_free(c);
+    qd_free(keys);
+    return 0;
+}
+
 int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, size_t nq,
                        size_t k, size_t rescore, float *scores, int64_t *pos)
 {
@@ -1049,6 +1077,8 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
         r = k;
     if (r > fs->n)
         r = fs->n;
+    if (r == fs->n)
+        return fs_search_all(fs, xb, q, nq, k, scores, pos);
 
     size_t nblocks = (fs->n + FS_BLOCK - 1) / FS_BLOCK;
     size_t qbytes = fs->dim4 * FS_GROUP;
