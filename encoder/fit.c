@@ -179,7 +179,7 @@ static int head_fit(const float *vec, size_t dim, const qd_lex_doc *docs,
         float c = 0;
         for (size_t k = 0; k < dim; k++)
             c += x[k] * y[k];
-        qd_head_features(c, st, &docs[vdoc[2 * i]], &docs[vdoc[2 * i + 1]],
+        qd_head_features(c, st, &docs[vdoc[2 * i]], NULL, &docs[vdoc[2 * i + 1]],
                          feat + i * QD_HEAD_NFEAT);
     }
     int rc = qd_head_fit_best(feat, p->dup, p->n, 5, out, rep);
@@ -464,7 +464,7 @@ int qd_fit_pairs_prob(const qd_head *h, const qd_lex_stats *st, const qd_pairs *
         rc = qd_lex_doc_make(&tb, p->q2[i], p->len2[i], &b);
         if (rc == 0) {
             float feat[QD_HEAD_NFEAT];
-            qd_head_features(cosine[i], st, &a, &b, feat);
+            qd_head_features(cosine[i], st, &a, NULL, &b, feat);
             prob[i] = qd_head_prob(h, feat);
             qd_lex_doc_free(&b);
         }

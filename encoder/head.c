@@ -20,10 +20,10 @@
 #define L2_PENALTY 1e-3
 
 void qd_head_features(float cosine, const qd_lex_stats *st, const qd_lex_doc *q,
-                      const qd_lex_doc *d, float feat[QD_HEAD_NFEAT])
+                      const double *qidf, const qd_lex_doc *d, float feat[QD_HEAD_NFEAT])
 {
     feat[QD_HEAD_COSINE] = cosine;
-    qd_lex_pair_signals(st, q, d, feat + 1);
+    qd_lex_pair_signals_idf(st, q, qidf, d, feat + 1);
 }
 
 static double logit_of(const qd_head *h, const float *f)

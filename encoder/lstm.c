@@ -704,15 +704,22 @@ int qd_lstm_forward(const qd_model_hdr *hdr, const qd_params *p, const qd_tokseq
                           : NULL;
     if (gc && reserve_wid(f, ntok, E, H))
         gc = NULL; /* without memory for it, every row is projected */
+    /* A row whose projection the cache holds needs no embedding, unless the pooling
+     * averages the embeddings too. */
+    int skip_cached = gc && !(hdr->pool & QD_POOL_EMB);
     for (size_t t = 0; t < T; t++) {
         for (size_t j = 0; j < f->nact[t]; j++) {
             size_t tok = s->qoff[seq_of(f, f->order[j])] + t;
             float *x = f->x + (f->toff[t] + j) * E;
             uint32_t r0 = s->toff[tok], r1 = s->toff[tok + 1];
             int32_t first = r1 > r0 ? s->rows[r0] : 0;
-            if (gc)
-                f->wid[f->toff[t] + j] =
-                    first >= QD_TOK_NRESERVED && (size_t)first < gc->nwords ? first : -1;
+            if (gc) {
+                int32_t w = first >= QD_TOK_NRESERVED && (size_t)first < gc->nwords ? first : -1;
+                f->wid[f->toff[t] + j] = w;
+                if (skip_cached && w >= 0 && cache_ready(gc->gstate, (size_t)w))
+                    continue; /* once ready, a cached row stays ready: project_cached
+                                 takes it from the cache */
+            }
             if (f->wmean && r1 - r0 > 1 && first >= QD_TOK_NRESERVED &&
                 (size_t)first < f->wmean->nwords)
                 word_mean(f->wmean, (uint32_t)first, p->emb, s->rows + r0, r1 - r0, E, x);

@@ -36,7 +36,6 @@ int qd_rank_rescore(const qd_model_scoring *sc, const qd_lex_stats *st, const qd
         if (c[i].bm25 > best)
             best = c[i].bm25;
     }
-    qd_lex_query_free(&lq);
     for (size_t i = 0; i < n; i++) {
         c[i].lexical = best > 0 ? (float)(c[i].bm25 / best) : 0.0f;
         c[i].score = mode == QD_RANK_COSINE ? c[i].cosine
@@ -50,9 +49,10 @@ int qd_rank_rescore(const qd_model_scoring *sc, const qd_lex_stats *st, const qd
     qsort(c, n, sizeof *c, cmp_cand);
     for (size_t i = 0; i < n && i < k; i++) {
         float feat[QD_HEAD_NFEAT];
-        qd_head_features(c[i].cosine, st, q, c[i].doc, feat);
+        qd_head_features(c[i].cosine, st, q, lq.idf, c[i].doc, feat);
         c[i].p = c[i].identical ? 1.0f : qd_head_prob(&sc->head, feat);
     }
+    qd_lex_query_free(&lq);
     return 0;
 }
 

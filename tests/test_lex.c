@@ -225,6 +225,24 @@ static void test_pair_signals(void **state)
     qd_lex_pair_signals(st, &empty, &d[0], s);
     for (int i = 0; i < QD_LEX_NSIGNALS; i++)
         qt_assert_near(s[i], 0.0, 0);
+    /* With the query's idf values from a qd_lex_query: the same signals, bit for bit;
+     * and the values given are the ones used. */
+    qd_bm25_params bp = {1.2, 0.75};
+    for (int a = 0; a < 4; a++) {
+        qd_lex_query lq;
+        assert_int_equal(qd_lex_query_init(&lq, st, &d[a], bp), 0);
+        for (int b = 0; b < 4; b++) {
+            float want[QD_LEX_NSIGNALS], got[QD_LEX_NSIGNALS];
+            qd_lex_pair_signals(st, &d[a], &d[b], want);
+            qd_lex_pair_signals_idf(st, &d[a], lq.idf, &d[b], got);
+            assert_memory_equal(want, got, sizeof want);
+        }
+        for (uint32_t i = 0; i < d[a].n; i++)
+            lq.idf[i] = 0;
+        qd_lex_pair_signals_idf(st, &d[a], lq.idf, &d[(a + 1) % 4], s);
+        qt_assert_near(s[QD_LEX_IDF_Q], 0.0, 0);
+        qd_lex_query_free(&lq);
+    }
     for (int i = 0; i < 4; i++)
         qd_lex_doc_free(&d[i]);
     qd_lex_stats_free(st);

@@ -51,9 +51,10 @@ typedef struct qd_head {
 } qd_head;
 
 /* The features of a pair: its cosine and, from the two questions' terms and the
- * collection's statistics, the pair signals. */
+ * collection's statistics, the pair signals (qidf: q's idf values, or NULL: looked up;
+ * see qd_lex_pair_signals_idf). */
 void qd_head_features(float cosine, const qd_lex_stats *st, const qd_lex_doc *q,
-                      const qd_lex_doc *d, float feat[QD_HEAD_NFEAT]);
+                      const double *qidf, const qd_lex_doc *d, float feat[QD_HEAD_NFEAT]);
 
 /* P(duplicate) for one pair's features. */
 float qd_head_prob(const qd_head *h, const float feat[QD_HEAD_NFEAT]);

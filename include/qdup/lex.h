@@ -119,6 +119,11 @@ enum {
 void qd_lex_pair_signals(const qd_lex_stats *st, const qd_lex_doc *q, const qd_lex_doc *d,
                          float out[QD_LEX_NSIGNALS]);
 
+/* The same with q's idf values given (qidf[i] for q->term[i], as a qd_lex_query holds
+ * them; NULL: looked up), so that the results of one query do not look them up again. */
+void qd_lex_pair_signals_idf(const qd_lex_stats *st, const qd_lex_doc *q, const double *qidf,
+                             const qd_lex_doc *d, float out[QD_LEX_NSIGNALS]);
+
 #ifdef __cplusplus
 }
 #endif
