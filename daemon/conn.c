@@ -246,15 +246,21 @@ slot *qd_conn_slot_new(client *c)
     return sl;
 }
 
+/* Frees w and the reply lines it holds. */
+static void wreq_free(wreq *w)
+{
+    for (size_t i = 0; i < w->n; i++)
+        qd_free(w->outs[i]);
+    qd_free(w);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     wreq *w = (wreq *)req;
     client *c = (client *)req->handle;
-    for (size_t i = 0; i < w->n; i++)
-        qd_free(w->outs[i]);
     c->out_pending -= w->bytes;
     c->srv->out_total -= w->bytes;
-    qd_free(w);
+    wreq_free(w);
     c->writes--;
     c->t_active = qd_now();
     if (status < 0 && !c->closing) {
@@ -307,11 +313,36 @@ static void client_flush(client *c)
             qd_conn_close(c);
             return;
         }
-        int rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, bufs, (unsigned)w->n, on_write);
+        /* Most replies fit the socket's buffer at once: write them now, and queue only
+         * what it would not take (a queued uv_write costs a callback and, in libuv, an
+         * epoll_ctl for every reply). uv_try_write takes nothing while earlier writes
+         * are queued, so the order holds. */
+        int sent = uv_try_write((uv_stream_t *)&c->pipe, bufs, (unsigned)w->n);
+        if (sent < 0 && sent != UV_EAGAIN) {
+            wreq_free(w);
+            qd_conn_close(c); /* EPIPE, ECONNRESET: the peer is gone */
+            return;
+        }
+        size_t first = 0;
+        if (sent > 0) {
+            c->t_active = qd_now();
+            size_t left = (size_t)sent;
+            w->bytes -= left;
+            while (first < w->n && left >= bufs[first].len)
+                left -= bufs[first++].len;
+            if (first < w->n) {
+                bufs[first].base += left;
+                bufs[first].len -= (unsigned)left;
+            }
+        }
+        if (first == w->n) {
+            wreq_free(w);
+            continue;
+        }
+        int rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, bufs + first,
+                          (unsigned)(w->n - first), on_write);
         if (rc < 0) {
-            for (size_t i = 0; i < w->n; i++)
-                qd_free(w->outs[i]);
-            qd_free(w);
+            wreq_free(w);
             qd_conn_close(c);
             return;
         }
