@@ -37,10 +37,11 @@
  * its bar to a buffer of twice the candidates it keeps, which a selection cuts back when
  * full, raising the bar (the kernel returns the mask of lanes above the bar, so most
  * blocks cost no scalar work). With several OpenMP threads the blocks are split between
- * them, each with its own buffers; all their
- * candidates are then re-scored in double precision from the float vectors, eight
- * candidates at a time on the kernel's instruction set (fs_dot is the definition every
- * re-scoring kernel matches bit for bit), and only the best k are sorted.
+ * them, each with its own buffers; all their candidates are then re-scored in double
+ * precision from the float vectors, eight candidates at a time on the kernel's
+ * instruction set (fs_dot is the definition every re-scoring kernel matches bit for
+ * bit), and only the best k are sorted. A search that would re-score every vector skips
+ * the codes (fs_search_all).
  */
 #include "flatscan_impl.h"
 
@@ -65,10 +66,10 @@
 #define FS_QB 4
 
 /* Codes of more than this many bytes are taken to be read from memory, not the L2
- * cache, by every search (qd_flatscan_batch): 1 MiB, half of a recent server core's L2
- * (a search of one query over 8.6 MB of codes took about 0.35 ms, of four queries
- * about 0.35 ms too, on a 2 MiB L2 and the memory bandwidth of the machine of
- * BENCHMARKS.md). */
+ * cache, by every search (qd_flatscan_batch): 1 MiB, half of a recent server core's L2.
+ * Streamed from memory, a pass over the codes for FS_QB queries takes about as long as
+ * for one (on the machine of BENCHMARKS.md, 8.6 MB of codes in about 0.35 ms either
+ * way). */
 #define FS_STREAM_BYTES ((size_t)1 << 20)
 
 /* Blocks scanned by all queries of a batch before the next ones: 256 blocks of 128
