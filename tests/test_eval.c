@@ -739,6 +739,54 @@ static void test_bench_encode(void **state)
 }
 
 /* The training comparison on a small made-up set, C side only (one step of 256). */
+/* qdup-bench search over an exact store: every query's own top k, whether searched one
+ * at a time or several per call (a mix-up of the batch's results would cost recall). */
+static void test_bench_search(void **state)
+{
+    (void)state;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/data_bsearch", qt_tmp_dir());
+    make_data(dir);
+    char model[4096], db[4200], cmd[20000], last[512], *out, *err;
+    snprintf(model, sizeof model, "%s/fwd_plain.qdm", qt_fixtures_dir());
+    snprintf(db, sizeof db, "%s/s.db", dir);
+    const char *bin = qt_bin_dir();
+    snprintf(cmd, sizeof cmd, "'%s/qdup-index' build --model '%s' --db '%s' --index Flat --quiet '%s'",
+             bin, model, db, qt_path(dir, "questions.tsv"));
+    int st = run(cmd, &out, &err);
+    if (st != 0)
+        fail_msg("qdup-index build exited %d: %s", st, err);
+    free(out), free(err);
+    for (int batch = 1; batch <= 4; batch += 3) {
+        snprintf(cmd, sizeof cmd, "'%s/qdup-bench' search --db '%s' --queries '%s' -n 20 -k 5 "
+                 "--batch %d", bin, db, qt_path(dir, "questions.tsv"), batch);
+        st = run(cmd, &out, &err);
+        if (st != 0)
+            fail_msg("qdup-bench search --batch %d exited %d: %s", batch, st, err);
+        last_line(out, last, sizeof last);
+        unsigned n, k, b;
+        double recall, us;
+        const char *r = strstr(last, " n=");
+        assert_non_null(r);
+        assert_int_equal(sscanf(r, " n=%u k=%u", &n, &k), 2);
+        assert_int_equal(n, 20);
+        assert_int_equal(k, 5);
+        r = strstr(last, "recall_at_k=");
+        assert_non_null(r);
+        assert_int_equal(sscanf(r, "recall_at_k=%lf batch=%u us_per_query=%lf", &recall, &b, &us),
+                         3);
+        qt_assert_near(recall, 1.0, 0);
+        assert_int_equal(b, (unsigned)batch);
+        assert_true(us > 0);
+        free(out), free(err);
+    }
+    snprintf(cmd, sizeof cmd, "'%s/qdup-bench' search --db '%s' --queries '%s' --batch 0", bin,
+             db, qt_path(dir, "questions.tsv"));
+    assert_int_equal(run(cmd, &out, &err), 2);
+    assert_non_null(strstr(err, "--batch"));
+    free(out), free(err);
+}
+
 static void test_bench_train(void **state)
 {
     (void)state;
@@ -804,6 +852,7 @@ int main(void)
         cmocka_unit_test(test_eval_program),
         cmocka_unit_test(test_eval_errors),
         cmocka_unit_test(test_bench_encode),
+        cmocka_unit_test(test_bench_search),
         cmocka_unit_test(test_bench_train),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -3,9 +3,10 @@
  *
  * The store is opened read-only, as qdup-daemon opens it (FAISS file, row table), and
  * N questions drawn from a dump are embedded with the store's model, then searched one
- * at a time through qd_store_search, the call the daemon makes for each request (JSON
- * aside), on one FAISS thread unless told otherwise (the daemon runs one search per
- * worker thread). A warm-up of up to 50 queries comes first.
+ * at a time (or --batch at a time, as a daemon worker searches the queries waiting)
+ * through qd_store_search, the call the daemon makes for each request (JSON aside), on
+ * one FAISS thread unless told otherwise (the daemon runs one search per worker
+ * thread). A warm-up of up to 50 queries comes first.
  *
  * Recall is measured against exact search done apart from FAISS: every live row's
  * vector is read from the database (SQLite, the truth the index is built from) one
@@ -40,12 +41,14 @@
 
 static const char usage[] =
     "usage: qdup-bench search --db DB --queries FILE [-n N] [-k K] [--param NAME=V]...\n"
-    "                  [--threads N] [--seed N] [--model MODEL] [--no-exact]\n"
+    "                  [--batch N] [--threads N] [--seed N] [--model MODEL] [--no-exact]\n"
     "\n"
     "Latency and recall of the index of a store built by qdup-index. N questions drawn\n"
     "(seeded) from FILE are embedded with the store's model and searched one at a time\n"
     "with qd_store_search, as qdup-daemon searches (after a warm-up of up to 50);\n"
-    "p50, p90, p99 and max latency are printed. Then the exact top K of every query is\n"
+    "p50, p90, p99 and max latency are printed (with --batch N, N queries per call, as\n"
+    "a daemon worker searches N waiting queries: latency per call, and the mean time per\n"
+    "query). Then the exact top K of every query is\n"
     "computed from the vectors stored in the database (not from FAISS) with BLAS, and\n"
     "recall@K is the mean share of those the index returned.\n"
     "\n"
@@ -53,6 +56,7 @@ static const char usage[] =
     "  --queries FILE    question dump to draw the queries from (required)\n"
     "  -n N              queries (default 1000)\n"
     "  -k K              results per query (default 10)\n"
+    "  --batch N         queries per search call (default 1)\n"
     "  --param NAME=V    FAISS search parameter, e.g. nprobe=16 (IVF), efSearch=64\n"
     "                    (HNSW); repeatable\n"
     "  --threads N       FAISS threads per search (default 1, as in the daemon)\n"
@@ -64,11 +68,12 @@ static const char usage[] =
     "  -h, --help        this help\n"
     "\n"
     "The last line is machine-readable: RESULT spec=... rows=... p50_ms=... p99_ms=...\n"
-    "recall_at_k=... (recall -1 with --no-exact).\n";
+    "recall_at_k=... batch=... us_per_query=... (recall -1 with --no-exact).\n";
 
 typedef struct search_opts {
     const char *db, *queries, *model;
     size_t n, k;
+    size_t batch;            /* queries per search call */
     const char *params[MAX_PARAMS];
     int nparams;
     int threads;
@@ -217,6 +222,7 @@ static int run(const search_opts *o)
     size_t *pick = NULL;
     int64_t *got = NULL, *truth = NULL;
     double *lat = NULL;
+    qd_store_hits *hits = NULL;
     int status = 1;
 
     qd_store_opts so = {.model_path = o->model, .readonly = 1};
@@ -275,27 +281,38 @@ static int run(const search_opts *o)
         goto done;
     }
 
-    /* One at a time, as the daemon's workers search. */
-    for (size_t i = 0; i < warm + n; i++) {
-        size_t qi = i < warm ? i : i - warm;
-        qd_store_hits h;
-        double a = qd_now();
-        if (qd_store_search(s, qv + qi * (size_t)dim, 1, k, -2.0f, NULL, &h) != 0) {
-            fprintf(stderr, PROG ": search: %s\n", qd_store_errmsg(s));
-            goto done;
+    /* batch queries per call, as a daemon worker searches what waits: a warm-up of up
+     * to WARMUP queries, then the n measured (the last call may hold fewer). */
+    size_t nb = o->batch, ncalls = 0;
+    hits = qd_mallocarray(nb, sizeof *hits);
+    if (!hits) {
+        fprintf(stderr, PROG ": out of memory\n");
+        goto done;
+    }
+    for (int measured = 0; measured < 2; measured++) {
+        size_t end = measured ? n : warm;
+        for (size_t q0 = 0; q0 < end; q0 += nb) {
+            size_t m = end - q0 < nb ? end - q0 : nb;
+            double a = qd_now();
+            if (qd_store_search(s, qv + q0 * (size_t)dim, m, k, -2.0f, NULL, hits) != 0) {
+                fprintf(stderr, PROG ": search: %s\n", qd_store_errmsg(s));
+                goto done;
+            }
+            double ms = (qd_now() - a) * 1e3;
+            for (size_t b = 0; b < m; b++) {
+                if (measured)
+                    for (size_t j = 0; j < k; j++)
+                        got[(q0 + b) * k + j] = j < hits[b].n ? hits[b].hit[j].row.row : -1;
+                qd_store_hits_free(&hits[b]);
+            }
+            if (measured)
+                lat[ncalls++] = ms;
         }
-        double ms = (qd_now() - a) * 1e3;
-        if (i >= warm) {
-            lat[qi] = ms;
-            for (size_t j = 0; j < k; j++)
-                got[qi * k + j] = j < h.n ? h.hit[j].row.row : -1;
-        }
-        qd_store_hits_free(&h);
     }
     double total_ms = 0;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < ncalls; i++)
         total_ms += lat[i];
-    qsort(lat, n, sizeof *lat, cmp_double);
+    qsort(lat, ncalls, sizeof *lat, cmp_double);
 
     double recall = -1;
     if (o->exact) {
@@ -326,19 +343,20 @@ static int run(const search_opts *o)
            info.live ? (double)disk / (double)info.live : 0.0);
     for (int i = 0; i < o->nparams; i++)
         printf("param:     %s\n", o->params[i]);
-    printf("queries:   %zu from %s, k %zu, one at a time, %d FAISS thread(s), BLAS "
-           "threshold %d\n", n, o->queries, k, o->threads, blas);
-    printf("latency:   p50 %.3f ms, p90 %.3f ms, p99 %.3f ms, max %.3f ms, mean %.3f ms\n",
-           pct(lat, n, 0.50), pct(lat, n, 0.90), pct(lat, n, 0.99), lat[n - 1],
-           total_ms / (double)n);
+    printf("queries:   %zu from %s, k %zu, %zu per call, %d FAISS thread(s), BLAS "
+           "threshold %d\n", n, o->queries, k, nb, o->threads, blas);
+    printf("latency:   p50 %.3f ms, p90 %.3f ms, p99 %.3f ms, max %.3f ms, mean %.3f ms "
+           "per call; %.1f us per query\n",
+           pct(lat, ncalls, 0.50), pct(lat, ncalls, 0.90), pct(lat, ncalls, 0.99),
+           lat[ncalls - 1], total_ms / (double)ncalls, total_ms * 1e3 / (double)n);
     if (recall >= 0)
         printf("recall@%zu: %.4f (against exact inner product over the stored vectors)\n", k,
                recall);
     printf("RESULT spec=%s rows=%llu bytes_per_question=%.0f n=%zu k=%zu p50_ms=%.3f "
-           "p99_ms=%.3f recall_at_k=%.4f\n",
+           "p99_ms=%.3f recall_at_k=%.4f batch=%zu us_per_query=%.1f\n",
            info.index_spec, (unsigned long long)info.live,
-           info.live ? (double)disk / (double)info.live : 0.0, n, k, pct(lat, n, 0.50),
-           pct(lat, n, 0.99), recall);
+           info.live ? (double)disk / (double)info.live : 0.0, n, k, pct(lat, ncalls, 0.50),
+           pct(lat, ncalls, 0.99), recall, nb, total_ms * 1e3 / (double)n);
     status = 0;
 done:
     qd_free(pick);
@@ -346,6 +364,7 @@ done:
     qd_free(got);
     qd_free(truth);
     qd_free(lat);
+    qd_free(hits);
     qd_texts_free(&t);
     qd_store_close(s);
     return status;
@@ -353,12 +372,14 @@ done:
 
 int bench_search_main(int argc, char **argv)
 {
-    enum { O_DB = 256, O_QUERIES, O_PARAM, O_THREADS, O_BLAS, O_SEED, O_MODEL, O_NOEXACT };
+    enum { O_DB = 256, O_QUERIES, O_PARAM, O_THREADS, O_BLAS, O_SEED, O_MODEL, O_NOEXACT,
+           O_BATCH };
     static const struct option longopts[] = {
         {"db", required_argument, 0, O_DB},
         {"queries", required_argument, 0, O_QUERIES},
         {"param", required_argument, 0, O_PARAM},
         {"threads", required_argument, 0, O_THREADS},
+        {"batch", required_argument, 0, O_BATCH},
         {"blas-threshold", required_argument, 0, O_BLAS},
         {"seed", required_argument, 0, O_SEED},
         {"model", required_argument, 0, O_MODEL},
@@ -366,7 +387,8 @@ int bench_search_main(int argc, char **argv)
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
-    search_opts o = {.n = 1000, .k = 10, .threads = 1, .blas_threshold = -1, .seed = 1, .exact = 1};
+    search_opts o = {.n = 1000, .k = 10, .batch = 1, .threads = 1, .blas_threshold = -1,
+                     .seed = 1, .exact = 1};
     double v;
     int c;
     optind = 1;
@@ -390,6 +412,10 @@ int bench_search_main(int argc, char **argv)
         case 'k':
             if (parse_num("-k", optarg, 1, QD_STORE_MAX_K, &v)) return 2;
             o.k = (size_t)v;
+            break;
+        case O_BATCH:
+            if (parse_num("--batch", optarg, 1, 256, &v)) return 2;
+            o.batch = (size_t)v;
             break;
         case O_THREADS:
             if (parse_num("--threads", optarg, 1, 256, &v)) return 2;
