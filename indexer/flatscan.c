@@ -840,8 +840,8 @@ struct fs_pool {
     uint64_t *key; /* (2 r) the candidates */
     size_t n;      /* how many are held */
     size_t r;      /* how many a selection keeps */
-    float bar;     /* the score a candidate must beat: -INFINITY before a selection */
-    int cut;       /* candidates were dropped or turned away */
+    float bar;     /* the score a candidate must beat: -INFINITY before a selection,
+                      then the weakest score the last one kept (scores are finite) */
 };
 
 /* Keeps the best r of the pool's candidates (if it holds more) and sets its bar to the
@@ -856,7 +856,6 @@ static void fs_pool_cut(struct fs_pool *p)
     for (size_t i = 1; i < p->n; i++)
         low = p->key[i] < low ? p->key[i] : low;
     p->bar = fs_unkey(low).score;
-    p->cut = 1;
 }
 
 /* Appends the lanes of block b set in mask (its scores in out) to pool p. */
@@ -1121,7 +1120,7 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
         qerr[j] = e * 1.001f + 1e-5f;
     }
     for (size_t h = 0; h < (size_t)nt * nq; h++)
-        pools[h] = (struct fs_pool){pkeys + h * 2 * r, 0, r, -INFINITY, 0};
+        pools[h] = (struct fs_pool){pkeys + h * 2 * r, 0, r, -INFINITY};
 
     if (nt == 1) {
         fs_scan(fs, 0, nblocks, qs, qu, nq, pools);
@@ -1146,9 +1145,8 @@ int qd_flatscan_search(const qd_flatscan *fs, const float *xb, const float *q, s
             for (size_t i = 0; i < p->n; i++)
                 all[m++] = fs_unkey(p->key[i]);
             /* What a pool dropped or turned away scored no more than its bar, which is
-             * now the weakest score it kept. */
-            if (p->cut)
-                left_out = fmaxf(left_out, p->bar);
+             * now the weakest score it kept (-INFINITY if it never had to drop any). */
+            left_out = fmaxf(left_out, p->bar);
         }
         const float *qj = q + j * (size_t)fs->dim;
         fs_rescore(fs, xb, qj, all, m, k, keys);
