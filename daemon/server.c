@@ -42,6 +42,7 @@
 #include <uv.h>
 
 #include "qdup/common.h"
+#include "qdup/hugepage.h"
 #include "qdup/log.h"
 #include "qdup/sched.h"
 #include "server_impl.h"
@@ -78,6 +79,7 @@ void qd_server_opts_default(qd_server_opts *o)
     o->drain_s = 10;
     o->request_timeout_s = 30;
     o->idle_timeout_s = 0;
+    o->huge_pages = 1;
     qd_proto_limits_default(&o->limits);
     o->limits.max_reply = 4u * 1024 * 1024; /* below max_output: a reply alone never
                                                gets a reading client dropped */
@@ -284,13 +286,38 @@ void qd_server_handle_line(client *c, const char *line, size_t len)
 
 /* --- work ----------------------------------------------------------------------------- */
 
+/* The index's and the model's memory on 2 MiB pages (hugepage.h), if configured: at
+ * start, and again after each checkpoint and switch of model, since a write that grows
+ * FAISS's vectors or a new model's tables moves them to new small pages. Buffers below
+ * 4 MiB are left alone: few TLB misses to spare there. A kernel that cannot collapse
+ * (before 6.1) is said once, at start; the pages stay small, nothing else changes. */
+static void server_huge_pages(qd_server *s, int at_start)
+{
+    if (!s->o.huge_pages)
+        return;
+    qd_hugepage_stats st;
+    double t0 = qd_now();
+    int rc = qd_hugepage_collapse((size_t)4 << 20, &st);
+    double ms = (qd_now() - t0) * 1e3;
+    qd_log(at_start ? QD_LOG_INFO : QD_LOG_DEBUG,
+           "huge pages: %zu MiB of %zu large buffers on 2 MiB pages, %zu MiB not (%s), "
+           "%.0f ms", st.huge >> 20, st.mappings, st.failed >> 20,
+           rc ? strerror(-rc) : "ok", ms);
+}
+
 static void work_run(uv_work_t *req)
 {
     work *w = (work *)req;
     qd_server *s = w->srv;
+    if (w->kind == W_PAGES) {
+        server_huge_pages(s, 1);
+        return;
+    }
     if (w->kind == W_CHECKPOINT || w->kind == W_RELOAD) {
         w->rc = w->kind == W_CHECKPOINT ? s->be.checkpoint(s->be.ctx)
                                         : s->be.reload(s->be.ctx, w->from_fp, w->to_fp);
+        if (w->rc == 0)
+            server_huge_pages(s, 0);
         if (w->rc) {
             const char *m = s->be.errmsg ? s->be.errmsg(s->be.ctx) : NULL;
             snprintf(w->err, sizeof w->err, "%s", m && *m ? m : qd_strerror(w->rc));
@@ -416,6 +443,12 @@ static void work_done(uv_work_t *req, int status)
         else
             qd_log(QD_LOG_ERR, "SIGHUP: the switch to the staged model failed: %s; the "
                    "model is unchanged", w->err);
+        work_free(w);
+        qd_server_maybe_finish(s);
+        return;
+    }
+    if (w->kind == W_PAGES) {
+        qd_sched_writer_done(&s->sched);
         work_free(w);
         qd_server_maybe_finish(s);
         return;
@@ -837,6 +870,13 @@ int qd_server_new(const qd_server_opts *o, const qd_backend *be, qd_server **out
         s->ckpt_fails = info.checkpoint_failing ? info.checkpoint_failures : 0;
     }
     sweep_timer_start(s);
+    /* Huge pages at start, in the writer's slot: searches are served meanwhile (on
+     * small pages), writes wait for it (about 3 ms per MiB collapsed). */
+    work *pw = s->o.huge_pages ? work_new(s, W_PAGES, 0) : NULL;
+    if (pw) {
+        qd_sched_claim_writer(&s->sched);
+        work_submit(s, pw);
+    }
     /* The readiness line scripts and tests wait for. */
     qd_server_log("listening on %s%s", s->socket_path,
                   s->activated ? " (socket from systemd)" : "");

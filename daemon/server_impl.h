@@ -86,13 +86,14 @@ struct client {
     double t_active;     /* when bytes last came in or a reply last went out */
 };
 
-enum { W_READ, W_WRITE, W_CHECKPOINT, W_RELOAD };
+enum { W_READ, W_WRITE, W_CHECKPOINT, W_RELOAD, W_PAGES };
 
 /* A unit of pool work. */
 typedef struct work {
     uv_work_t w;         /* first */
     qd_server *srv;          /* owner */
-    int kind;            /* W_READ, W_WRITE, W_CHECKPOINT or W_RELOAD (SIGHUP's) */
+    int kind;            /* W_READ, W_WRITE, W_CHECKPOINT, W_RELOAD (SIGHUP's) or
+                            W_PAGES (huge pages at start) */
     int heavy;           /* W_READ: one request over a batch cap on its own */
     size_t n;            /* requests */
     size_t cap;          /* room for requests */

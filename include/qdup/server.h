@@ -77,6 +77,9 @@ typedef struct qd_server_opts {
     int (*reload)(void *ctx, struct qd_server_opts *o);
     void *reload_ctx;         /* reload's first argument */
     qd_rank_mode rank;        /* see qd_proto.rank (0: fused) */
+    int huge_pages;           /* 1 (default): the process's large buffers are put on
+                                 2 MiB pages (hugepage.h) before listening and after
+                                 each checkpoint and switch of model */
 } qd_server_opts;
 
 /* The defaults above (socket_path NULL). */
