@@ -6,8 +6,10 @@
  * malloc and FAISS's vectors get), has min_bytes or more resident and is at least half
  * resident: the buffers a search reads qualify, a thread's stack or ASan's shadow
  * (terabytes reserved, little touched) does not. Each 2 MiB-aligned range of such a
- * mapping is collapsed only if mincore(2) says all its small pages are resident, so a
- * range is never filled in with pages nobody wrote. A range already on a huge page
+ * mapping is collapsed only if /proc/self/pagemap says all its small pages are present,
+ * so a range is never filled in with pages nobody wrote. (Not mincore(2): systemd's
+ * @system-service filter, which qdup.service uses, does not allow it, and a call
+ * outside the filter kills the process.) A range already on a huge page
  * costs the kernel a look at its page table entry; a mapping already all huge is
  * skipped without a call. The mapping's flags are left as they were (no
  * MADV_HUGEPAGE): what it grows later faults in small pages as before, and the next
@@ -16,6 +18,7 @@
 #include "qdup/hugepage.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -48,21 +51,25 @@ static int kb_field(const char *line, const char *name, size_t *out)
     return 1;
 }
 
-/* 1 if all small pages of [p, p + HP_SIZE) are resident. */
-static int all_resident(uintptr_t p, size_t page)
+/* 1 if all small pages of [p, p + HP_SIZE) are present: bit 63 of each one's entry in
+ * pagemap (pm), 8 bytes per page at the page's index. */
+static int all_resident(int pm, uintptr_t p, size_t page)
 {
-    unsigned char vec[HP_SIZE / 4096];
+    uint64_t e[HP_SIZE / 4096];
     size_t n = HP_SIZE / page;
-    if (n > sizeof vec || mincore((void *)p, HP_SIZE, vec) != 0)
+    if (n > sizeof e / sizeof *e)
+        return 0;
+    ssize_t want = (ssize_t)(n * sizeof *e);
+    if (pread(pm, e, (size_t)want, (off_t)(p / page * sizeof *e)) != want)
         return 0;
     for (size_t i = 0; i < n; i++)
-        if (!(vec[i] & 1))
+        if (!(e[i] >> 63))
             return 0;
     return 1;
 }
 
 /* Collapses the fully resident 2 MiB ranges of m; -errno of the first refusal. */
-static int collapse_map(const hp_map *m, size_t page, qd_hugepage_stats *st)
+static int collapse_map(const hp_map *m, int pm, size_t page, qd_hugepage_stats *st)
 {
     uintptr_t lo = (m->lo + HP_SIZE - 1) & ~(HP_SIZE - 1), hi = m->hi & ~(HP_SIZE - 1);
     st->mappings++;
@@ -74,7 +81,7 @@ static int collapse_map(const hp_map *m, size_t page, qd_hugepage_stats *st)
     }
     int err = 0;
     for (uintptr_t p = lo; p < hi; p += HP_SIZE) {
-        if (!all_resident(p, page))
+        if (!all_resident(pm, p, page))
             continue;
         if (madvise((void *)p, HP_SIZE, MADV_COLLAPSE) == 0) {
             st->huge += HP_SIZE;
@@ -98,6 +105,12 @@ int qd_hugepage_collapse(size_t min_bytes, qd_hugepage_stats *st)
     FILE *f = fopen("/proc/self/smaps", "re");
     if (!f)
         return -errno;
+    int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pm < 0) {
+        int e = -errno;
+        fclose(f);
+        return e;
+    }
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     char line[512];
     hp_map m = {0};
@@ -128,12 +141,13 @@ int qd_hugepage_collapse(size_t min_bytes, qd_hugepage_stats *st)
         if (!m.eligible || m.rss < min_bytes || m.rss < (m.hi - m.lo) / 2 ||
             strstr(line, " nh") != NULL)
             continue;
-        int rc = collapse_map(&m, page, st);
+        int rc = collapse_map(&m, pm, page, st);
         if (rc && !err)
             err = rc;
         if (err == -EINVAL || err == -EPERM)
             break;
     }
+    close(pm);
     fclose(f);
     return err;
 }
