@@ -883,8 +883,16 @@ static void test_periodic_checkpoint(void **state)
     struct stat st0;
     assert_int_equal(stat(faiss, &st0), 0);
     ino_t ino0 = st0.st_ino;
-    const char *args[] = {"--db", db, "--checkpoint-interval", "0.1", NULL};
+    const char *args[] = {"--db", db, "--checkpoint-interval", "0.1", "--log-level", "debug",
+                          NULL};
     pid_t pid = start_daemon(sock, log, args, NULL);
+    /* The huge pages at start (after "listening on", in the writer's slot), then after
+     * the checkpoint below. */
+    double end = qd_now() + DEADLINE;
+    while (qd_now() < end && !file_has(log, "huge pages:"))
+        usleep(20000);
+    assert_true(file_has(log, "huge pages:"));
+    long mark = file_size(log);
     conn c;
     assert_int_equal(conn_open(&c, sock), 0);
     for (unsigned i = 0; i < 5; i++) {
@@ -894,7 +902,7 @@ static void test_periodic_checkpoint(void **state)
     }
     /* Send nothing and watch the FAISS file: a checkpoint replaces it (a new inode by
      * rename), and must not need client I/O to happen. */
-    double end = qd_now() + DEADLINE;
+    end = qd_now() + DEADLINE;
     struct stat fst;
     while (qd_now() < end && (stat(faiss, &fst) != 0 || fst.st_ino == ino0))
         usleep(20000);
@@ -913,10 +921,48 @@ static void test_periodic_checkpoint(void **state)
             usleep(20000);
     }
     assert_true(saved);
+    assert_true(file_has_from(log, mark, "huge pages:"));
     conn_close(&c);
     assert_int_equal(stop_daemon(pid, SIGTERM), 0);
     /* Nothing was left to save at shutdown. */
     assert_false(file_has(log, "saving the index"));
+}
+
+/* --huge-pages no: the memory is left alone, at start and at checkpoints. */
+static void test_huge_pages_off(void **state)
+{
+    (void)state;
+    char db[4096], sock[4096], log[4096];
+    snprintf(db, sizeof db, "%s", qt_path(qt_tmp_dir(), "hp.db"));
+    snprintf(sock, sizeof sock, "%s", qt_path(qt_tmp_dir(), "hp.sock"));
+    snprintf(log, sizeof log, "%s", qt_path(qt_tmp_dir(), "hp.log"));
+    make_store(db, 10);
+    const char *args[] = {"--db", db, "--checkpoint-interval", "0.1", "--log-level", "debug",
+                          "--huge-pages", "no", NULL};
+    pid_t pid = start_daemon(sock, log, args, NULL);
+    conn c;
+    assert_int_equal(conn_open(&c, sock), 0);
+    expect_ok(rpcf(&c, "{\"op\":\"add\",\"id\":\"hp1\",\"text\":\"huge pages left alone\"}"));
+    int saved = 0;
+    double end = qd_now() + DEADLINE;
+    while (!saved && qd_now() < end) {
+        json_t *j = rpcf(&c, "{\"op\":\"stats\"}");
+        saved = json_integer_value(json_object_get(json_object_get(j, "stats"),
+                                                   "checkpoints")) >= 1;
+        json_decref(j);
+        if (!saved)
+            usleep(20000);
+    }
+    assert_true(saved);
+    conn_close(&c);
+    assert_int_equal(stop_daemon(pid, SIGTERM), 0);
+    assert_false(file_has(log, "huge pages"));
+    /* A value other than yes or no is refused, naming the option. */
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "%s --db %s --socket %s --huge-pages maybe 2>%s", bin("qdup-daemon"),
+             db, sock, log);
+    assert_int_equal(WEXITSTATUS(system(cmd)), 2);
+    assert_true(file_has(log, "--huge-pages maybe: must be yes or no"));
 }
 
 /* A model other than the store's is refused at start. */
@@ -1266,6 +1312,7 @@ int main(void)
         cmocka_unit_test(test_sigkill_restart),
         cmocka_unit_test(test_socket_path_guard),
         cmocka_unit_test(test_periodic_checkpoint),
+        cmocka_unit_test(test_huge_pages_off),
         cmocka_unit_test(test_model_mismatch),
         cmocka_unit_test(test_search_param),
         cmocka_unit_test(test_config_file),
