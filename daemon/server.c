@@ -286,15 +286,15 @@ void qd_server_handle_line(client *c, const char *line, size_t len)
 
 /* --- work ----------------------------------------------------------------------------- */
 
-/* The index's and the model's memory on 2 MiB pages (hugepage.h), if configured: at
- * start, and again after each checkpoint and switch of model, since a write that grows
- * FAISS's vectors or a new model's tables moves them to new small pages. Buffers below
- * 4 MiB are left alone: few TLB misses to spare there. A kernel that cannot collapse
- * (before 6.1) is said once, at start; the pages stay small, nothing else changes. */
-static void server_huge_pages(qd_server *s, int at_start)
+/* The index's and the model's memory on 2 MiB pages (hugepage.h), on a pool thread in
+ * the writer's slot, if configured (the loop thread decides: work.pages, W_PAGES): at
+ * start, and again after each checkpoint and switch of model while running, since a
+ * write that grows FAISS's vectors or a new model's tables moves them to new small
+ * pages; not after the checkpoint at shutdown. Buffers below 4 MiB are left alone: few
+ * TLB misses to spare there. A kernel that cannot collapse (before 6.1) is said once, at
+ * start; the pages stay small, nothing else changes. */
+static void server_huge_pages(int at_start)
 {
-    if (!s->o.huge_pages)
-        return;
     qd_hugepage_stats st;
     double t0 = qd_now();
     int rc = qd_hugepage_collapse((size_t)4 << 20, &st);
@@ -310,14 +310,14 @@ static void work_run(uv_work_t *req)
     work *w = (work *)req;
     qd_server *s = w->srv;
     if (w->kind == W_PAGES) {
-        server_huge_pages(s, 1);
+        server_huge_pages(1);
         return;
     }
     if (w->kind == W_CHECKPOINT || w->kind == W_RELOAD) {
         w->rc = w->kind == W_CHECKPOINT ? s->be.checkpoint(s->be.ctx)
                                         : s->be.reload(s->be.ctx, w->from_fp, w->to_fp);
-        if (w->rc == 0)
-            server_huge_pages(s, 0);
+        if (w->rc == 0 && w->pages)
+            server_huge_pages(0);
         if (w->rc) {
             const char *m = s->be.errmsg ? s->be.errmsg(s->be.ctx) : NULL;
             snprintf(w->err, sizeof w->err, "%s", m && *m ? m : qd_strerror(w->rc));
@@ -569,6 +569,7 @@ static void dispatch(qd_server *s)
     if (s->ckpt_wanted && s->dirty) {
         if (!(w = work_new(s, W_CHECKPOINT, 0)))
             return;
+        w->pages = s->o.huge_pages;
         s->ckpt_wanted = 0;
         w->dirty = s->dirty;
         qd_sched_claim_writer(&s->sched);
@@ -581,6 +582,7 @@ static void dispatch(qd_server *s)
     if (s->reload_wanted && s->state == S_RUNNING) {
         if (!(w = work_new(s, W_RELOAD, 0)))
             return;
+        w->pages = s->o.huge_pages;
         s->reload_wanted = 0;
         qd_sched_claim_writer(&s->sched);
         work_submit(s, w);

@@ -95,6 +95,8 @@ typedef struct work {
     int kind;            /* W_READ, W_WRITE, W_CHECKPOINT, W_RELOAD (SIGHUP's) or
                             W_PAGES (huge pages at start) */
     int heavy;           /* W_READ: one request over a batch cap on its own */
+    int pages;           /* W_CHECKPOINT, W_RELOAD: collapse huge pages after it (not
+                            at shutdown, where nothing would gain from them) */
     size_t n;            /* requests */
     size_t cap;          /* room for requests */
     qd_sched_item **items; /* (cap) their slots' scheduler items, n used */
