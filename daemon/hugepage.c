@@ -9,11 +9,10 @@
  * mapping is collapsed only if /proc/self/pagemap says all its small pages are present,
  * so a range is never filled in with pages nobody wrote. (Not mincore(2): systemd's
  * @system-service filter, which qdup.service uses, does not allow it, and a call
- * outside the filter kills the process.) A range already on a huge page
- * costs the kernel a look at its page table entry; a mapping already all huge is
- * skipped without a call. The mapping's flags are left as they were (no
- * MADV_HUGEPAGE): what it grows later faults in small pages as before, and the next
- * call collapses it.
+ * outside the filter kills the process.) A range already on a huge page costs the
+ * kernel a look at its page table entry; a mapping already all huge is skipped without
+ * a call. The mapping's flags are left as they were (no MADV_HUGEPAGE): what it grows
+ * later faults in small pages as before, and the next call collapses it.
  */
 #include "qdup/hugepage.h"
 
@@ -132,7 +131,8 @@ int qd_hugepage_collapse(size_t min_bytes, qd_hugepage_stats *st)
             have = 1;
             continue;
         }
-        if (!have || kb_field(line, "Rss:", &m.rss) || kb_field(line, "AnonHugePages:", &m.anon_huge))
+        if (!have || kb_field(line, "Rss:", &m.rss) ||
+            kb_field(line, "AnonHugePages:", &m.anon_huge))
             continue;
         if (strncmp(line, "VmFlags:", 8) != 0)
             continue;

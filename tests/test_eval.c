@@ -738,7 +738,6 @@ static void test_bench_encode(void **state)
     free(out), free(err);
 }
 
-/* The training comparison on a small made-up set, C side only (one step of 256). */
 /* qdup-bench search over an exact store: every query's own top k, whether searched one
  * at a time or several per call (a mix-up of the batch's results would cost recall). */
 static void test_bench_search(void **state)
@@ -787,6 +786,7 @@ static void test_bench_search(void **state)
     free(out), free(err);
 }
 
+/* The training comparison on a small made-up set, C side only (one step of 256). */
 static void test_bench_train(void **state)
 {
     (void)state;

@@ -108,9 +108,9 @@ int qd_sched_reads_free(const qd_sched *s);
  * what waits: ceil(queued / free search workers) items, so that eight requests and
  * two free workers make two batches of four rather than one of eight and an idle
  * worker; but a share is at least lim.min_share items, for a store whose search costs
- * about the same for that many queries as for one. Returns the items taken (0: none ready or no worker free) and in *heavy
- * whether the batch is one item over a cap. The batch counts as
- * running until qd_sched_reads_done. */
+ * about the same for that many queries as for one. Returns the items taken (0: none
+ * ready or no worker free) and in *heavy whether the batch is one item over a cap. The
+ * batch counts as running until qd_sched_reads_done. */
 size_t qd_sched_take_reads(qd_sched *s, qd_sched_item **out, size_t cap, int *heavy);
 
 /* A batch for the writer, if it is free, into out (room for cap >= min(write_batch,

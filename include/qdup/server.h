@@ -78,8 +78,8 @@ typedef struct qd_server_opts {
     void *reload_ctx;         /* reload's first argument */
     qd_rank_mode rank;        /* see qd_proto.rank (0: fused) */
     int huge_pages;           /* 1 (default): the process's large buffers are put on
-                                 2 MiB pages (hugepage.h) before listening and after
-                                 each checkpoint and switch of model */
+                                 2 MiB pages (hugepage.h) at start, in the writer's
+                                 slot, and after each checkpoint and switch of model */
 } qd_server_opts;
 
 /* The defaults above (socket_path NULL). */
